@@ -1,0 +1,20 @@
+"""fedmask ClientApp: the same code in simulation and on SuperNodes."""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedmask.client.node import handle
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local training for the configured method."""
+    return handle(msg, context, "train")
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Local (and personalised) evaluation for the configured method."""
+    return handle(msg, context, "evaluate")

@@ -1,0 +1,47 @@
+"""HideNseek client: train a sign supermask over the seeded, server-pruned net."""
+
+from __future__ import annotations
+
+from flwr.app import Message
+from torch import nn
+
+from fedmask import training
+from fedmask.client.settings import LocalSettings
+from fedmask.data import ClientData
+from fedmask.protocol import CONFIG, NUM_EXAMPLES, reply
+from fedmask.protocol import hidenseek as wire
+from fedmask.seeded import SeededNet
+
+
+def _global_net(msg: Message, model: nn.Module):  # noqa: ANN202
+    """Rebuild the seeded weights, check the hash, attach P and the global signs."""
+    config = msg.content.config_records[CONFIG]
+    SeededNet.from_config(config).rebuild(model)
+    prune, signs = wire.decode_masks(msg.content.array_records[wire.MASKS], config)
+    return wire.sign_net(model, prune, signs), prune
+
+
+def _fit(net: nn.Module, data: ClientData, epochs: int, settings: LocalSettings) -> float:
+    return training.train(net, data.train, epochs, settings.lr, settings.optimizer,
+                          settings.momentum)
+
+
+def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
+    """Optimise the scores from the global signs; reply with K packed sign bits."""
+    settings = LocalSettings.from_message(msg)
+    net, prune = _global_net(msg, model)
+    loss = _fit(net, data, settings.local_epochs, settings)
+    return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
+                 wire.encode_signs(wire.read_signs(net, prune)))
+
+
+def evaluate(msg: Message, model: nn.Module, data: ClientData) -> Message:
+    """Local test accuracy of the global net, then personalised accuracy."""
+    settings = LocalSettings.from_message(msg)
+    net, _ = _global_net(msg, model)
+    loss, accuracy = training.evaluate(net, data.test)
+    metrics = {NUM_EXAMPLES: data.num_test, "loss": loss, "accuracy": accuracy}
+    if settings.personal_epochs > 0:
+        _fit(net, data, settings.personal_epochs, settings)
+        metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
+    return reply(msg, metrics)

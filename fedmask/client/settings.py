@@ -1,0 +1,32 @@
+"""Local training settings carried in every message's ConfigRecord."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message
+
+from fedmask.protocol import CONFIG
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """How a client trains locally; defaults apply to keys the server omits."""
+
+    local_epochs: int = 1
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    personal_epochs: int = 1
+
+    def to_config(self) -> ConfigRecord:
+        """The settings as a ConfigRecord with kebab-case keys."""
+        return ConfigRecord({k.replace("_", "-"): v for k, v in self.__dict__.items()})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> "LocalSettings":
+        """Read the settings from `msg`'s ``config`` record."""
+        config = msg.content.config_records.get(CONFIG, ConfigRecord())
+        defaults = cls()
+        return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
+                      for k, v in defaults.__dict__.items()})

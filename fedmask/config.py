@@ -1,0 +1,99 @@
+"""Run configuration: every option, its default, and its validation.
+
+Keys are kebab-case as in ``[tool.flwr.app.config]`` of ``pyproject.toml``; the
+defaults there must match :data:`OPTIONS` (a test checks it). A bad value fails
+at start with a :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedmask.data import DATASETS, PARTITIONS
+from fedmask.models import INITS, MODELS
+from fedmask.training import OPTIMIZERS
+
+METHODS = ("hidenseek", "fedavg")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One run-config key: default, type, and an optional check with its rule."""
+
+    default: Any
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+
+def _choice(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    return {"check": lambda v: v in values, "rule": f"one of {list(values)}"}
+
+
+def _range(lo: float, hi: float, lo_open: bool = False) -> dict[str, Any]:
+    def check(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and v <= hi
+    return {"check": check, "rule": f"in {'(' if lo_open else '['}{lo}, {hi}]"}
+
+
+_POSITIVE = {"check": lambda v: v > 0, "rule": "> 0"}
+_NON_NEGATIVE = {"check": lambda v: v >= 0, "rule": ">= 0"}
+
+OPTIONS: dict[str, Option] = {
+    "method": Option("hidenseek", **_choice(METHODS)),
+    "dataset": Option("fashion-mnist", **_choice(sorted(DATASETS))),
+    "data-root": Option("~/.cache/fedmask/data"),
+    "model": Option("cnn", **_choice(sorted(MODELS))),
+    "init": Option("kaiming-normal", **_choice(INITS)),
+    "partition": Option("iid", **_choice(PARTITIONS)),
+    "alpha": Option(0.5, **_POSITIVE),
+    "seed": Option(0, **_NON_NEGATIVE),
+    "num-server-rounds": Option(10, **_POSITIVE),
+    "local-epochs": Option(1, **_POSITIVE),
+    "batch-size": Option(64, **_POSITIVE),
+    "optimizer": Option("sgd", **_choice(OPTIMIZERS)),
+    "lr": Option(0.1, **_POSITIVE),
+    "momentum": Option(0.9, **_range(0.0, 1.0)),
+    "fraction-train": Option(1.0, **_range(0.0, 1.0, lo_open=True)),
+    "fraction-evaluate": Option(0.5, **_range(0.0, 1.0)),
+    "min-nodes": Option(2, **_POSITIVE),
+    "node-wait-s": Option(60.0, **_POSITIVE),
+    "round-timeout-s": Option(3600.0, **_POSITIVE),
+    "density": Option(0.5, **_range(0.0, 1.0, lo_open=True)),
+    "synflow-iterations": Option(100, **_POSITIVE),
+    "prune-scope": Option("global", **_choice(("global", "layer"))),
+    "personal-epochs": Option(1, **_NON_NEGATIVE),
+    "test-fraction": Option(0.2, **_range(0.0, 1.0, lo_open=True)),
+    "train-limit": Option(0, **_NON_NEGATIVE),
+    "test-limit": Option(0, **_NON_NEGATIVE),
+    "out-dir": Option(""),
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Return `value` as the type of `default` (ints are accepted for floats)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate `run_config`, fill in defaults, and return the full option dict."""
+    unknown = sorted(set(run_config) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; allowed: {sorted(OPTIONS)}")
+    config = {}
+    for key, opt in OPTIONS.items():
+        value = _coerce(key, run_config.get(key, opt.default), opt.default)
+        if opt.check is not None and not opt.check(value):
+            raise ConfigError(f"{key}: {value!r} is not allowed; must be {opt.rule}")
+        config[key] = value
+    return config

@@ -1,0 +1,217 @@
+"""Supermask reparametrisations of frozen weights, trained via straight-through estimators.
+
+A supermask is attached to a parameter with ``torch.nn.utils.parametrize``: the
+original weight is frozen and the effective weight is computed from it and a
+trainable ``scores`` tensor on every access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+_THETA_EPS = 1e-6
+_ESTIMATORS = ("ste", "theta")
+_EVAL_MODES = ("threshold", "sample")
+
+
+class SignSTE(torch.autograd.Function):
+    """Sign with ``sign(0) = +1``; the gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class BernoulliSTE(torch.autograd.Function):
+    """Bernoulli sample of probabilities `p`; the gradient passes through to `p` unchanged."""
+
+    @staticmethod
+    def forward(ctx, p: Tensor) -> Tensor:
+        return torch.bernoulli(p)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def _check_like(name: str, tensor: Tensor, weight: Tensor) -> None:
+    """Raise ValueError unless `tensor` has the shape of `weight`."""
+    if tensor.shape != weight.shape:
+        expected, got = tuple(weight.shape), tuple(tensor.shape)
+        raise ValueError(f"{name}: expected shape {expected}, got {got}")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise ValueError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+class SignSupermask(nn.Module):
+    """Parametrisation ``w -> w * prune_mask * sign(scores)``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Frozen weight; ``|weight| * sign`` initialises the scores.
+    prune_mask : torch.Tensor
+        Boolean tensor shaped like `weight`; False positions are zeroed.
+    sign : torch.Tensor, optional
+        ±1 float tensor shaped like `weight` (default all +1): the initial signs.
+
+    Notes
+    -----
+    Through `SignSTE`, ``dL/dscores = dL/dw_eff * w * prune_mask``. Where
+    ``weight == 0`` the score is 0 and the sign reads as +1 whatever `sign` was.
+    """
+
+    def __init__(self, weight: Tensor, prune_mask: Tensor, sign: Tensor | None = None):
+        super().__init__()
+        if prune_mask.dtype != torch.bool:
+            raise ValueError(f"prune_mask: expected dtype torch.bool, got {prune_mask.dtype}")
+        _check_like("prune_mask", prune_mask, weight)
+        sign = torch.ones_like(weight) if sign is None else sign
+        _check_like("sign", sign, weight)
+        self.scores = nn.Parameter(weight.detach().abs() * sign)
+        self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.prune_mask * SignSTE.apply(self.scores)
+
+    def signs(self) -> Tensor:
+        """Boolean tensor, True where ``sign(scores)`` is +1, over all positions."""
+        return self.scores.detach() >= 0
+
+
+class BernoulliSupermask(nn.Module):
+    """Parametrisation ``w -> w * m`` with ``m ~ Bernoulli(sigmoid(scores))``.
+
+    A fresh mask is sampled on every forward pass in training mode. In eval
+    mode `eval_mode` selects ``"threshold"`` (``m = theta > 0.5``) or
+    ``"sample"`` (a fresh sample, as in training).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        Initial keep probabilities, clamped to ``[1e-6, 1 - 1e-6]``.
+    estimator : {"ste", "theta"}
+        Gradient w.r.t. the scores: ``"ste"`` gives ``dL/dm * sigmoid'(scores)``
+        (straight-through the sample only); ``"theta"`` gives ``dL/dm * theta``.
+    eval_mode : {"threshold", "sample"}
+        Mask used when not training.
+    """
+
+    def __init__(self, theta: Tensor, estimator: str = "ste", eval_mode: str = "threshold"):
+        super().__init__()
+        _check_choice("estimator", estimator, _ESTIMATORS)
+        _check_choice("eval_mode", eval_mode, _EVAL_MODES)
+        self.estimator = estimator
+        self.eval_mode = eval_mode
+        clamped = theta.detach().clamp(_THETA_EPS, 1 - _THETA_EPS)
+        self.scores = nn.Parameter(torch.logit(clamped))
+
+    def theta(self) -> Tensor:
+        """Keep probabilities ``sigmoid(scores)``."""
+        return torch.sigmoid(self.scores)
+
+    def _probabilities(self) -> Tensor:
+        """`theta` with the autograd path selected by `estimator`."""
+        theta = self.theta()
+        if self.estimator == "ste":
+            return theta
+        # Value theta, gradient w.r.t. scores theta (s - s.detach() is exactly 0).
+        return theta.detach() * (1 + self.scores - self.scores.detach())
+
+    def _mask(self) -> Tensor:
+        """Mask for the current mode: a differentiable sample or the eval threshold."""
+        if self.training or self.eval_mode == "sample":
+            return BernoulliSTE.apply(self._probabilities())
+        return (self.theta() > 0.5).to(self.scores.dtype)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self._mask()
+
+    @torch.no_grad()
+    def sample(self) -> Tensor:
+        """One Bernoulli sample of the mask, as a boolean tensor."""
+        return torch.bernoulli(self.theta()).bool()
+
+
+_SUPERMASKS = (SignSupermask, BernoulliSupermask)
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """Return the module holding parameter `name` and the attribute name within it."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return model.get_submodule(module_name), attr
+    except AttributeError:
+        raise KeyError(f"no module for parameter {name!r}") from None
+
+
+def attach(
+    model: nn.Module, make: Callable[[str, Tensor], nn.Module], names: Sequence[str]
+) -> None:
+    """Parametrise each named parameter with ``make(name, param)`` and freeze the original.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model modified in place.
+    make : Callable[[str, torch.Tensor], nn.Module]
+        Builds the parametrisation for a parameter name and its current value.
+    names : Sequence[str]
+        Parameter names such as ``"features.0.weight"``.
+
+    Raises
+    ------
+    KeyError
+        Naming any entry of `names` that is not a plain parameter of `model`.
+    """
+    params = dict(model.named_parameters())
+    for name in names:
+        if name not in params:
+            raise KeyError(f"unknown parameter {name!r}")
+        module, attr = _owner(model, name)
+        parametrize.register_parametrization(module, attr, make(name, params[name]))
+        module.parametrizations[attr].original.requires_grad_(False)
+
+
+def supermasks(model: nn.Module) -> dict[str, nn.Module]:
+    """Map original parameter names to their supermask parametrisations.
+
+    Returns
+    -------
+    dict[str, nn.Module]
+        ``{"a.b.weight": SignSupermask | BernoulliSupermask}`` in ``named_modules`` order.
+    """
+    found = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, chain in module.parametrizations.items():
+            name = f"{module_name}.{attr}" if module_name else attr
+            found.update((name, p) for p in chain if isinstance(p, _SUPERMASKS))
+    return found
+
+
+def frozen_weight(model: nn.Module, name: str) -> Tensor:
+    """The original (frozen) tensor behind parametrised parameter `name`.
+
+    Raises
+    ------
+    KeyError
+        If `name` is not a parametrised parameter of `model`.
+    """
+    module, attr = _owner(model, name)
+    if not parametrize.is_parametrized(module, attr):
+        raise KeyError(f"{name!r} is not parametrised")
+    return module.parametrizations[attr].original

@@ -1,0 +1,61 @@
+"""Wire contracts: record keys and payload (de)coding, shared by strategy and client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from logging import WARNING
+from typing import TypeVar
+
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+
+T = TypeVar("T")
+
+CONFIG = "config"  # ConfigRecord, server -> client
+METRICS = "metrics"  # MetricRecord, client -> server
+NUM_EXAMPLES = "num-examples"
+
+
+class ReplyError(ValueError):
+    """A client's reply is malformed; `field` names the offending key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def reply(msg: Message, metrics: dict[str, float | int],
+          arrays: dict[str, ArrayRecord] | None = None) -> Message:
+    """Build the reply to `msg` carrying `arrays` and a MetricRecord of `metrics`."""
+    content = RecordDict({**(arrays or {}), METRICS: MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+def num_examples(msg: Message) -> int:
+    """The positive integer `num-examples` a reply declares; raise ReplyError."""
+    records = msg.content.metric_records
+    if METRICS not in records or NUM_EXAMPLES not in records[METRICS]:
+        raise ReplyError(NUM_EXAMPLES, "missing from the reply's metrics")
+    value = records[METRICS][NUM_EXAMPLES]
+    if not isinstance(value, int) or value <= 0:
+        raise ReplyError(NUM_EXAMPLES, f"must be a positive int, got {value!r}")
+    return value
+
+
+def accept(replies: Iterable[Message], decode: Callable[[Message], T]) -> list[tuple[Message, T]]:
+    """Decode every reply; log and drop failed or malformed ones.
+
+    A reply is dropped when it carries an error or when `decode` raises: the
+    server never crashes on a client's bytes, and the round goes on with the rest.
+    """
+    accepted = []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            log(WARNING, "node %d failed: %s", node, msg.error.reason)
+            continue
+        try:
+            accepted.append((msg, decode(msg)))
+        except Exception as err:  # noqa: BLE001 - any bad payload must not stop the round
+            log(WARNING, "dropping reply from node %d: %s: %s", node, type(err).__name__, err)
+    return accepted

@@ -1,0 +1,192 @@
+"""Tests for fedmask.data on the real (read-only) MNIST/FashionMNIST files."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedmask import data
+
+SHARED_ROOT = Path("/work/shared/data")
+DATASET = "fashion-mnist"
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_ROOT / "FashionMNIST" / "raw").is_dir(), reason="shared data missing"
+)
+
+
+def _snapshot(root: Path) -> set[tuple[str, int, int]]:
+    return {
+        (str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in root.rglob("*")
+    }
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh cache for the module, also exported as FEDMASK_CACHE."""
+    root = tmp_path_factory.mktemp("fedmask-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDMASK_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def labels(cache_root: Path) -> np.ndarray:
+    return data.load_split(DATASET, SHARED_ROOT, train=True).tensors[1].numpy()
+
+
+def test_load_split_mirrors_read_only_root(cache_root: Path) -> None:
+    before = _snapshot(SHARED_ROOT)
+    train = data.load_split(DATASET, SHARED_ROOT, train=True, cache_root=cache_root)
+    test = data.load_split(DATASET, str(SHARED_ROOT), train=False)
+    assert _snapshot(SHARED_ROOT) == before
+    assert (cache_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+    for split, size in ((train, 60000), (test, 10000)):
+        x, y = split.tensors
+        assert x.shape == (size, 1, 28, 28) and x.dtype == torch.float32
+        assert y.shape == (size,) and y.dtype == torch.int64
+        assert set(y.unique().tolist()) == set(range(10))
+    x = train.tensors[0]
+    assert abs(x.mean().item()) < 0.05 and 0.9 < x.std().item() < 1.1
+    assert data.load_split(DATASET, SHARED_ROOT, train=True) is train
+
+
+def test_load_split_mnist(cache_root: Path) -> None:
+    x, y = data.load_split("mnist", SHARED_ROOT, train=False).tensors
+    assert x.shape == (10000, 1, 28, 28) and int(y.max()) == 9
+    assert abs(x.mean().item()) < 0.1
+    assert data.DATASETS["mnist"].in_channels == x.shape[1]
+
+
+def test_load_split_unknown_dataset() -> None:
+    with pytest.raises(ValueError, match="dataset.*fashion-mnist"):
+        data.load_split("imagenet", SHARED_ROOT, train=True)
+
+
+def test_missing_dataset_raises_file_not_found(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(2)
+    try:
+        with pytest.raises(FileNotFoundError, match="data-root") as info:
+            data.load_split("mnist", root, train=True, cache_root=tmp_path / "cache")
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert str(root / "MNIST" / "raw") in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", data.PARTITIONS)
+def test_partitions_disjoint_cover_and_seeded(labels: np.ndarray, scheme: str) -> None:
+    parts = data.partition_indices(labels, 7, scheme, seed=0, alpha=0.3)
+    assert len(parts) == 7 and all(p.dtype == np.int64 and len(p) > 0 for p in parts)
+    joined = np.concatenate(parts)
+    assert len(np.unique(joined)) == len(joined)
+    if scheme == "shards":
+        assert len(labels) - 14 <= len(joined) <= len(labels)
+        assert joined.min() >= 0 and joined.max() < len(labels)
+    else:
+        np.testing.assert_array_equal(np.sort(joined), np.arange(len(labels)))
+
+    same = data.partition_indices(labels, 7, scheme, seed=0, alpha=0.3)
+    other = data.partition_indices(labels, 7, scheme, seed=1, alpha=0.3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, same))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_dirichlet_is_more_label_skewed_than_iid(labels: np.ndarray) -> None:
+    def max_label_share(scheme: str) -> float:
+        parts = data.partition_indices(labels, 10, scheme, seed=0, alpha=0.3)
+        return float(np.mean([np.bincount(labels[p]).max() / len(p) for p in parts]))
+
+    assert max_label_share("iid") < 0.15
+    assert max_label_share("dirichlet") > max_label_share("iid") + 0.2
+
+
+def test_partition_indices_rejects_bad_arguments() -> None:
+    labels = np.arange(100) % 10
+    with pytest.raises(ValueError, match="partition.*iid"):
+        data.partition_indices(labels, 4, "random", seed=0)
+    with pytest.raises(ValueError, match="alpha"):
+        data.partition_indices(labels, 4, "dirichlet", seed=0, alpha=0.0)
+
+
+def test_split_train_test() -> None:
+    indices = np.arange(100, 200)
+    train, test = data.split_train_test(indices, 0.2, seed=3)
+    assert len(train) == 80 and len(test) == 20
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), indices)
+    again = data.split_train_test(indices, 0.2, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not np.array_equal(train, data.split_train_test(indices, 0.2, seed=4)[0])
+
+
+def _client(partition_id: int = 2, **overrides) -> data.ClientData:
+    kwargs = dict(
+        dataset=DATASET,
+        data_root=SHARED_ROOT,
+        partition_id=partition_id,
+        num_partitions=10,
+        partition="dirichlet",
+        alpha=0.3,
+        seed=0,
+        batch_size=32,
+    )
+    return data.client_data(**(kwargs | overrides))
+
+
+def test_client_data_sizes(labels: np.ndarray) -> None:
+    full = _client()
+    part = data.partition_indices(labels, 10, "dirichlet", seed=0, alpha=0.3)[2]
+    assert full.num_train + full.num_test == len(part)
+    assert full.num_test == round(0.2 * len(part))
+    assert len(full.train.dataset) == full.num_train
+    assert len(full.test.dataset) == full.num_test
+    x, y = next(iter(full.train))
+    assert x.shape == (32, 1, 28, 28) and y.shape == (32,)
+    assert set(full.train.dataset.tensors[1].tolist()) <= set(labels[part].tolist())
+
+    limited = _client(train_limit=100)
+    assert (limited.num_train, limited.num_test) == (100, 25)
+    assert len(limited.train.dataset) == 100 and len(limited.test.dataset) == 25
+
+
+def test_client_data_is_deterministic(cache_root: Path) -> None:
+    first, second = _client(), _client()
+    torch.testing.assert_close(next(iter(first.train)), next(iter(second.train)))
+    torch.testing.assert_close(next(iter(first.test)), next(iter(second.test)))
+    other = _client(partition_id=3)
+    assert not torch.equal(next(iter(first.test))[0], next(iter(other.test))[0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"partition_id": 10}, "partition-id"),
+        ({"partition_id": -1}, "partition-id"),
+        ({"dataset": "svhn"}, "dataset"),
+        ({"partition": "pathological"}, "partition"),
+    ],
+)
+def test_client_data_rejects_bad_arguments(cache_root: Path, overrides: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        _client(**overrides)
+
+
+def test_central_test(cache_root: Path) -> None:
+    loader = data.central_test(DATASET, SHARED_ROOT, batch_size=64, limit=500)
+    assert len(loader.dataset) == 500
+    x, y = next(iter(loader))
+    full_x, full_y = data.load_split(DATASET, SHARED_ROOT, train=False).tensors
+    torch.testing.assert_close(x, full_x[:64])
+    assert torch.equal(y, full_y[:64])
+    assert len(data.central_test(DATASET, SHARED_ROOT, batch_size=64).dataset) == 10000
+
+
+def test_nothing_extracted_into_shared_root() -> None:
+    assert not list(SHARED_ROOT.rglob("*-ubyte"))

@@ -1,0 +1,294 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from fedmask.masking import (
+    BernoulliSTE,
+    BernoulliSupermask,
+    SignSTE,
+    SignSupermask,
+    attach,
+    frozen_weight,
+    supermasks,
+)
+
+WEIGHTS = ["0.weight", "3.weight"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 2, kernel_size=3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 3),
+    )
+
+
+def inputs() -> torch.Tensor:
+    return torch.randn(4, 1, 6, 6, requires_grad=True)
+
+
+def output_and_input_grad(model: nn.Module, x: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    out = model(x)
+    out.pow(2).sum().backward()
+    return out.detach(), x.grad
+
+
+def random_sign_mask(name: str, weight: torch.Tensor) -> SignSupermask:
+    prune = torch.rand_like(weight) < 0.6
+    sign = torch.where(torch.rand_like(weight) < 0.5, 1.0, -1.0)
+    return SignSupermask(weight, prune, sign)
+
+
+def half_bernoulli(name: str, weight: torch.Tensor) -> BernoulliSupermask:
+    return BernoulliSupermask(torch.full_like(weight, 0.5))
+
+
+# --- STE functions -----------------------------------------------------------
+
+
+def test_sign_ste_forward_and_identity_backward():
+    x = torch.tensor([-2.0, -0.0, 0.0, 3.0], requires_grad=True)
+    y = SignSTE.apply(x)
+    assert y.tolist() == [-1.0, 1.0, 1.0, 1.0]
+    upstream = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    y.backward(upstream)
+    assert torch.equal(x.grad, upstream)
+
+
+def test_bernoulli_ste_identity_backward():
+    p = torch.tensor([0.0, 1.0, 0.3], requires_grad=True)
+    m = BernoulliSTE.apply(p)
+    assert m[:2].tolist() == [0.0, 1.0]
+    upstream = torch.tensor([1.0, 2.0, 3.0])
+    m.backward(upstream)
+    assert torch.equal(p.grad, upstream)
+
+
+# --- identity masks leave the network unchanged -------------------------------
+
+
+def test_identity_sign_mask_preserves_output_and_input_grad():
+    plain = tiny_net()
+    masked = copy.deepcopy(plain)
+    attach(masked, lambda n, w: SignSupermask(w, torch.ones_like(w, dtype=torch.bool)), WEIGHTS)
+    x = inputs()
+    out_plain, grad_plain = output_and_input_grad(plain, x)
+    out_masked, grad_masked = output_and_input_grad(masked, x)
+    assert torch.allclose(out_masked, out_plain)
+    assert torch.allclose(grad_masked, grad_plain)
+    assert grad_plain.abs().sum() > 0
+
+
+def test_all_ones_bernoulli_threshold_preserves_output():
+    plain = tiny_net()
+    masked = copy.deepcopy(plain)
+    attach(masked, lambda n, w: BernoulliSupermask(torch.ones_like(w)), WEIGHTS)
+    masked.eval()
+    x = inputs()
+    out_plain, grad_plain = output_and_input_grad(plain, x)
+    out_masked, grad_masked = output_and_input_grad(masked, x)
+    assert torch.allclose(out_masked, out_plain)
+    assert torch.allclose(grad_masked, grad_plain)
+
+
+def test_near_one_theta_samples_all_ones_in_training():
+    mask = BernoulliSupermask(torch.full((100, 100), 1 - 1e-6))
+    assert mask.training
+    assert torch.equal(mask(torch.ones(100, 100)), torch.ones(100, 100))
+
+
+def test_threshold_eval_is_deterministic():
+    theta = torch.tensor([0.2, 0.49, 0.51, 0.9])
+    mask = BernoulliSupermask(theta).eval()
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert mask(w).tolist() == [0.0, 0.0, 3.0, 4.0]
+    assert torch.equal(mask(w), mask(w))
+
+
+# --- gradients through the STEs ----------------------------------------------
+
+
+def linear_grads(lin: nn.Linear):
+    """Backward through `lin` once; return (dL/dw_eff, frozen w, scores.grad)."""
+    x = torch.randn(6, lin.in_features)
+    with parametrize.cached():
+        w_eff = lin.weight
+        w_eff.retain_grad()
+        lin(x).pow(2).sum().backward()
+    return w_eff.grad, frozen_weight(lin, "weight"), supermasks(lin)["weight"].scores.grad
+
+
+def test_sign_scores_grad_is_grad_times_weight_times_prune_mask():
+    lin = nn.Linear(5, 4)
+    attach(lin, random_sign_mask, ["weight"])
+    prune = supermasks(lin)["weight"].prune_mask
+    grad_eff, w, grad_scores = linear_grads(lin)
+    expected = grad_eff * w * prune
+    assert torch.equal(grad_scores, expected)
+    assert (grad_scores != 0).sum() == (prune != 0).sum()
+
+
+@pytest.mark.parametrize("estimator", ["ste", "theta"])
+def test_bernoulli_scores_grad(estimator):
+    lin = nn.Linear(5, 4)
+    theta = torch.rand(4, 5) * 0.8 + 0.1
+    attach(lin, lambda n, w: BernoulliSupermask(theta, estimator=estimator), ["weight"])
+    grad_eff, w, grad_scores = linear_grads(lin)
+    grad_m = grad_eff * w
+    t = supermasks(lin)["weight"].theta().detach()
+    expected = grad_m * t if estimator == "theta" else grad_m * t * (1 - t)
+    assert torch.allclose(grad_scores, expected, rtol=1e-6, atol=0)
+    assert (grad_scores != 0).all()
+
+
+def test_bad_estimator_raises():
+    with pytest.raises(ValueError, match="estimator") as info:
+        BernoulliSupermask(torch.full((2,), 0.5), estimator="reinforce")
+    assert "'ste'" in str(info.value) and "'theta'" in str(info.value)
+
+
+def test_bad_eval_mode_raises():
+    with pytest.raises(ValueError, match="eval_mode"):
+        BernoulliSupermask(torch.full((2,), 0.5), eval_mode="mean")
+
+
+# --- training moves scores only ------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [random_sign_mask, half_bernoulli])
+def test_frozen_weights_never_move(make):
+    model = tiny_net()
+    attach(model, make, WEIGHTS)
+    before = {name: frozen_weight(model, name).clone() for name in WEIGHTS}
+    scores_before = {n: m.scores.detach().clone() for n, m in supermasks(model).items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        model(inputs()).pow(2).sum().backward()
+        opt.step()
+    for name in WEIGHTS:
+        assert not frozen_weight(model, name).requires_grad
+        assert torch.equal(frozen_weight(model, name), before[name])
+        assert not torch.equal(supermasks(model)[name].scores, scores_before[name])
+
+
+def test_pruned_positions_are_zero_and_get_no_gradient():
+    model = tiny_net()
+    attach(model, random_sign_mask, WEIGHTS)
+    model(inputs()).pow(2).sum().backward()
+    for name, mask in supermasks(model).items():
+        pruned = mask.prune_mask == 0
+        assert pruned.any() and (~pruned).any()
+        effective = model.get_submodule(name.rpartition(".")[0]).weight
+        assert torch.equal(effective[pruned], torch.zeros(int(pruned.sum())))
+        assert torch.equal(mask.scores.grad[pruned], torch.zeros(int(pruned.sum())))
+        assert (mask.scores.grad[~pruned] != 0).any()
+
+
+# --- sign masks ----------------------------------------------------------------
+
+
+def test_sign_mask_starts_from_given_signs():
+    w = torch.tensor([[0.5, -1.0], [2.0, -3.0]])
+    prune = torch.tensor([[True, False], [True, True]])
+    sign = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])
+    mask = SignSupermask(w, prune, sign)
+    assert mask.signs().tolist() == [[False, True], [True, False]]
+    assert mask(w).tolist() == [[-0.5, 0.0], [2.0, 3.0]]
+    assert torch.equal(mask.scores.detach(), w.abs() * sign)
+    assert mask.prune_mask.dtype == torch.float32
+
+
+def test_sign_mask_default_signs_are_positive():
+    w = torch.randn(3, 3)
+    mask = SignSupermask(w, torch.ones(3, 3, dtype=torch.bool))
+    assert mask.signs().all()
+    assert torch.equal(mask(w), w)
+
+
+def test_sign_mask_rejects_bad_prune_mask():
+    w = torch.randn(2, 2)
+    with pytest.raises(ValueError, match="prune_mask"):
+        SignSupermask(w, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="prune_mask"):
+        SignSupermask(w, torch.ones(4, dtype=torch.bool))
+
+
+# --- Bernoulli sampling --------------------------------------------------------
+
+
+def test_bernoulli_training_resamples_each_forward():
+    mask = BernoulliSupermask(torch.full((50, 50), 0.5))
+    ones = torch.ones(50, 50)
+    first, second = mask(ones), mask(ones)
+    assert not torch.equal(first, second)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_bernoulli_mean_near_theta(p):
+    mask = BernoulliSupermask(torch.full((200, 200), p))
+    assert abs(mask(torch.ones(200, 200)).mean().item() - p) < 0.01
+    sample = mask.sample()
+    assert sample.dtype == torch.bool and not sample.requires_grad
+    assert abs(sample.float().mean().item() - p) < 0.01
+
+
+def test_bernoulli_eval_sample_mode_resamples():
+    mask = BernoulliSupermask(torch.full((50, 50), 0.5), eval_mode="sample").eval()
+    ones = torch.ones(50, 50)
+    assert not torch.equal(mask(ones), mask(ones))
+
+
+def test_theta_is_sigmoid_of_scores_and_clamped():
+    mask = BernoulliSupermask(torch.tensor([0.0, 0.25, 1.0]))
+    assert torch.allclose(mask.theta(), torch.tensor([1e-6, 0.25, 1 - 1e-6]), atol=1e-7)
+
+
+# --- attach / supermasks / frozen_weight ------------------------------------------
+
+
+def test_supermasks_keys_are_original_names():
+    model = tiny_net()
+    originals = {name: model.get_parameter(name).detach().clone() for name in WEIGHTS}
+    attach(model, random_sign_mask, WEIGHTS)
+    found = supermasks(model)
+    assert list(found) == WEIGHTS
+    assert all(isinstance(m, SignSupermask) for m in found.values())
+    for name in WEIGHTS:
+        assert torch.equal(frozen_weight(model, name), originals[name])
+    assert model[3].bias.requires_grad
+
+
+def test_supermasks_empty_without_attach():
+    assert supermasks(tiny_net()) == {}
+
+
+@pytest.mark.parametrize("name", ["1.weight", "9.weight", "0.missing", "0.weight.x"])
+def test_attach_unknown_name_raises_keyerror(name):
+    model = tiny_net()
+    with pytest.raises(KeyError, match=name.replace(".", r"\.")):
+        attach(model, random_sign_mask, [name])
+    assert supermasks(model) == {}
+
+
+def test_attach_twice_raises_keyerror():
+    model = tiny_net()
+    attach(model, random_sign_mask, ["0.weight"])
+    with pytest.raises(KeyError, match="0.weight"):
+        attach(model, random_sign_mask, ["0.weight"])
+
+
+def test_frozen_weight_of_plain_parameter_raises():
+    with pytest.raises(KeyError, match="not parametrised"):
+        frozen_weight(tiny_net(), "0.weight")
