@@ -1,0 +1,105 @@
+"""HideNseek server: SynFlow set-up, majority vote, bad replies, messages down."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedmask.codec import pack_mask, unpack_mask
+from fedmask.models import build_model
+from fedmask.protocol import hidenseek as wire
+from strategies import HideNseek
+
+
+def _strategy(density: float = 0.5) -> HideNseek:
+    model = build_model("cnn", 10, 1, 12)
+    return HideNseek(model, (1, 12, 12), seed=3, density=density, synflow_iterations=5)
+
+
+@pytest.fixture
+def reply(client_reply):
+    def make(bits: np.ndarray | None, n: int, node: int = 1, arrays=None) -> Message:
+        content = RecordDict({"metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
+        if arrays is not None:
+            content[wire.SIGNS] = arrays
+        elif bits is not None:
+            content.update(wire.encode_signs(bits))
+        return client_reply(content, node)
+    return make
+
+
+def test_synflow_keeps_exact_count():
+    strategy = _strategy(0.3)
+    assert strategy.signs.size == round(0.3 * strategy.prune.size)
+    assert strategy.signs.all()
+
+
+def test_weighted_majority_vote_hand_computed(reply):
+    strategy = _strategy()
+    k = strategy.signs.size
+    a, b, c = np.ones(k, bool), np.ones(k, bool), np.ones(k, bool)
+    a[:4] = False           # positions 0-3: only a (n=10) votes -1 -> 10 vs 5+3: -1 wins
+    b[2:6] = False          # position 2,3: a+b (15) vs 3 -> -1; 4,5: b (5) vs 13 -> +1
+    c[6] = False            # position 6: c (3) vs 15 -> +1
+    a[7] = b[7] = False     # position 7: 15 vs 3 -> -1
+    arrays, metrics = strategy.aggregate_train(1, [reply(a, 10), reply(b, 5), reply(c, 3)])
+    expected = np.ones(k, bool)
+    expected[[0, 1, 2, 3, 7]] = False
+    np.testing.assert_array_equal(strategy.signs, expected)
+    got = unpack_mask(arrays[wire.SIGN_MASK].numpy(), k)
+    np.testing.assert_array_equal(got, expected)
+    assert metrics["train-loss"] == pytest.approx(1.0)
+
+
+def test_tie_keeps_previous_sign(reply):
+    strategy = _strategy()
+    k = strategy.signs.size
+    strategy.signs[:2] = [False, True]
+    up, down = np.ones(k, bool), np.zeros(k, bool)
+    strategy.aggregate_train(1, [reply(up, 4), reply(down, 4)])
+    assert strategy.signs[0] == False and strategy.signs[1] == True  # noqa: E712
+
+
+@pytest.mark.parametrize("bad", [
+    {"arrays": ArrayRecord({wire.SIGN_MASK: Array(np.zeros(3, np.uint8))})},      # truncated
+    {"arrays": ArrayRecord({wire.SIGN_MASK: Array(np.zeros(10**5, np.uint8))})},  # oversized
+    {"arrays": ArrayRecord({wire.SIGN_MASK: Array(np.zeros(10, np.float32))})},   # dtype
+    {"arrays": ArrayRecord({"other": Array(np.zeros(10, np.uint8))})},            # key
+])
+def test_malformed_reply_is_dropped_and_round_goes_on(bad, reply):
+    strategy = _strategy()
+    k = strategy.signs.size
+    good = np.zeros(k, bool)
+    arrays, _ = strategy.aggregate_train(1, [reply(None, 100, node=7, **bad), reply(good, 1)])
+    assert arrays is not None
+    assert not strategy.signs.any()  # only the valid reply (all -1) counted
+
+
+def test_bad_num_examples_and_error_replies_are_dropped(reply, client_reply):
+    strategy = _strategy()
+    k = strategy.signs.size
+    neg = reply(np.zeros(k, bool), -5)
+    failed = client_reply(None, node=2)
+    assert strategy.aggregate_train(1, [neg, failed]) == (None, None)
+    assert strategy.signs.all()
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [11, 12, 13]
+
+
+def test_messages_down_carry_seed_hash_and_packed_masks():
+    strategy = _strategy()
+    k, n = strategy.signs.size, strategy.prune.size
+    first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), _Grid()))
+    assert len(first) == 3
+    record = first[0].content.array_records[wire.MASKS]
+    assert wire.SIGN_MASK not in record  # round 1: all +1, nothing sent
+    assert record[wire.PRUNE_MASK].numpy().size == (n + 7) // 8
+    config = first[0].content.config_records["config"]
+    assert config["seed"] == 3 and config["weight-hash"] == strategy.net.weight_hash
+    assert (config[wire.NUM_PARAMS], config[wire.NUM_KEPT], config["lr"]) == (n, k, 0.1)
+    later = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), _Grid()))
+    signs = later[0].content.array_records[wire.MASKS][wire.SIGN_MASK].numpy()
+    assert signs.size == (k + 7) // 8
+    assert all(v for v in pack_mask(np.ones(k, bool)) == signs)

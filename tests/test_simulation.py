@@ -1,0 +1,74 @@
+"""Real ``flwr run`` simulations (Ray backend) of HideNseek and FedAvg on FashionMNIST."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from flower_run import flwr_run, simulation_superlink
+
+DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+# HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
+# Flower framing (message header, object tree, record/array headers, npy header).
+HIDENSEEK_OVERHEAD = 1800
+
+SMALL = {"dataset": "fashion-mnist", "data-root": DATA_ROOT, "num-server-rounds": 2,
+         "train-limit": 400, "test-limit": 1000, "synflow-iterations": 20,
+         "fraction-evaluate": 1.0, "personal-epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory):
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def hidenseek(superlink, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hidenseek")
+    return flwr_run(superlink, {**SMALL, "method": "hidenseek", "out-dir": str(out)}, 3)
+
+
+@pytest.fixture(scope="module")
+def fedavg(superlink, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fedavg")
+    return flwr_run(superlink, {**SMALL, "method": "fedavg", "out-dir": str(out)}, 3)
+
+
+def _check_common(results, method):
+    assert results["method"] == method
+    assert (results["dataset"], results["model"], results["seed"]) == ("fashion-mnist", "cnn", 0)
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for record in results["rounds"]:
+        assert record["num_clients"] == 3 and record["failed_clients"] == []
+        assert record["accuracy"] > 0.2  # chance is 0.1
+        assert record["wall_s"] > 0 and record["bytes_down"] > 0
+        assert record["client_eval_metrics"]["accuracy"] > 0.1
+
+
+def test_hidenseek_uplink_is_packed_sign_bits(hidenseek):
+    _check_common(hidenseek, "hidenseek")
+    n = hidenseek["num_params"]
+    kept = round(0.5 * n)
+    assert hidenseek["density"] == pytest.approx(kept / n)
+    for record in hidenseek["rounds"]:
+        for client in record["clients"]:
+            assert math.ceil(kept / 8) < client["bytes_up"] <= math.ceil(kept / 8) + HIDENSEEK_OVERHEAD
+    assert "personal-accuracy" in hidenseek["rounds"][-1]["client_eval_metrics"]
+
+
+def test_hidenseek_downlink_adds_global_signs_from_round_two(hidenseek):
+    first, second = (r["clients"][0]["bytes_down"] for r in hidenseek["rounds"])
+    n, kept = hidenseek["num_params"], round(0.5 * hidenseek["num_params"])
+    assert first > math.ceil(n / 8)
+    assert math.ceil(kept / 8) < second - first <= math.ceil(kept / 8) + 800  # one more Array
+
+
+def test_fedavg_uplink_is_dense_float32(fedavg, hidenseek):
+    _check_common(fedavg, "fedavg")
+    n = fedavg["num_params"]
+    up = [c["bytes_up"] for r in fedavg["rounds"] for c in r["clients"]]
+    assert min(up) >= 4 * n
+    hide_up = max(c["bytes_up"] for r in hidenseek["rounds"] for c in r["clients"])
+    assert min(up) / hide_up > 50

@@ -1,0 +1,153 @@
+"""Tests for fedmask.training: optimisers, the training loop and evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmask.training import OPTIMIZERS, evaluate, make_optimizer, train
+
+
+def _separable(n: int = 200, seed: int = 0) -> TensorDataset:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return TensorDataset(x * 3.0, y)
+
+
+def _loader(dataset: TensorDataset, batch_size: int = 20) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def _linear(seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(2, 2)
+
+
+def test_optimizers_tuple() -> None:
+    assert OPTIMIZERS == ("sgd", "adam")
+
+
+def test_make_optimizer_sgd() -> None:
+    params = list(nn.Linear(2, 2).parameters())
+    opt = make_optimizer(params, "sgd", 0.05, momentum=0.8)
+    assert type(opt) is torch.optim.SGD
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.05 and group["momentum"] == 0.8
+    assert len(group["params"]) == 2
+    assert make_optimizer(params, "sgd", 0.1).param_groups[0]["momentum"] == 0.9
+
+
+def test_make_optimizer_adam() -> None:
+    opt = make_optimizer(list(nn.Linear(2, 2).parameters()), "adam", 0.01)
+    assert type(opt) is torch.optim.Adam
+    assert opt.param_groups[0]["lr"] == 0.01
+
+
+def test_make_optimizer_unknown() -> None:
+    with pytest.raises(ValueError, match="optimizer") as info:
+        make_optimizer(list(nn.Linear(2, 2).parameters()), "rmsprop", 0.1)
+    assert "rmsprop" in str(info.value)
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.1), ("adam", 0.05)])
+def test_train_learns_separable_problem(optimizer: str, lr: float) -> None:
+    model = _linear()
+    train_loader = _loader(_separable(200, seed=0))
+    test_loader = _loader(_separable(100, seed=1), batch_size=50)
+    loss_before, acc_before = evaluate(model, test_loader)
+    train_loss = train(model, train_loader, epochs=5, lr=lr, optimizer=optimizer)
+    loss_after, acc_after = evaluate(model, test_loader)
+    assert loss_after < loss_before
+    assert loss_after < 0.3
+    assert acc_after >= 0.95
+    assert math.isfinite(train_loss) and train_loss > 0
+
+
+def test_train_returns_mean_loss() -> None:
+    """With lr=0 nothing changes, so the mean train loss equals evaluate()'s loss."""
+    model = _linear()
+    dataset = _separable(50)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = train(model, _loader(dataset, batch_size=16), epochs=2, lr=0.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    expected = F.cross_entropy(model(dataset.tensors[0]), dataset.tensors[1]).item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert evaluate(model, _loader(dataset))[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_empty_loader_returns_zero() -> None:
+    empty = TensorDataset(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
+    assert train(_linear(), _loader(empty), epochs=1, lr=0.1) == 0.0
+
+
+def test_only_trainable_parameters_change() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].weight.requires_grad_(False)
+    model[2].bias.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, _loader(_separable(60)), epochs=2, lr=0.1)
+    after = dict(model.named_parameters())
+    assert torch.equal(after["0.weight"], before["0.weight"])
+    assert torch.equal(after["2.bias"], before["2.bias"])
+    assert not torch.equal(after["0.bias"], before["0.bias"])
+    assert not torch.equal(after["2.weight"], before["2.weight"])
+
+
+def test_after_step_called_once_per_step() -> None:
+    calls: list[int] = []
+    loader = _loader(_separable(70), batch_size=32)  # 3 batches (32, 32, 6)
+    train(_linear(), loader, epochs=2, lr=0.1, after_step=lambda: calls.append(1))
+    assert len(calls) == 2 * 3
+
+
+def test_after_step_runs_after_optimizer_step() -> None:
+    """A hook that re-applies a mask sees (and fixes) every update."""
+    model = _linear()
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+
+    def reapply() -> None:
+        with torch.no_grad():
+            model.weight.mul_(mask)
+
+    reapply()
+    train(model, _loader(_separable(60)), epochs=2, lr=0.1, after_step=reapply)
+    assert model.weight[0, 1].item() == 0.0
+    assert model.weight[1, 0].item() == 0.0
+    assert model.weight[0, 0].item() != 0.0
+
+
+def test_train_sets_train_mode_and_evaluate_eval_mode() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    model.eval()
+    train(model, _loader(_separable(20)), epochs=1, lr=0.1)
+    assert model.training
+    evaluate(model, _loader(_separable(20)))
+    assert not model.training
+
+
+def test_evaluate_exact_values() -> None:
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [3.0, 0.0]])
+    y = torch.tensor([0, 1, 0, 1])  # last one is wrong
+    loss, acc = evaluate(model, _loader(TensorDataset(x, y), batch_size=3))
+    assert acc == 0.75
+    expected = F.cross_entropy(x, y).item()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    no_grad_ok = all(p.grad is None for p in model.parameters())
+    assert no_grad_ok
+
+
+def test_evaluate_empty_loader() -> None:
+    empty = TensorDataset(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate(_linear(), _loader(empty))
