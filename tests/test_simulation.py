@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flower_run import flwr_run, simulation_superlink
+from flower_run import flwr_run
+
+from fedmask.launch import simulation_superlink
 
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of

@@ -1,0 +1,118 @@
+"""Run the app in Flower's simulation on a SuperLink this process starts and stops.
+
+``flwr run .`` alone starts a managed SuperLink that keeps running afterwards.
+This launcher instead starts ``flower-superlink --simulation`` on a free
+loopback port with its own ``FLWR_HOME``, runs ``flwr run`` against it, and
+stops the SuperLink (and the SuperExec, simulation and Ray processes under it)
+by PID, even when the run fails.
+
+Usage: ``python -m fedmask.launch [--num-supernodes N] [--run-config "k=v ..."]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: own home, no telemetry, loopback-only Ray."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray binds to 127.0.0.1
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    return env
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"flower-superlink did not open port {port} in {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop `proc` and its process group by PID: SIGTERM, then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
+    """Start a simulation SuperLink; yield the env whose default connection is it."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = free_port()  # Flower 1.41 serves the Runtime, Control and Fleet APIs on one port
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedmask"\n\n[superlink.fedmask]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = flower_env(flwr_home)
+    with open(flwr_home / "superlink.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation",
+             "subprocess", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_port(port, proc)
+            yield env
+        finally:
+            stop(proc)
+
+
+def flwr_run_command(app: Path, run_config: str, num_supernodes: int,
+                     cpus_per_client: int) -> list[str]:
+    """The ``flwr run`` command line for a simulation of `num_supernodes` nodes."""
+    federation = (f"num-supernodes={num_supernodes} "
+                  f"client-resources-num-cpus={cpus_per_client}")
+    cmd = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
+    return cmd + (["--run-config", run_config] if run_config else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns ``flwr run``'s exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", type=Path, default=Path.cwd(), help="Flower app folder")
+    parser.add_argument("--num-supernodes", type=int, default=10)
+    parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--run-config", action="append", default=[],
+                        help='run-config overrides, e.g. "method=\'fedavg\'" (repeatable)')
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
+        with simulation_superlink(Path(home)) as env:
+            cmd = flwr_run_command(args.app, " ".join(args.run_config), args.num_supernodes,
+                                   args.cpus_per_client)
+            return subprocess.run(cmd, env=env, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
