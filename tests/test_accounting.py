@@ -1,0 +1,49 @@
+"""Measured message sizes and the measuring grid wrapper."""
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedmask.accounting import MeasuringGrid, message_bytes
+
+
+def _message(payload_bytes: int, node: int = 5) -> Message:
+    content = RecordDict({"a": ArrayRecord({"x": Array(np.zeros(payload_bytes, np.uint8))})})
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def test_size_counts_every_payload_byte_plus_fixed_framing():
+    small, large = message_bytes(_message(100)), message_bytes(_message(1100))
+    assert small > 100
+    assert 1000 <= large - small <= 1004  # payload grows; framing only by length digits
+
+
+def test_size_grows_with_each_record():
+    msg = _message(10)
+    before = message_bytes(msg)
+    msg.content["m"] = MetricRecord({"num-examples": 3})
+    assert message_bytes(msg) > before
+
+
+class _EchoGrid:
+    """Inner grid stand-in: every message gets a reply from its destination."""
+
+    def __init__(self, make_reply):
+        self.make_reply = make_reply
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.make_reply(m) for m in messages]
+
+
+def test_measuring_grid_records_each_message_per_node_and_direction(client_reply):
+    def make_reply(msg):
+        content = RecordDict({"metrics": MetricRecord({"num-examples": 1})})
+        return client_reply(content, node=msg.metadata.dst_node_id)
+
+    grid = MeasuringGrid(_EchoGrid(make_reply))
+    sent = [_message(300, node=7), _message(500, node=8)]
+    replies = list(grid.send_and_receive(sent))
+    transfers = grid.ledger.drain()
+    assert [(t.node_id, t.direction) for t in transfers] == [(7, "down"), (8, "down"),
+                                                             (7, "up"), (8, "up")]
+    assert [t.num_bytes for t in transfers] == [message_bytes(m) for m in sent + replies]
+    assert grid.ledger.drain() == []
