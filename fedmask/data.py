@@ -67,24 +67,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "fashion-mnist", tv_datasets.FashionMNIST, 10, 1, 28, (0.2860,), (0.3530,)
         ),
-        DatasetSpec(
-            "cifar10",
-            tv_datasets.CIFAR10,
-            10,
-            3,
-            32,
-            (0.4914, 0.4822, 0.4465),
-            (0.2470, 0.2435, 0.2616),
-        ),
-        DatasetSpec(
-            "cifar100",
-            tv_datasets.CIFAR100,
-            100,
-            3,
-            32,
-            (0.5071, 0.4865, 0.4409),
-            (0.2673, 0.2564, 0.2762),
-        ),
+        DatasetSpec("cifar10", tv_datasets.CIFAR10, 10, 3, 32,
+                    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        DatasetSpec("cifar100", tv_datasets.CIFAR100, 100, 3, 32,
+                    (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     )
 }
 

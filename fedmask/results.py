@@ -57,8 +57,8 @@ class RoundRecorder:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = training.evaluate(self.global_model(arrays), self.test_loader)
         transfers = self.ledger.drain()
-        now, wall = time.monotonic(), time.monotonic() - self._last
-        self._last = now
+        now = time.monotonic()
+        wall, self._last = now - self._last, now
         if server_round == 0:
             self.initial = {"accuracy": accuracy, "loss": loss}
         else:

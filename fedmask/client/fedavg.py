@@ -22,8 +22,7 @@ def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
     """Train all weights locally; reply with the full float32 state dict."""
     settings = LocalSettings.from_message(msg)
     model = _load(msg, model)
-    loss = training.train(model, data.train, settings.local_epochs, settings.lr,
-                          settings.optimizer, settings.momentum)
+    loss = settings.fit(model, data.train, settings.local_epochs)
     return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
                  {ARRAYS: ArrayRecord(model.state_dict())})
 

@@ -21,16 +21,11 @@ def _global_net(msg: Message, model: nn.Module):  # noqa: ANN202
     return wire.sign_net(model, prune, signs), prune
 
 
-def _fit(net: nn.Module, data: ClientData, epochs: int, settings: LocalSettings) -> float:
-    return training.train(net, data.train, epochs, settings.lr, settings.optimizer,
-                          settings.momentum)
-
-
 def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
     """Optimise the scores from the global signs; reply with K packed sign bits."""
     settings = LocalSettings.from_message(msg)
     net, prune = _global_net(msg, model)
-    loss = _fit(net, data, settings.local_epochs, settings)
+    loss = settings.fit(net, data.train, settings.local_epochs)
     return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
                  wire.encode_signs(wire.read_signs(net, prune)))
 
@@ -42,6 +37,6 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData) -> Message:
     loss, accuracy = training.evaluate(net, data.test)
     metrics = {NUM_EXAMPLES: data.num_test, "loss": loss, "accuracy": accuracy}
     if settings.personal_epochs > 0:
-        _fit(net, data, settings.personal_epochs, settings)
+        settings.fit(net, data.train, settings.personal_epochs)
         metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
     return reply(msg, metrics)

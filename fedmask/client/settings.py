@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedmask import training
 
 from fedmask.protocol import CONFIG
 
@@ -30,3 +34,7 @@ class LocalSettings:
         defaults = cls()
         return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
                       for k, v in defaults.__dict__.items()})
+
+    def fit(self, model: nn.Module, loader: DataLoader, epochs: int) -> float:
+        """Train `model` for `epochs` with these settings; return the mean loss."""
+        return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum)
