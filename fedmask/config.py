@@ -12,16 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmask.data import DATASETS, PARTITIONS
+from fedmask.mask_coding import CODINGS
+from fedmask.masking import ESTIMATORS
 from fedmask.models import INITS, MODELS
+from fedmask.protocol.fedpm import THETA_DTYPES
 from fedmask.training import OPTIMIZERS
 
-METHODS = ("hidenseek", "fedavg")
-# What `optimizer = "auto"` and `lr = 0` resolve to: sign-mask scores train best
-# with Adam, dense weights with SGD + momentum (measured on FashionMNIST).
+METHODS = ("hidenseek", "fedpm", "fedavg")
+# What `optimizer = "auto"`, `lr = 0` and `init = "auto"` resolve to: mask
+# scores train best with Adam, dense weights with SGD + momentum (measured on
+# FashionMNIST); FedPM's frozen weights are signed constants as in its paper.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hidenseek": {"optimizer": "adam", "lr": 0.01},
-    "fedavg": {"optimizer": "sgd", "lr": 0.05},
+    "hidenseek": {"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
+    "fedpm": {"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
+    "fedavg": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
 }
+_AUTO = {"optimizer": "auto", "lr": 0.0, "init": "auto"}
 
 
 class ConfigError(ValueError):
@@ -55,7 +61,7 @@ OPTIONS: dict[str, Option] = {
     "dataset": Option("fashion-mnist", **_choice(sorted(DATASETS))),
     "data-root": Option("~/.cache/fedmask/data"),
     "model": Option("cnn", **_choice(sorted(MODELS))),
-    "init": Option("kaiming-normal", **_choice(INITS)),
+    "init": Option("auto", **_choice(("auto", *INITS))),
     "partition": Option("iid", **_choice(PARTITIONS)),
     "alpha": Option(0.5, **_POSITIVE),
     "seed": Option(0, **_range(0, 2**63 - 1)),
@@ -74,6 +80,12 @@ OPTIONS: dict[str, Option] = {
     "synflow-iterations": Option(100, **_POSITIVE),
     "prune-scope": Option("global", **_choice(("global", "layer"))),
     "personal-epochs": Option(1, **_NON_NEGATIVE),
+    "mask-coding": Option("packed", **_choice(CODINGS)),
+    "estimator": Option("ste", **_choice(ESTIMATORS)),
+    "prior-reset": Option(1, **_NON_NEGATIVE),
+    "weighted-aggregation": Option(False),
+    "theta-format": Option("uint8", **_choice(tuple(THETA_DTYPES))),
+    "eval-samples": Option(3, **_NON_NEGATIVE),
     "test-fraction": Option(0.2, **_range(0.0, 1.0, lo_open=True)),
     "train-limit": Option(0, **_NON_NEGATIVE),
     "test-limit": Option(0, **_NON_NEGATIVE),
@@ -102,9 +114,7 @@ def parse(run_config: Mapping[str, Any]) -> dict[str, Any]:
         if opt.check is not None and not opt.check(value):
             raise ConfigError(f"{key}: {value!r} is not allowed; must be {opt.rule}")
         config[key] = value
-    auto = METHOD_DEFAULTS[config["method"]]
-    if config["optimizer"] == "auto":
-        config["optimizer"] = auto["optimizer"]
-    if config["lr"] == 0.0:
-        config["lr"] = auto["lr"]
+    for key, sentinel in _AUTO.items():
+        if config[key] == sentinel:
+            config[key] = METHOD_DEFAULTS[config["method"]][key]
     return config

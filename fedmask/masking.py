@@ -7,14 +7,15 @@ trainable ``scores`` tensor on every access.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 _THETA_EPS = 1e-6
-_ESTIMATORS = ("ste", "theta")
+ESTIMATORS = ("ste", "theta")
 _EVAL_MODES = ("threshold", "sample")
 
 
@@ -96,7 +97,8 @@ class BernoulliSupermask(nn.Module):
 
     A fresh mask is sampled on every forward pass in training mode. In eval
     mode `eval_mode` selects ``"threshold"`` (``m = theta > 0.5``) or
-    ``"sample"`` (a fresh sample, as in training).
+    ``"sample"`` (a fresh sample, as in training); inside
+    :func:`fixed_samples` one sample drawn on entry is used instead.
 
     Parameters
     ----------
@@ -111,12 +113,13 @@ class BernoulliSupermask(nn.Module):
 
     def __init__(self, theta: Tensor, estimator: str = "ste", eval_mode: str = "threshold"):
         super().__init__()
-        _check_choice("estimator", estimator, _ESTIMATORS)
+        _check_choice("estimator", estimator, ESTIMATORS)
         _check_choice("eval_mode", eval_mode, _EVAL_MODES)
         self.estimator = estimator
         self.eval_mode = eval_mode
         clamped = theta.detach().clamp(_THETA_EPS, 1 - _THETA_EPS)
         self.scores = nn.Parameter(torch.logit(clamped))
+        self.fixed: Tensor | None = None
 
     def theta(self) -> Tensor:
         """Keep probabilities ``sigmoid(scores)``."""
@@ -132,6 +135,8 @@ class BernoulliSupermask(nn.Module):
 
     def _mask(self) -> Tensor:
         """Mask for the current mode: a differentiable sample or the eval threshold."""
+        if not self.training and self.fixed is not None:
+            return self.fixed
         if self.training or self.eval_mode == "sample":
             return BernoulliSTE.apply(self._probabilities())
         return (self.theta() > 0.5).to(self.scores.dtype)
@@ -146,6 +151,20 @@ class BernoulliSupermask(nn.Module):
 
 
 _SUPERMASKS = (SignSupermask, BernoulliSupermask)
+
+
+@contextmanager
+def fixed_samples(model: nn.Module) -> Iterator[None]:
+    """Within the block, every BernoulliSupermask of `model` evaluates one mask
+    sampled on entry (the same for every batch), so a pass scores one network."""
+    masks = [m for m in supermasks(model).values() if isinstance(m, BernoulliSupermask)]
+    for mask in masks:
+        mask.fixed = mask.sample().to(mask.scores.dtype)
+    try:
+        yield
+    finally:
+        for mask in masks:
+            mask.fixed = None
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -44,33 +44,38 @@ class RoundRecorder:
     """Flower ``evaluate_fn``: central evaluation plus the round's measured traffic.
 
     Called by ``Strategy.start`` before round 1 (round 0) and after each round.
+    With `eval_samples` > 0 it also scores that many masks sampled from the
+    global model's Bernoulli supermasks (``sampled-accuracy``).
     """
 
     def __init__(self, ledger: Ledger, global_model: Callable[[ArrayRecord], nn.Module],
-                 test_loader: DataLoader, num_rounds: int) -> None:
+                 test_loader: DataLoader, num_rounds: int, eval_samples: int = 0) -> None:
         self.ledger, self.global_model = ledger, global_model
         self.test_loader, self.num_rounds = test_loader, num_rounds
+        self.eval_samples = eval_samples
         self.rounds: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
         self._last = time.monotonic()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, accuracy = training.evaluate(self.global_model(arrays), self.test_loader)
+        metrics = training.evaluate_metrics(self.global_model(arrays), self.test_loader,
+                                            self.eval_samples)
         transfers = self.ledger.drain()
         now = time.monotonic()
         wall, self._last = now - self._last, now
         if server_round == 0:
-            self.initial = {"accuracy": accuracy, "loss": loss}
+            self.initial = metrics
         else:
-            self._record(server_round, transfers, accuracy, loss, wall)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+            self._record(server_round, transfers, metrics, wall)
+        return MetricRecord(metrics)
 
-    def _record(self, server_round: int, transfers: list[Transfer], accuracy: float,
-                loss: float, wall: float) -> None:
+    def _record(self, server_round: int, transfers: list[Transfer], metrics: dict[str, float],
+                wall: float) -> None:
         train = _traffic(transfers, MessageType.TRAIN)
         evaluate = _traffic(transfers, MessageType.EVALUATE)
+        accuracy, loss = metrics["accuracy"], metrics["loss"]
         record = {
-            "round": server_round, "accuracy": accuracy, "loss": loss,
+            "round": server_round, **metrics,
             "bytes_up": train["bytes_up"], "bytes_down": train["bytes_down"],
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
             "num_clients": sum(not c["failed"] for c in train["clients"]),

@@ -24,7 +24,7 @@ from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
 from fedmask.results import RoundRecorder, write_json
-from strategies import HideNseek
+from strategies import FedPM, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
 
@@ -38,9 +38,18 @@ def _sampling(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _hidenseek(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
     strategy = HideNseek(model, input_shape, cfg["seed"], cfg["init"], cfg["density"],
-                         cfg["synflow-iterations"], cfg["prune-scope"], **_sampling(cfg))
+                         cfg["synflow-iterations"], cfg["prune-scope"], cfg["mask-coding"],
+                         **_sampling(cfg))
     density = strategy.signs.size / strategy.prune.size
     return strategy, strategy.global_arrays(), strategy.global_model, density
+
+
+def _fedpm(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = FedPM(model, cfg["seed"], cfg["init"], cfg["prior-reset"],
+                     cfg["weighted-aggregation"], cfg["theta-format"], cfg["estimator"],
+                     cfg["eval-samples"], cfg["mask-coding"], **_sampling(cfg))
+    return strategy, strategy.global_arrays(), strategy.global_model, 1.0
 
 
 def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
@@ -55,7 +64,8 @@ def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...])
     return FedAvg(**_sampling(cfg)), ArrayRecord(model.state_dict()), global_model, 1.0
 
 
-SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedavg": _fedavg}
+SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
+                                           "fedavg": _fedavg}
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
@@ -89,7 +99,9 @@ def run(grid: Grid, context: Context) -> Path:
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
     test = central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
-    recorder = RoundRecorder(measuring.ledger, global_model, test, cfg["num-server-rounds"])
+    samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
+    recorder = RoundRecorder(measuring.ledger, global_model, test, cfg["num-server-rounds"],
+                             samples)
     settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
                              cfg["momentum"], cfg["personal-epochs"]).to_config()
     result = strategy.start(grid=measuring, initial_arrays=arrays,

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmask.masking import fixed_samples
+
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -59,3 +61,19 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     if count == 0:
         raise ValueError("evaluate: the loader holds no examples")
     return loss / count, correct / count
+
+
+def evaluate_metrics(model: nn.Module, loader: DataLoader, samples: int = 0) -> dict[str, float]:
+    """``loss`` and ``accuracy`` of `model`; with `samples` > 0 also ``sampled-loss``
+    and ``sampled-accuracy``, the means over that many masks sampled from its
+    Bernoulli supermasks (one mask per pass over `loader`)."""
+    loss, accuracy = evaluate(model, loader)
+    metrics = {"loss": loss, "accuracy": accuracy}
+    if samples > 0:
+        passes = []
+        for _ in range(samples):
+            with fixed_samples(model):
+                passes.append(evaluate(model, loader))
+        metrics["sampled-loss"] = sum(p[0] for p in passes) / samples
+        metrics["sampled-accuracy"] = sum(p[1] for p in passes) / samples
+    return metrics

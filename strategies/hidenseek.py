@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import copy
-
-from collections.abc import Iterable
 from logging import INFO
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
 from fedmask.codec import flatten_masks
-from fedmask.protocol import accept, num_examples
+from fedmask.mask_strategy import SeededMaskStrategy
 from fedmask.protocol import hidenseek as wire
 from fedmask.pruning import prunable_names, synflow_mask
-from fedmask.seeded import SeededNet
 
 
-class HideNseek(FedAvg):
+class HideNseek(SeededMaskStrategy):
     """Server side of HideNseek (sampling and evaluation as Flower's FedAvg).
 
     Parameters
@@ -39,6 +34,8 @@ class HideNseek(FedAvg):
         Pruning iterations T of SynFlow.
     prune_scope : str
         ``"global"`` or ``"layer"`` thresholding.
+    mask_coding : str
+        ``"packed"`` sign bits or ``"entropy"``-coded flips up (``fedmask.mask_coding``).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -46,62 +43,50 @@ class HideNseek(FedAvg):
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
                  init: str = "kaiming-normal", density: float = 0.5,
                  synflow_iterations: int = 100, prune_scope: str = "global",
-                 **kwargs) -> None:  # noqa: ANN003
-        super().__init__(arrayrecord_key=wire.MASKS, **kwargs)
-        self.model = model
-        self.net = SeededNet.announce(model, seed, init)
+                 mask_coding: str = "packed", **kwargs: Any) -> None:
+        super().__init__(model, seed, init, mask_coding, wire.MASKS, **kwargs)
         masks = synflow_mask(model, density, input_shape, synflow_iterations, prune_scope)
         self.prune = flatten_masks(masks, prunable_names(model))
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
-        self.density, self.synflow_iterations = density, synflow_iterations
+        self.synflow_iterations = synflow_iterations
 
     def summary(self) -> None:
         """Log the pruning result, then FedAvg's sampling summary."""
         log(INFO, "\t├──> HideNseek: SynFlow (%d iterations) kept %d of %d weights "
-            "(density %.3f), seed %d, hash %s", self.synflow_iterations, self.signs.size,
-            self.prune.size, self.signs.size / self.prune.size, self.net.seed,
-            self.net.weight_hash)
+            "(density %.3f), seed %d, hash %s, mask coding %s", self.synflow_iterations,
+            self.signs.size, self.prune.size, self.signs.size / self.prune.size,
+            self.net.seed, self.net.weight_hash, self.mask_coding)
         super().summary()
 
     def global_arrays(self) -> ArrayRecord:
         """The global state: P and the current global signs (all +1 before round 1)."""
         return wire.encode_masks(self.prune, self.signs)
 
-    def _config(self, config: ConfigRecord) -> ConfigRecord:
-        config = ConfigRecord(dict(config))
-        self.net.to_config(config)
-        config[wire.NUM_PARAMS], config[wire.NUM_KEPT] = self.prune.size, self.signs.size
-        return config
+    def train_arrays(self, server_round: int) -> ArrayRecord:
+        """P, and from round 2 the global signs (absent means all +1)."""
+        return wire.encode_masks(self.prune, self.signs if server_round > 1 else None)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Send P (and, from round 2, the global signs) with the seeded-net config."""
-        down = wire.encode_masks(self.prune, self.signs if server_round > 1 else None)
-        return super().configure_train(server_round, down, self._config(config), grid)
+    def wire_config(self) -> dict[str, Any]:
+        """The number of kept weights K."""
+        return {wire.NUM_KEPT: self.signs.size}
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Send P and the global signs for local and personalised evaluation."""
-        return super().configure_evaluate(server_round, self.global_arrays(),
-                                          self._config(config), grid)
+    def decode(self, msg: Message) -> np.ndarray:
+        """The client's K sign bits."""
+        return wire.decode_signs(msg, self.signs, self.mask_coding)
 
-    def _decode(self, msg: Message) -> tuple[int, np.ndarray]:
-        return num_examples(msg), wire.decode_signs(msg, self.signs.size)
+    def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, None]:
+        """The flips relative to the global signs, coded as i.i.d. bits."""
+        return decoded != self.signs, None
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, np.ndarray]]) -> None:
         """Weighted majority vote ``g = sign(sum_k n_k sign_k)``; ties keep g."""
-        accepted = accept(replies, self._decode)
-        if not accepted:
-            return None, None
+        del server_round
         votes = np.zeros(self.signs.size, dtype=np.int64)
-        for _, (weight, bits) in accepted:
+        for weight, bits in decoded:
             votes += np.where(bits, weight, -weight)
         self.signs = np.where(votes == 0, self.signs, votes > 0)
-        metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
-        return self.global_arrays(), metrics
 
     def global_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global network ``w * P * g`` that `arrays` describe, for evaluation."""
-        prune, signs = wire.decode_masks(arrays, self._config(ConfigRecord()))
+        prune, signs = wire.decode_masks(arrays, self.config(ConfigRecord()))
         return wire.sign_net(copy.deepcopy(self.model), prune, signs)

@@ -22,7 +22,7 @@ def test_parse_empty_gives_defaults() -> None:
     config = parse({})
     assert list(config) == list(OPTIONS)
     for key, opt in OPTIONS.items():
-        if key not in ("optimizer", "lr"):  # "auto" / 0 resolve per method
+        if key not in ("optimizer", "lr", "init"):  # "auto" / 0 resolve per method
             assert config[key] == opt.default
         assert type(config[key]) is type(opt.default), key
 
@@ -37,13 +37,15 @@ def test_some_defaults() -> None:
 
 
 @pytest.mark.parametrize("given, expected", [
-    ({"method": "fedavg"}, ("sgd", 0.05)),
-    ({"method": "fedavg", "lr": 0.2}, ("sgd", 0.2)),
-    ({"method": "hidenseek", "optimizer": "sgd"}, ("sgd", 0.01)),
+    ({"method": "fedavg"}, ("sgd", 0.05, "kaiming-normal")),
+    ({"method": "fedavg", "lr": 0.2}, ("sgd", 0.2, "kaiming-normal")),
+    ({"method": "hidenseek", "optimizer": "sgd"}, ("sgd", 0.01, "kaiming-normal")),
+    ({"method": "fedpm"}, ("adam", 0.1, "signed-constant")),
+    ({"method": "fedpm", "init": "kaiming-uniform"}, ("adam", 0.1, "kaiming-uniform")),
 ])
-def test_auto_optimizer_and_lr_resolve_per_method(given, expected) -> None:
+def test_auto_settings_resolve_per_method(given, expected) -> None:
     config = parse(given)
-    assert (config["optimizer"], config["lr"]) == expected
+    assert (config["optimizer"], config["lr"], config["init"]) == expected
 
 
 def test_pyproject_defaults_match_options() -> None:
@@ -93,11 +95,14 @@ def _error(run_config: dict) -> str:
 
 
 @pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("method", "foo", ["hidenseek", "fedavg"]),
+    ("method", "foo", ["hidenseek", "fedpm", "fedavg"]),
     ("dataset", "svhn", ["mnist", "fashion-mnist", "cifar10", "cifar100"]),
     ("partition", "x", ["iid", "dirichlet", "shards"]),
     ("model", "vgg", ["cnn", "conv4", "conv6", "resnet18"]),
-    ("init", "xavier", ["kaiming-normal", "kaiming-uniform", "signed-constant"]),
+    ("init", "xavier", ["auto", "kaiming-normal", "kaiming-uniform", "signed-constant"]),
+    ("mask-coding", "zip", ["packed", "entropy"]),
+    ("estimator", "reinforce", ["ste", "theta"]),
+    ("theta-format", "float16", ["uint8", "float32"]),
     ("optimizer", "rmsprop", ["sgd", "adam"]),
     ("prune-scope", "local", ["global", "layer"]),
 ])

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedmask.client import hidenseek
 from fedmask.client.settings import LocalSettings
 from fedmask.data import ClientData
+from fedmask.entropy import binary_entropy
 from fedmask.masking import frozen_weight, supermasks
 from fedmask.models import build_model
 from fedmask.protocol import hidenseek as wire
@@ -28,9 +29,10 @@ def _data() -> ClientData:
     return ClientData(train=loader, test=loader, num_train=64, num_test=64)
 
 
-@pytest.fixture
-def strategy():
-    return HideNseek(build_model("cnn", 10, 1, 12), (1, 12, 12), seed=1, synflow_iterations=5)
+@pytest.fixture(params=["packed", "entropy"])
+def strategy(request):
+    return HideNseek(build_model("cnn", 10, 1, 12), (1, 12, 12), seed=1, synflow_iterations=5,
+                     mask_coding=request.param)
 
 
 def _as_received(msg: Message) -> Message:
@@ -48,13 +50,17 @@ def _messages(strategy, kind="train", server_round=1):
 def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, client_reply):
     msg = _messages(strategy)[0]
     reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), _data())
-    bits = wire.decode_signs(reply, strategy.signs.size)
+    bits = wire.decode_signs(reply, strategy.signs, strategy.mask_coding)
+    assert wire.UPLINK_KEYS[strategy.mask_coding] in reply.content.array_records[wire.SIGNS]
     assert bits.dtype == bool and bits.size == strategy.signs.size
     assert not bits.all()  # training flipped some signs away from the all-+1 start
     received = client_reply(reply.content, node=21)
     arrays, metrics = strategy.aggregate_train(1, [received])
     np.testing.assert_array_equal(strategy.signs, bits)  # one voter decides
     assert metrics["train-loss"] > 0
+    flips = (~bits).mean()  # round 1: the global signs are all +1
+    assert metrics["mask-entropy-bpp"] == pytest.approx(
+        binary_entropy(flips) * bits.size / strategy.num_params, rel=1e-3)
 
 
 def test_client_with_a_different_model_is_refused(strategy):

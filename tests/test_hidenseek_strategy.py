@@ -22,7 +22,7 @@ def reply(client_reply):
         if arrays is not None:
             content[wire.SIGNS] = arrays
         elif bits is not None:
-            content.update(wire.encode_signs(bits))
+            content.update(wire.encode_signs(bits, np.ones(bits.size, bool), "packed"))
         return client_reply(content, node)
     return make
 
@@ -103,3 +103,36 @@ def test_messages_down_carry_seed_hash_and_packed_masks():
     signs = later[0].content.array_records[wire.MASKS][wire.SIGN_MASK].numpy()
     assert signs.size == (k + 7) // 8
     assert all(v for v in pack_mask(np.ones(k, bool)) == signs)
+
+
+def test_entropy_coded_flips_vote_like_packed_signs(client_reply):
+    packed, coded = _strategy(), _strategy()
+    coded.mask_coding = "entropy"
+    k = packed.signs.size
+    rng = np.random.default_rng(0)
+    votes = [(rng.random(k) < 0.8, n) for n in (10, 5, 3)]
+    for strategy in (packed, coded):
+        for rnd in (1, 2):  # round 2 codes the flips against the round-1 global signs
+            replies = [client_reply(RecordDict({
+                **wire.encode_signs(bits, strategy.signs, strategy.mask_coding),
+                "metrics": MetricRecord({"num-examples": n})}), node=i)
+                for i, (bits, n) in enumerate(votes)]
+            strategy.aggregate_train(rnd, replies)
+            votes = [(~bits, n) for bits, n in votes]
+    np.testing.assert_array_equal(coded.signs, packed.signs)
+
+
+def test_corrupted_entropy_reply_is_dropped(client_reply):
+    strategy = _strategy()
+    strategy.mask_coding = "entropy"
+    k = strategy.signs.size
+    noisy = np.random.default_rng(0).random(k) < 0.3
+    arrays = wire.encode_signs(noisy, strategy.signs, "entropy")
+    payload = arrays[wire.SIGNS][wire.SIGN_FLIPS].numpy().copy()
+    payload[payload.size // 2] ^= 0x10  # a bit in the middle of the range-coded stream
+    bad = RecordDict({wire.SIGNS: ArrayRecord({wire.SIGN_FLIPS: Array(payload)}),
+                      "metrics": MetricRecord({"num-examples": 100})})
+    good = RecordDict({**wire.encode_signs(np.ones(k, bool), strategy.signs, "entropy"),
+                       "metrics": MetricRecord({"num-examples": 1})})
+    strategy.aggregate_train(1, [client_reply(bad, 1), client_reply(good, 2)])
+    assert strategy.signs.all()  # only the good reply (all +1) counted

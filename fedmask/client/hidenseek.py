@@ -8,7 +8,7 @@ from torch import nn
 from fedmask import training
 from fedmask.client.settings import LocalSettings
 from fedmask.data import ClientData
-from fedmask.protocol import CONFIG, NUM_EXAMPLES, reply
+from fedmask.protocol import CONFIG, MASK_CODING, NUM_EXAMPLES, reply
 from fedmask.protocol import hidenseek as wire
 from fedmask.seeded import SeededNet
 
@@ -18,24 +18,24 @@ def _global_net(msg: Message, model: nn.Module):  # noqa: ANN202
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
     prune, signs = wire.decode_masks(msg.content.array_records[wire.MASKS], config)
-    return wire.sign_net(model, prune, signs), prune
+    return wire.sign_net(model, prune, signs), prune, signs
 
 
 def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
-    """Optimise the scores from the global signs; reply with K packed sign bits."""
+    """Optimise the scores from the global signs; reply with K sign bits (coded)."""
     settings = LocalSettings.from_message(msg)
-    net, prune = _global_net(msg, model)
+    net, prune, global_signs = _global_net(msg, model)
     loss = settings.fit(net, data.train, settings.local_epochs)
+    coding = str(msg.content.config_records[CONFIG].get(MASK_CODING, "packed"))
     return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
-                 wire.encode_signs(wire.read_signs(net, prune)))
+                 wire.encode_signs(wire.read_signs(net, prune), global_signs, coding))
 
 
 def evaluate(msg: Message, model: nn.Module, data: ClientData) -> Message:
     """Local test accuracy of the global net, then personalised accuracy."""
     settings = LocalSettings.from_message(msg)
-    net, _ = _global_net(msg, model)
-    loss, accuracy = training.evaluate(net, data.test)
-    metrics = {NUM_EXAMPLES: data.num_test, "loss": loss, "accuracy": accuracy}
+    net, _, _ = _global_net(msg, model)
+    metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test)}
     if settings.personal_epochs > 0:
         settings.fit(net, data.train, settings.personal_epochs)
         metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]

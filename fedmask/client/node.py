@@ -7,11 +7,11 @@ from types import ModuleType
 from flwr.app import Context, Message
 
 from fedmask import config as run_config
-from fedmask.client import fedavg, hidenseek
+from fedmask.client import fedavg, fedpm, hidenseek
 from fedmask.data import DATASETS, client_data
 from fedmask.models import build_model
 
-HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedavg": fedavg}
+HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "fedavg": fedavg}
 
 
 def handle(msg: Message, context: Context, phase: str) -> Message:

@@ -6,14 +6,23 @@ from collections.abc import Callable, Iterable
 from logging import WARNING
 from typing import TypeVar
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
+from torch import Tensor, nn
+
+from fedmask.codec import flatten_masks, split_flat
+from fedmask.masking import attach, supermasks
+from fedmask.pruning import prunable_names
 
 T = TypeVar("T")
 
 CONFIG = "config"  # ConfigRecord, server -> client
 METRICS = "metrics"  # MetricRecord, client -> server
 NUM_EXAMPLES = "num-examples"
+NUM_PARAMS = "num-params"  # config: N, the number of prunable weights
+MASK_CODING = "mask-coding"  # config: "packed" or "entropy" (fedmask.mask_coding)
 
 
 class ReplyError(ValueError):
@@ -22,6 +31,35 @@ class ReplyError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def array(record: ArrayRecord, key: str) -> np.ndarray:
+    """The numpy array ``record[key]``; raise ReplyError if it is missing."""
+    if key not in record:
+        raise ReplyError(key, "missing")
+    return record[key].numpy()
+
+
+def attach_flat(model: nn.Module, make: Callable[..., nn.Module], *flats: np.ndarray
+                ) -> nn.Module:
+    """Attach ``make(weight, *chunks)`` to every prunable weight of `model` (in place).
+
+    Each flat array of `flats` covers all prunable weights in
+    :func:`~fedmask.pruning.prunable_names` order and is split per weight.
+    """
+    names = prunable_names(model)
+    params = dict(model.named_parameters())
+    shapes = {name: tuple(params[name].shape) for name in names}
+    chunks = [split_flat(flat, shapes) for flat in flats]
+    attach(model, lambda name, w: make(w, *(c[name] for c in chunks)), names)
+    return model
+
+
+@torch.no_grad()
+def read_flat(model: nn.Module, read: Callable[[nn.Module], Tensor]) -> np.ndarray:
+    """Concatenate the boolean ``read(supermask)`` of every supermask of `model`."""
+    masks = supermasks(model)
+    return flatten_masks({name: read(mask) for name, mask in masks.items()}, list(masks))
 
 
 def reply(msg: Message, metrics: dict[str, float | int],

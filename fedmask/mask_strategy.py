@@ -1,0 +1,132 @@
+"""Shared server side of the mask-only methods (HideNseek, FedPM).
+
+:class:`SeededMaskStrategy` is a Flower FedAvg (its node sampling, evaluation
+aggregation and round loop) whose global model is a seeded frozen network plus
+masks. A subclass says what goes down (:meth:`global_arrays`), how a reply is
+decoded (:meth:`decode`) and aggregated (:meth:`aggregate_masks`), and which
+bits the entropy coder codes (:meth:`coded_bits`), from which every round
+reports the empirical entropy of the masks received.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from torch import nn
+
+from fedmask.entropy import binary_entropy, information_bits
+from fedmask.mask_coding import CODINGS
+from fedmask.protocol import MASK_CODING, NUM_PARAMS, accept, num_examples
+from fedmask.models import num_prunable
+from fedmask.seeded import SeededNet
+
+
+class SeededMaskStrategy(FedAvg):
+    """FedAvg whose model is ``seed + masks``; see the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture shared with the clients; re-initialised in place from `seed`.
+    seed, init : int, str
+        Seed and init scheme of the frozen weights (see ``fedmask.models``).
+    mask_coding : {"packed", "entropy"}
+        How clients code the masks they send (``fedmask.mask_coding``).
+    arrayrecord_key : str
+        Key of the ArrayRecord carried down.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str,
+                 arrayrecord_key: str, **kwargs: Any) -> None:
+        if mask_coding not in CODINGS:
+            raise ValueError(f"{MASK_CODING}: {mask_coding!r} is not one of {list(CODINGS)}")
+        super().__init__(arrayrecord_key=arrayrecord_key, **kwargs)
+        self.model, self.mask_coding = model, mask_coding
+        self.net = SeededNet.announce(model, seed, init)
+        self.num_params = num_prunable(model)
+
+    # --- what a subclass provides -------------------------------------------------
+    @abstractmethod
+    def global_arrays(self) -> ArrayRecord:
+        """The global masks as sent to evaluating clients."""
+
+    def train_arrays(self, server_round: int) -> ArrayRecord:
+        """The global masks as sent to training clients (default: global_arrays)."""
+        del server_round
+        return self.global_arrays()
+
+    def wire_config(self) -> dict[str, Any]:
+        """Method-specific keys of the ConfigRecord sent down."""
+        return {}
+
+    @abstractmethod
+    def decode(self, msg: Message) -> Any:
+        """The mask a training reply carries; raise ReplyError/CodecError."""
+
+    @abstractmethod
+    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
+        """Update the global state from the round's ``(num_examples, decoded)`` pairs."""
+
+    @abstractmethod
+    def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The bits the entropy coder codes for `decoded`, and its model (None: i.i.d.)."""
+
+    @abstractmethod
+    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network that `arrays` describe, for evaluation."""
+
+    # --- shared protocol ----------------------------------------------------------
+    def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
+        """`config` plus the seeded-net description, N, the coding and wire_config()."""
+        config = ConfigRecord(dict(config or {}))
+        self.net.to_config(config)
+        config[NUM_PARAMS], config[MASK_CODING] = self.num_params, self.mask_coding
+        config.update(self.wire_config())
+        return config
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send train_arrays() with the seeded-net config."""
+        return super().configure_train(server_round, self.train_arrays(server_round),
+                                       self.config(config), grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Send global_arrays() for the clients' local evaluation."""
+        return super().configure_evaluate(server_round, self.global_arrays(),
+                                          self.config(config), grid)
+
+    def _decode(self, msg: Message) -> tuple[int, Any]:
+        return num_examples(msg), self.decode(msg)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
+        accepted = accept(replies, self._decode)
+        if not accepted:
+            return None, None
+        decoded = [pair for _, pair in accepted]
+        metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
+        metrics.update(self._entropy_metrics([mask for _, mask in decoded]))  # before the update
+        self.aggregate_masks(server_round, decoded)
+        return self.global_arrays(), metrics
+
+    def _entropy_metrics(self, decoded: list[Any]) -> dict[str, float]:
+        """Mean over clients, in bits per prunable parameter, of the coded bits'
+        ideal code length under the coder's model and of their i.i.d. entropy."""
+        model_bits, iid_bits = [], []
+        for item in decoded:
+            bits, probs = self.coded_bits(item)
+            model_bits.append(information_bits(bits, probs))
+            iid_bits.append(binary_entropy(bits.mean()) * bits.size if bits.size else 0.0)
+        return {"mask-entropy-bpp": float(np.mean(model_bits)) / self.num_params,
+                "mask-iid-entropy-bpp": float(np.mean(iid_bits)) / self.num_params}

@@ -1,0 +1,109 @@
+"""FedPM server: Bayesian (Beta posterior) aggregation of sampled binary masks."""
+
+from __future__ import annotations
+
+import copy
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from torch import nn
+
+from fedmask.mask_strategy import SeededMaskStrategy
+from fedmask.protocol import fedpm as wire
+
+
+class FedPM(SeededMaskStrategy):
+    """Server side of FedPM (sampling and evaluation as Flower's FedAvg).
+
+    Each position's keep probability is the mean of a Beta posterior:
+    ``alpha = 1 + sum_k w_k m_k``, ``beta = 1 + sum_k w_k (1 - m_k)`` with
+    ``w_k = 1`` (or ``K n_k / sum_j n_j`` when `weighted`), accumulated since
+    the last prior reset.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture shared with the clients; re-initialised in place from `seed`.
+    seed, init : int, str
+        Seed and init scheme of the frozen weights (signed constant by default).
+    prior_reset : int
+        Reset the posterior to Beta(1, 1) every `prior_reset` rounds (1: every
+        round; 0: never).
+    weighted : bool
+        Weight each client's mask by its number of training examples.
+    theta_format : {"uint8", "float32"}
+        How theta goes down (see ``fedmask.protocol.fedpm``).
+    estimator : {"ste", "theta"}
+        Clients' gradient estimator (``fedmask.masking.BernoulliSupermask``).
+    eval_samples : int
+        Sampled masks whose mean accuracy clients report next to the thresholded one.
+    mask_coding : {"packed", "entropy"}
+        How clients code their sampled mask (entropy: against the global theta).
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, seed: int = 0, init: str = "signed-constant",
+                 prior_reset: int = 1, weighted: bool = False, theta_format: str = "uint8",
+                 estimator: str = "ste", eval_samples: int = 3, mask_coding: str = "packed",
+                 **kwargs: Any) -> None:
+        if theta_format not in wire.THETA_DTYPES:
+            raise ValueError(f"{wire.THETA_FORMAT}: {theta_format!r} is not one of "
+                             f"{list(wire.THETA_DTYPES)}")
+        if prior_reset < 0:
+            raise ValueError(f"prior-reset: must be >= 0, got {prior_reset}")
+        super().__init__(model, seed, init, mask_coding, wire.THETA, **kwargs)
+        self.prior_reset, self.weighted = prior_reset, weighted
+        self.theta_format, self.estimator, self.eval_samples = theta_format, estimator, eval_samples
+        self.alpha = np.ones(self.num_params)
+        self.beta = np.ones(self.num_params)
+        self.wire_theta = wire.quantise(np.full(self.num_params, 0.5), theta_format)
+
+    def summary(self) -> None:
+        """Log the set-up, then FedAvg's sampling summary."""
+        log(INFO, "\t├──> FedPM: %d weights, seed %d, hash %s, prior reset every %s, "
+            "theta down as %s, mask coding %s", self.num_params, self.net.seed,
+            self.net.weight_hash, self.prior_reset or "never", self.theta_format,
+            self.mask_coding)
+        super().summary()
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The global keep probabilities clients hold (after quantisation)."""
+        return wire.dequantise(self.wire_theta)
+
+    def global_arrays(self) -> ArrayRecord:
+        """The global theta as sent down."""
+        return wire.encode_theta(self.wire_theta)
+
+    def wire_config(self) -> dict[str, Any]:
+        """Theta format, estimator and evaluation samples."""
+        return {wire.THETA_FORMAT: self.theta_format, wire.ESTIMATOR: self.estimator,
+                wire.EVAL_SAMPLES: self.eval_samples}
+
+    def decode(self, msg: Message) -> np.ndarray:
+        """The client's sampled mask (N bits)."""
+        return wire.decode_sample(msg, self.theta, self.mask_coding)
+
+    def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sampled mask, coded against the global theta."""
+        return decoded, self.theta
+
+    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, np.ndarray]]) -> None:
+        """Add the masks to the Beta posterior (reset first when due); theta = its mean."""
+        if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
+            self.alpha, self.beta = np.ones(self.num_params), np.ones(self.num_params)
+        total = sum(n for n, _ in decoded)
+        for n, mask in decoded:
+            weight = len(decoded) * n / total if self.weighted else 1.0
+            self.alpha += weight * mask
+            self.beta += weight * ~mask
+        self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
+
+    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network (Bernoulli supermasks at the theta `arrays` carry)."""
+        theta = wire.decode_theta(arrays, self.config(ConfigRecord()))
+        return wire.mask_net(copy.deepcopy(self.model), theta, self.estimator)
