@@ -12,6 +12,7 @@ Usage: ``python -m fedmask.launch [--num-supernodes N] [--run-config "k=v ..."]`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,8 +23,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
+APP = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -96,6 +99,24 @@ def flwr_run_command(app: Path, run_config: str, num_supernodes: int,
                   f"client-resources-num-cpus={cpus_per_client}")
     cmd = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
     return cmd + (["--run-config", run_config] if run_config else [])
+
+
+def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernodes: int,
+                   app: Path = APP, cpus_per_client: int = 1,
+                   timeout: float | None = None) -> dict[str, Any]:
+    """``flwr run`` the app with `run_config` (must name out-dir); return its results.json.
+
+    Raises RuntimeError with the run's output tail when it fails.
+    """
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+    cmd = flwr_run_command(app, overrides, num_supernodes, cpus_per_client)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    results = Path(run_config["out-dir"]) / "results.json"
+    if done.returncode != 0 or not results.exists():
+        raise RuntimeError(f"flwr run failed ({done.returncode}):\n"
+                           f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}")
+    return json.loads(results.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from fedmask.masking import (
     SignSTE,
     SignSupermask,
     attach,
+    fixed_samples,
     frozen_weight,
     supermasks,
 )
@@ -292,3 +293,16 @@ def test_attach_twice_raises_keyerror():
 def test_frozen_weight_of_plain_parameter_raises():
     with pytest.raises(KeyError, match="not parametrised"):
         frozen_weight(tiny_net(), "0.weight")
+
+
+def test_fixed_samples_scores_one_mask_per_pass():
+    model = nn.Sequential(nn.Linear(50, 50, bias=False))
+    attach(model, lambda name, w: BernoulliSupermask(torch.full_like(w, 0.5)), ["0.weight"])
+    model.eval()
+    with fixed_samples(model):
+        first, second = model[0].weight, model[0].weight
+        assert torch.equal(first, second)  # the same sample for every batch
+        assert not torch.equal(first, frozen_weight(model, "0.weight"))
+    thresholded = model[0].weight  # back to theta > 0.5 (all zero at exactly 0.5)
+    assert torch.equal(thresholded, torch.zeros_like(thresholded))
+    assert supermasks(model)["0.weight"].fixed is None

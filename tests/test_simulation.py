@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_run import flwr_run
-
-from fedmask.launch import simulation_superlink
+from fedmask.launch import run_simulation, simulation_superlink
 
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
@@ -29,13 +27,27 @@ def superlink(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hidenseek(superlink, tmp_path_factory):
     out = tmp_path_factory.mktemp("hidenseek")
-    return flwr_run(superlink, {**SMALL, "method": "hidenseek", "out-dir": str(out)}, 3)
+    return run_simulation(superlink, {**SMALL, "method": "hidenseek", "out-dir": str(out)}, 3, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def fedpm(superlink, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fedpm")
+    return run_simulation(superlink, {**SMALL, "method": "fedpm", "mask-coding": "entropy",
+                                "out-dir": str(out)}, 3, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def hidenseek_entropy(superlink, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hidenseek-entropy")
+    return run_simulation(superlink, {**SMALL, "method": "hidenseek", "mask-coding": "entropy",
+                                "out-dir": str(out)}, 3, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def fedavg(superlink, tmp_path_factory):
     out = tmp_path_factory.mktemp("fedavg")
-    return flwr_run(superlink, {**SMALL, "method": "fedavg", "out-dir": str(out)}, 3)
+    return run_simulation(superlink, {**SMALL, "method": "fedavg", "out-dir": str(out)}, 3, timeout=600)
 
 
 def _check_common(results, method):
@@ -74,3 +86,35 @@ def test_fedavg_uplink_is_dense_float32(fedavg, hidenseek):
     assert min(up) >= 4 * n
     hide_up = max(c["bytes_up"] for r in hidenseek["rounds"] for c in r["clients"])
     assert min(up) / hide_up > 50
+
+
+def _coded_payload_matches_measured_bytes(results, coded_positions):
+    """Each reply's measured size is the entropy the server measured plus framing."""
+    n = results["num_params"]
+    for record in results["rounds"]:
+        ideal = record["train_metrics"]["mask-entropy-bpp"] * n / 8  # bytes, mean client
+        mean_up = record["bytes_up"] / record["num_clients"]
+        assert ideal * 0.98 < mean_up <= ideal * 1.02 + HIDENSEEK_OVERHEAD
+        assert mean_up < math.ceil(coded_positions / 8) + HIDENSEEK_OVERHEAD
+
+
+def test_fedpm_sends_one_entropy_coded_mask(fedpm):
+    _check_common(fedpm, "fedpm")
+    assert fedpm["config"]["init"] == "signed-constant"
+    _coded_payload_matches_measured_bytes(fedpm, fedpm["num_params"])
+    first, second = fedpm["rounds"]
+    assert first["train_metrics"]["mask-entropy-bpp"] == pytest.approx(1.0, abs=0.01)
+    assert second["train_metrics"]["mask-entropy-bpp"] < 1.0  # coded against a learnt theta
+    for record in fedpm["rounds"]:
+        assert 0.0 <= record["sampled-accuracy"] <= 1.0
+        assert "sampled-accuracy" in record["client_eval_metrics"]
+        assert record["bytes_down"] >= 3 * fedpm["num_params"]  # uint8 theta to 3 clients
+
+
+def test_hidenseek_entropy_codes_the_flips(hidenseek_entropy, hidenseek):
+    _check_common(hidenseek_entropy, "hidenseek")
+    kept = round(0.5 * hidenseek_entropy["num_params"])
+    _coded_payload_matches_measured_bytes(hidenseek_entropy, kept)
+    coded = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek_entropy["rounds"]]
+    packed = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek["rounds"]]
+    assert coded == pytest.approx(packed, rel=0.2)  # same seed, same training: same flips

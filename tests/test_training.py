@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask.training import OPTIMIZERS, evaluate, make_optimizer, train
+from fedmask.training import OPTIMIZERS, evaluate, evaluate_metrics, make_optimizer, train
 
 
 def _separable(n: int = 200, seed: int = 0) -> TensorDataset:
@@ -151,3 +151,18 @@ def test_evaluate_empty_loader() -> None:
     empty = TensorDataset(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
     with pytest.raises(ValueError, match="no examples"):
         evaluate(_linear(), _loader(empty))
+
+
+def test_evaluate_metrics_adds_sampled_figures_only_when_asked() -> None:
+    from fedmask.masking import BernoulliSupermask, attach
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2, bias=False))
+    attach(model, lambda name, w: BernoulliSupermask(torch.full_like(w, 0.7)), ["0.weight"])
+    loader = _loader(_separable())
+    plain = evaluate_metrics(model, loader)
+    assert set(plain) == {"loss", "accuracy"}
+    assert plain["accuracy"] == evaluate(model, loader)[1]
+    sampled = evaluate_metrics(model, loader, samples=4)
+    assert set(sampled) == {"loss", "accuracy", "sampled-loss", "sampled-accuracy"}
+    assert 0.0 <= sampled["sampled-accuracy"] <= 1.0 and sampled["sampled-loss"] > 0
