@@ -1,11 +1,25 @@
-"""Shared fixtures: Flower message plumbing for strategy tests."""
+"""Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 from flwr.app import Error, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedmask.launch import simulation_superlink
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def superlink(tmp_path_factory):
+    """Env of a simulation SuperLink shared by every real `flwr run` test; stopped at the end."""
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        yield env
 
 
 @pytest.fixture(autouse=True)

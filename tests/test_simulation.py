@@ -1,14 +1,12 @@
-"""Real ``flwr run`` simulations (Ray backend) of HideNseek and FedAvg on FashionMNIST."""
+"""Real ``flwr run`` simulations (Ray backend) of every method on FashionMNIST."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
+from conftest import DATA_ROOT
 
-from fedmask.launch import run_simulation, simulation_superlink
+from fedmask.launch import run_simulation
 
-DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
 # Flower framing (message header, object tree, record/array headers, npy header).
 HIDENSEEK_OVERHEAD = 1800
@@ -16,12 +14,6 @@ HIDENSEEK_OVERHEAD = 1800
 SMALL = {"dataset": "fashion-mnist", "data-root": DATA_ROOT, "num-server-rounds": 2,
          "train-limit": 400, "test-limit": 1000, "synflow-iterations": 20,
          "fraction-evaluate": 1.0, "personal-epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory):
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
-        yield env
 
 
 @pytest.fixture(scope="module")

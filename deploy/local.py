@@ -1,0 +1,396 @@
+"""One-host Flower deployment of fedmask: a real SuperLink and N SuperNodes on 127.0.0.1.
+
+The SuperLink serves its Fleet, Control and Runtime APIs on one TLS port with
+SuperNode authentication; every SuperNode key is registered with
+``flwr supernode register`` before the SuperNodes start; each SuperNode gets its own
+Runtime (ClientAppIo) port, ``FLWR_HOME`` and ``partition-id``/``num-partitions``.
+Every process started is recorded (PID, start time) in STATE_DIR/pids.jsonl as
+soon as it starts, so ``down`` stops them even when ``up`` failed half way.
+
+Usage (entry point: deploy/local.sh):
+  deploy/local.sh up   [--nodes N] [--timeout S] [--state-dir DIR]   # prints the connection name
+  deploy/local.sh run  [--app DIR] [--state-dir DIR] [FLWR RUN ARGS...]  # e.g. --run-config "..."
+  deploy/local.sh down [--state-dir DIR]
+  deploy/local.sh status [--state-dir DIR]
+STATE_DIR defaults to $FEDMASK_DEPLOY_DIR, else $TMPDIR/fedmask-deploy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from fedmask.launch import BIN, flower_env, free_port  # noqa: E402
+
+HOST = "127.0.0.1"
+CONNECTION = "fedmask"
+PIDS = "pids.jsonl"
+STATE = "state.json"
+STOP_GRACE_S = 20.0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("FEDMASK_DEPLOY_DIR")
+                or Path(tempfile.gettempdir()) / "fedmask-deploy")
+
+
+def log(msg: str) -> None:
+    print(f"[deploy] {msg}", file=sys.stderr, flush=True)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    """Flower env with its own FLWR_HOME; no telemetry, update check or `uv sync`."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = flower_env(home)
+    for key in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
+        env.pop(key, None)  # would open extra legacy gRPC ports (0.0.0.0:9092)
+    return env
+
+
+# --- processes -------------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgid, start time in ticks) of `pid`, None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def _alive(pid: int, start: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and st[3] == start
+
+
+def _all_procs() -> dict[int, tuple[str, int, int, int]]:
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            procs[int(entry.name)] = st
+    return procs
+
+
+def record(state_dir: Path, name: str, pid: int, group: bool) -> None:
+    """Append a started process to the PID file (flushed: `down` must see it)."""
+    st = _stat(pid)
+    entry = {"name": name, "pid": pid, "start": st[3] if st else -1, "group": group}
+    with open(state_dir / PIDS, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def recorded(state_dir: Path) -> list[dict]:
+    path = state_dir / PIDS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start(state_dir: Path, name: str, cmd: list[str], env: dict[str, str],
+          logfile: Path) -> subprocess.Popen:
+    """Start `cmd` as leader of a new process group, output to `logfile`; record it."""
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    record(state_dir, name, proc.pid, group=True)
+    return proc
+
+
+def record_descendants(state_dir: Path) -> None:
+    """Record the processes spawned by recorded ones (the SuperLink's SuperExec runs
+    in its own session, so its process group is not the SuperLink's)."""
+    known = {r["pid"] for r in recorded(state_dir)}
+    for pid, st in _our_processes(state_dir).items():
+        if pid not in known:
+            record(state_dir, f"child-of-{st[1]}", pid, group=False)
+
+
+def _ours(state_dir: Path) -> tuple[dict[int, tuple[str, int, int, int]], set[int]]:
+    """Live processes started by this deployment (recorded ones whose start time still
+    matches, members of their process groups, all their descendants) and those groups."""
+    procs = _all_procs()
+    roots, groups = set(), set()
+    for r in recorded(state_dir):
+        st = procs.get(r["pid"])
+        if st is not None and st[3] != r["start"]:
+            continue  # PID reused by a process that is not ours
+        if st is not None and st[0] not in ("Z", "X"):
+            roots.add(r["pid"])
+        if r["group"]:
+            groups.add(r["pid"])  # a group outlives its leader; its id is not reused
+    roots |= {pid for pid, st in procs.items() if st[2] in groups}
+    children: dict[int, list[int]] = {}
+    for pid, st in procs.items():
+        children.setdefault(st[1], []).append(pid)
+    ours, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in ours:
+            ours.add(pid)
+            todo.extend(children.get(pid, []))
+    live = {pid: procs[pid] for pid in ours if procs[pid][0] not in ("Z", "X")}
+    return live, groups | {pid for pid, st in live.items() if st[2] == pid}
+
+
+def _our_processes(state_dir: Path) -> dict[int, tuple[str, int, int, int]]:
+    return _ours(state_dir)[0]
+
+
+def _signal(targets: dict[int, tuple[str, int, int, int]], groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid, st in targets.items():
+        if _alive(pid, st[3]):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def down(state_dir: Path) -> int:
+    """Stop every recorded process, its group and its descendants: SIGTERM, then SIGKILL."""
+    targets, groups = _ours(state_dir)
+    if not targets:
+        log(f"nothing running from {state_dir}")
+        (state_dir / PIDS).unlink(missing_ok=True)
+        return 0
+    log(f"stopping {len(targets)} processes: {sorted(targets)}")
+    _signal(targets, groups, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        left = {pid: st for pid, st in targets.items() if _alive(pid, st[3])}
+        if not left:
+            break
+        time.sleep(0.3)
+    else:
+        left, groups = _ours(state_dir)
+        log(f"SIGKILL {sorted(left)}")
+        _signal(left, groups, signal.SIGKILL)
+        time.sleep(0.5)
+    rest = _our_processes(state_dir)
+    if rest:
+        log(f"still running: {sorted(rest)}")
+        return 1
+    (state_dir / PIDS).unlink(missing_ok=True)
+    log("all stopped")
+    return 0
+
+
+# --- Flower ------------------------------------------------------------------------
+
+def flwr_cli(state: dict, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run the flwr CLI against the deployment (its own FLWR_HOME with config.toml)."""
+    return subprocess.run([str(BIN / "flwr"), *args], env=env_for(Path(state["cli_home"])),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _json_out(text: str) -> dict:
+    return json.loads(text[text.index("{"): text.rindex("}") + 1])
+
+
+def online_nodes(state: dict) -> list[str]:
+    """Node ids the SuperLink reports online (empty if it cannot be asked)."""
+    done = flwr_cli(state, "supernode", "list", state["connection"], "--format", "json")
+    try:
+        nodes = _json_out(done.stdout)["nodes"]
+    except (ValueError, KeyError):
+        return []
+    return [n["node-id"] for n in nodes if n["status"] == "online"]
+
+
+def superlink_cmd(certs: Path, port: int) -> list[str]:
+    return [str(BIN / "flower-superlink"),
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.crt"),
+            "--ssl-keyfile", str(certs / "server.key"),
+            "--enable-supernode-auth",
+            "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--host", HOST, "--port", str(port)]
+
+
+def supernode_cmd(certs: Path, superlink_port: int, private_key: Path, runtime_port: int,
+                  partition_id: int, num_partitions: int) -> list[str]:
+    """A SuperNode: TLS to the SuperLink (CA-verified), authenticated with `private_key`,
+    its Runtime API (where the ClientApp connects) on `runtime_port` with TLS as well."""
+    return [str(BIN / "flower-supernode"),
+            "--superlink", f"{HOST}:{superlink_port}",
+            "--root-certificates", str(certs / "ca.crt"),
+            "--auth-supernode-private-key", str(private_key),
+            "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+            "--isolation", "subprocess",
+            "--host", HOST, "--port", str(runtime_port),
+            "--ssl-certfile", str(certs / "server.crt"),
+            "--ssl-keyfile", str(certs / "server.key"),
+            "--ssl-ca-certfile", str(certs / "ca.crt")]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}:\n"
+                               f"{_tail(logfile)}")
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"flower-superlink did not open {HOST}:{port} in {timeout:.0f} s")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
+    if _our_processes(state_dir):
+        log(f"a deployment from {state_dir} is running; `deploy/local.sh down` first")
+        return 1
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / PIDS).unlink(missing_ok=True)
+    certs = state_dir / "certs"
+    subprocess.run(["bash", str(REPO / "deploy" / "gen_certs.sh"), str(certs), str(num_nodes)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+    port = free_port()
+    cli_home = state_dir / "cli"
+    cli_home.mkdir(parents=True, exist_ok=True)
+    (cli_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{HOST}:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+    state = {"connection": CONNECTION, "address": f"{HOST}:{port}", "cli_home": str(cli_home),
+             "certs": str(certs), "num_nodes": num_nodes, "nodes": []}
+    (state_dir / STATE).write_text(json.dumps(state, indent=1))
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up below on SIGTERM
+    try:
+        home = state_dir / "superlink"
+        link_log = home / "superlink.log"
+        proc = start(state_dir, "superlink", superlink_cmd(certs, port), env_for(home), link_log)
+        _wait_port(port, proc, link_log, timeout)
+        log(f"SuperLink on {HOST}:{port} (TLS, SuperNode auth), PID {proc.pid}")
+
+        for i in range(num_nodes):
+            done = flwr_cli(state, "supernode", "register", str(certs / f"node-{i}.pub"),
+                            CONNECTION, "--name", f"node-{i}", "--format", "json")
+            try:
+                node_id = _json_out(done.stdout)["node-id"]
+            except (ValueError, KeyError):
+                raise RuntimeError(f"registering node-{i} failed ({done.returncode}):\n"
+                                   f"{done.stdout}\n{done.stderr}") from None
+            state["nodes"].append({"name": f"node-{i}", "node_id": str(node_id)})
+        log(f"registered {num_nodes} SuperNode keys: "
+            f"{[n['node_id'] for n in state['nodes']]}")
+
+        nodes = []
+        for i in range(num_nodes):
+            home = state_dir / f"node-{i}"
+            runtime_port = free_port()
+            cmd = supernode_cmd(certs, port, certs / f"node-{i}", runtime_port, i, num_nodes)
+            nodes.append((start(state_dir, f"node-{i}", cmd, env_for(home),
+                                home / "supernode.log"), home / "supernode.log"))
+            state["nodes"][i].update(runtime_port=runtime_port, pid=nodes[-1][0].pid)
+        (state_dir / STATE).write_text(json.dumps(state, indent=1))
+
+        deadline = time.monotonic() + timeout
+        while len(online := online_nodes(state)) < num_nodes:
+            for i, (node, node_log) in enumerate(nodes):
+                if node.poll() is not None:
+                    raise RuntimeError(f"node-{i} exited with code {node.returncode}:\n"
+                                       f"{_tail(node_log)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(online)}/{num_nodes} SuperNodes online "
+                                   f"after {timeout:.0f} s")
+            time.sleep(2)
+        record_descendants(state_dir)
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as err:
+        log(f"up failed: {err}")
+        log("stopping what was started")
+        down(state_dir)
+        return 1
+    except BaseException:
+        down(state_dir)
+        raise
+    log(f"{num_nodes} SuperNodes online; logs and FLWR_HOMEs under {state_dir}")
+    log(f"run: deploy/local.sh run --run-config \"...\"   or   "
+        f"FLWR_HOME={cli_home} flwr run {REPO} {CONNECTION} --stream")
+    print(CONNECTION, flush=True)
+    return 0
+
+
+def load_state(state_dir: Path) -> dict:
+    path = state_dir / STATE
+    if not path.exists() or not _our_processes(state_dir):
+        raise SystemExit(f"[deploy] no deployment running from {state_dir}; "
+                         "`deploy/local.sh up` first")
+    return json.loads(path.read_text())
+
+
+def run(state_dir: Path, app: Path, extra: list[str]) -> int:
+    """``flwr run APP <connection> --stream EXTRA...`` against the deployment."""
+    state = load_state(state_dir)
+    cmd = [str(BIN / "flwr"), "run", str(app), state["connection"], "--stream", *extra]
+    return subprocess.run(cmd, env=env_for(Path(state["cli_home"])), check=False).returncode
+
+
+def status(state_dir: Path) -> int:
+    state = load_state(state_dir)
+    for pid, st in sorted(_our_processes(state_dir).items()):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        print(f"{pid:>7} pgid {st[2]:>7}  {cmdline[:110]}")
+    done = flwr_cli(state, "supernode", "list", state["connection"])
+    print(done.stdout or done.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="deploy/local.sh", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[9:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "run", "down", "status"):
+        p = sub.add_parser(name)
+        p.add_argument("--state-dir", type=Path, default=default_state_dir())
+        if name == "up":
+            p.add_argument("--nodes", type=int, default=2)
+            p.add_argument("--timeout", type=float, default=300.0,
+                           help="seconds to wait for the SuperLink and all SuperNodes")
+        if name == "run":
+            p.add_argument("--app", type=Path, default=REPO)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    state_dir = args.state_dir.resolve()
+    if args.command == "up":
+        if args.nodes < 1:
+            parser.error("--nodes must be >= 1")
+        return up(state_dir, args.nodes, args.timeout)
+    if args.command == "run":
+        return run(state_dir, args.app.resolve(), extra)
+    if args.command == "down":
+        return down(state_dir)
+    return status(state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

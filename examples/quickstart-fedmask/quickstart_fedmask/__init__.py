@@ -1,0 +1,1 @@
+"""quickstart_fedmask: Flower's PyTorch quickstart, switched to a fedmask strategy."""
