@@ -5,10 +5,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import Error, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
 
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmask.data import ClientData
 from fedmask.launch import simulation_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +49,21 @@ def client_reply():
             return make_message(_metadata(node, message_type), error=Error(1, "boom"))
         return make_message(_metadata(node, message_type), content=content)
     return make
+
+
+class FakeGrid:
+    """The one Grid method a strategy's configure_* calls: the connected node ids."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def tiny_client_data() -> ClientData:
+    """64 random 1x12x12 images with labels, as both train and test split."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 12, 12, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    return ClientData(train=loader, test=loader, num_train=64, num_test=64)

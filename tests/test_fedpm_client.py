@@ -4,28 +4,15 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import FakeGrid, tiny_client_data
 
 from fedmask.client import fedpm
 from fedmask.client.settings import LocalSettings
-from fedmask.data import ClientData
 from fedmask.masking import BernoulliSupermask, frozen_weight, supermasks
 from fedmask.models import build_model
 from fedmask.protocol import fedpm as wire
 from fedmask.seeded import WeightHashError
 from strategies import FedPM
-
-
-class _Grid:
-    def get_node_ids(self):
-        return [21, 22]
-
-
-def _data() -> ClientData:
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 1, 12, 12, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    return ClientData(train=loader, test=loader, num_train=64, num_test=64)
 
 
 @pytest.fixture(params=["packed", "entropy"])
@@ -36,13 +23,13 @@ def strategy(request):
 def _received(strategy, kind="train") -> Message:
     config = LocalSettings(local_epochs=1, lr=0.1, optimizer="adam").to_config()
     configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
-    msg = list(configure(1, strategy.global_arrays(), config, _Grid()))[0]
+    msg = list(configure(1, strategy.global_arrays(), config, FakeGrid([21, 22])))[0]
     msg.metadata.__dict__["_message_id"] = "m1"
     return msg
 
 
 def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply):
-    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), _data())
+    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data())
     mask = wire.decode_sample(reply, strategy.theta, strategy.mask_coding)
     assert mask.dtype == bool and mask.size == strategy.num_params
     assert 0.3 < mask.mean() < 0.7  # sampled from probabilities that started at 0.5
@@ -53,7 +40,7 @@ def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply
 
 def test_training_moves_scores_and_never_the_frozen_weights(strategy):
     model = build_model("cnn", 10, 1, 12)
-    fedpm.train(_received(strategy), model, _data())
+    fedpm.train(_received(strategy), model, tiny_client_data())
     reference = dict(strategy.model.named_parameters())
     masks = supermasks(model)
     assert masks and all(isinstance(m, BernoulliSupermask) for m in masks.values())
@@ -74,12 +61,12 @@ def test_scores_start_from_the_global_theta(strategy):
 
 def test_client_with_a_different_model_is_refused(strategy):
     with pytest.raises(WeightHashError, match="weight-hash"):
-        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), _data())
+        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), tiny_client_data())
 
 
 def test_evaluate_reports_thresholded_and_sampled_accuracy(strategy):
     reply = fedpm.evaluate(_received(strategy, "evaluate"), build_model("cnn", 10, 1, 12),
-                           _data())
+                           tiny_client_data())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64
     for key in ("accuracy", "sampled-accuracy"):

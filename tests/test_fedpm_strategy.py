@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
@@ -113,15 +114,11 @@ def test_malformed_reply_is_dropped_and_round_goes_on(replies, client_reply, bad
     np.testing.assert_allclose(strategy.theta, 2 / 3, rtol=1e-6)  # only the good reply
 
 
-class _Grid:
-    def get_node_ids(self):
-        return [11, 12]
-
-
 def test_messages_down_carry_seed_theta_and_settings():
     strategy = FedPM(build_model("cnn", 10, 1, 12), seed=5, eval_samples=4,
                      mask_coding="entropy")
-    sent = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), _Grid()))
+    grid = FakeGrid([11, 12])
+    sent = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), grid))
     assert len(sent) == 2
     theta = sent[0].content.array_records[wire.THETA][wire.THETA].numpy()
     assert theta.dtype == np.uint8 and theta.size == strategy.num_params

@@ -4,29 +4,16 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import FakeGrid, tiny_client_data
 
 from fedmask.client import hidenseek
 from fedmask.client.settings import LocalSettings
-from fedmask.data import ClientData
 from fedmask.entropy import binary_entropy
 from fedmask.masking import frozen_weight, supermasks
 from fedmask.models import build_model
 from fedmask.protocol import hidenseek as wire
 from fedmask.seeded import WeightHashError
 from strategies import HideNseek
-
-
-class _Grid:
-    def get_node_ids(self):
-        return [21, 22]
-
-
-def _data() -> ClientData:
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 1, 12, 12, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    return ClientData(train=loader, test=loader, num_train=64, num_test=64)
 
 
 @pytest.fixture(params=["packed", "entropy"])
@@ -44,12 +31,13 @@ def _as_received(msg: Message) -> Message:
 def _messages(strategy, kind="train", server_round=1):
     config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam").to_config()
     configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
-    return [_as_received(m) for m in configure(server_round, strategy.global_arrays(), config, _Grid())]
+    sent = configure(server_round, strategy.global_arrays(), config, FakeGrid([21, 22]))
+    return [_as_received(m) for m in sent]
 
 
 def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, client_reply):
     msg = _messages(strategy)[0]
-    reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), _data())
+    reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
     bits = wire.decode_signs(reply, strategy.signs, strategy.mask_coding)
     assert wire.UPLINK_KEYS[strategy.mask_coding] in reply.content.array_records[wire.SIGNS]
     assert bits.dtype == bool and bits.size == strategy.signs.size
@@ -66,12 +54,12 @@ def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, clien
 def test_client_with_a_different_model_is_refused(strategy):
     msg = _messages(strategy)[0]
     with pytest.raises(WeightHashError, match="weight-hash"):
-        hidenseek.train(msg, build_model("conv4", 10, 1, 12), _data())
+        hidenseek.train(msg, build_model("conv4", 10, 1, 12), tiny_client_data())
 
 
 def test_evaluate_reports_local_and_personalised_accuracy(strategy):
     msg = _messages(strategy, "evaluate")[0]
-    reply = hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), _data())
+    reply = hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["personal-accuracy"] <= 1.0
@@ -81,7 +69,7 @@ def test_evaluate_reports_local_and_personalised_accuracy(strategy):
 def test_frozen_weights_stay_seed_weights_after_training(strategy):
     msg = _messages(strategy)[0]
     model = build_model("cnn", 10, 1, 12)
-    hidenseek.train(msg, model, _data())
+    hidenseek.train(msg, model, tiny_client_data())
     reference = dict(strategy.model.named_parameters())
     for name in supermasks(model):
         assert torch.equal(frozen_weight(model, name), reference[name])

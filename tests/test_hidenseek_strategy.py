@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmask.codec import pack_mask, unpack_mask
@@ -83,15 +84,11 @@ def test_bad_num_examples_and_error_replies_are_dropped(reply, client_reply):
     assert strategy.signs.all()
 
 
-class _Grid:
-    def get_node_ids(self):
-        return [11, 12, 13]
-
-
 def test_messages_down_carry_seed_hash_and_packed_masks():
     strategy = _strategy()
     k, n = strategy.signs.size, strategy.prune.size
-    first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), _Grid()))
+    grid = FakeGrid([11, 12, 13])
+    first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), grid))
     assert len(first) == 3
     record = first[0].content.array_records[wire.MASKS]
     assert wire.SIGN_MASK not in record  # round 1: all +1, nothing sent
@@ -99,7 +96,7 @@ def test_messages_down_carry_seed_hash_and_packed_masks():
     config = first[0].content.config_records["config"]
     assert config["seed"] == 3 and config["weight-hash"] == strategy.net.weight_hash
     assert (config[wire.NUM_PARAMS], config[wire.NUM_KEPT], config["lr"]) == (n, k, 0.1)
-    later = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), _Grid()))
+    later = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
     signs = later[0].content.array_records[wire.MASKS][wire.SIGN_MASK].numpy()
     assert signs.size == (k + 7) // 8
     assert all(v for v in pack_mask(np.ones(k, bool)) == signs)
