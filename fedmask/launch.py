@@ -101,22 +101,32 @@ def flwr_run_command(app: Path, run_config: str, num_supernodes: int,
     return cmd + (["--run-config", run_config] if run_config else [])
 
 
-def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernodes: int,
-                   app: Path = APP, cpus_per_client: int = 1,
-                   timeout: float | None = None) -> dict[str, Any]:
-    """``flwr run`` the app with `run_config` (must name out-dir); return its results.json.
+def overrides(run_config: dict[str, Any]) -> str:
+    """`run_config` as one ``--run-config`` string (values JSON, so strings are quoted)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+
+
+def run_and_read(cmd: list[str], env: dict[str, str], out_dir: str | Path,
+                 timeout: float | None = None) -> dict[str, Any]:
+    """Run a ``flwr run`` command line; return the results.json it wrote to `out_dir`.
 
     Raises RuntimeError with the run's output tail when it fails.
     """
-    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-    cmd = flwr_run_command(app, overrides, num_supernodes, cpus_per_client)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
-    results = Path(run_config["out-dir"]) / "results.json"
+    results = Path(out_dir) / "results.json"
     if done.returncode != 0 or not results.exists():
         raise RuntimeError(f"flwr run failed ({done.returncode}):\n"
                            f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}")
     return json.loads(results.read_text())
+
+
+def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernodes: int,
+                   app: Path = APP, cpus_per_client: int = 1,
+                   timeout: float | None = None) -> dict[str, Any]:
+    """``flwr run`` the app in simulation with `run_config` (must name out-dir)."""
+    cmd = flwr_run_command(app, overrides(run_config), num_supernodes, cpus_per_client)
+    return run_and_read(cmd, env, run_config["out-dir"], timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

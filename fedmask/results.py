@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -94,6 +95,16 @@ class RoundRecorder:
             record["train_metrics"] = dict(result.train_metrics_clientapp.get(rnd, {}))
             record["client_eval_metrics"] = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
         return {**header, "initial": self.initial, "rounds": self.rounds}
+
+
+def arrays_sha256(arrays: ArrayRecord) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of `arrays` (in key order)."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        value = arrays[key].numpy()
+        digest.update(f"{key}:{value.dtype}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

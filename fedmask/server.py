@@ -23,7 +23,7 @@ from fedmask.accounting import MeasuringGrid
 from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
-from fedmask.results import RoundRecorder, write_json
+from fedmask.results import RoundRecorder, arrays_sha256, write_json
 from strategies import FedPM, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
@@ -110,7 +110,7 @@ def run(grid: Grid, context: Context) -> Path:
                             evaluate_config=settings, evaluate_fn=recorder)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
               "num_params": num_prunable(model), "density": density, "seed": cfg["seed"],
-              "config": cfg}
+              "config": cfg, "final_arrays_sha256": arrays_sha256(result.arrays)}
     path = out_dir(cfg) / "results.json"
     write_json(path, recorder.results(header, result))
     log(INFO, "[fedmask] results written to %s", path)

@@ -13,10 +13,17 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmask.data import ClientData
-from fedmask.launch import simulation_superlink
+from fedmask.launch import run_simulation, simulation_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
+
+
+# A small real run: 3 nodes, 2 rounds, 400 training images per node.
+SMALL = {"dataset": "fashion-mnist", "data-root": DATA_ROOT, "num-server-rounds": 2,
+         "train-limit": 400, "test-limit": 1000, "synflow-iterations": 20,
+         "fraction-evaluate": 1.0, "personal-epochs": 1}
+SMALL_NODES = 3
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +31,19 @@ def superlink(tmp_path_factory):
     """Env of a simulation SuperLink shared by every real `flwr run` test; stopped at the end."""
     with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
         yield env
+
+
+def small_simulation(env, tmp_path_factory, **config):
+    """results.json of a SMALL simulation run with `config` on top."""
+    out = tmp_path_factory.mktemp(config["method"])
+    return run_simulation(env, {**SMALL, **config, "out-dir": str(out)}, SMALL_NODES,
+                          timeout=600)
+
+
+@pytest.fixture(scope="session")
+def hidenseek(superlink, tmp_path_factory):
+    """The SMALL HideNseek simulation (shared by the simulation and deployment tests)."""
+    return small_simulation(superlink, tmp_path_factory, method="hidenseek")
 
 
 @pytest.fixture(autouse=True)

@@ -3,42 +3,27 @@
 import math
 
 import pytest
-from conftest import DATA_ROOT
-
-from fedmask.launch import run_simulation
+from conftest import small_simulation
 
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
 # Flower framing (message header, object tree, record/array headers, npy header).
 HIDENSEEK_OVERHEAD = 1800
-
-SMALL = {"dataset": "fashion-mnist", "data-root": DATA_ROOT, "num-server-rounds": 2,
-         "train-limit": 400, "test-limit": 1000, "synflow-iterations": 20,
-         "fraction-evaluate": 1.0, "personal-epochs": 1}
-
-
-def _run(superlink, tmp_path_factory, **config):
-    out = tmp_path_factory.mktemp(config["method"])
-    return run_simulation(superlink, {**SMALL, **config, "out-dir": str(out)}, 3, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def hidenseek(superlink, tmp_path_factory):
-    return _run(superlink, tmp_path_factory, method="hidenseek")
+ENTROPY = {"mask-coding": "entropy"}
 
 
 @pytest.fixture(scope="module")
 def hidenseek_entropy(superlink, tmp_path_factory):
-    return _run(superlink, tmp_path_factory, method="hidenseek", **{"mask-coding": "entropy"})
+    return small_simulation(superlink, tmp_path_factory, method="hidenseek", **ENTROPY)
 
 
 @pytest.fixture(scope="module")
 def fedpm(superlink, tmp_path_factory):
-    return _run(superlink, tmp_path_factory, method="fedpm", **{"mask-coding": "entropy"})
+    return small_simulation(superlink, tmp_path_factory, method="fedpm", **ENTROPY)
 
 
 @pytest.fixture(scope="module")
 def fedavg(superlink, tmp_path_factory):
-    return _run(superlink, tmp_path_factory, method="fedavg")
+    return small_simulation(superlink, tmp_path_factory, method="fedavg")
 
 
 def _check_common(results, method):

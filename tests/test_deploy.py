@@ -1,0 +1,77 @@
+"""A real deployment on 127.0.0.1: TLS SuperLink with SuperNode authentication, 3 SuperNodes.
+
+Runs HideNseek through `deploy/local.sh` and checks that it gives the same results.json
+fields and the same final global mask as the simulation, and that a SuperNode whose key
+was never registered is refused. `down` stops every process `up` started, even on failure.
+"""
+
+import json
+import subprocess
+
+import pytest
+from conftest import ROOT, SMALL, SMALL_NODES
+
+from fedmask.launch import BIN, flower_env, free_port, overrides, run_and_read
+
+DEPLOY = str(ROOT / "deploy" / "local.sh")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    state = tmp_path_factory.mktemp("deployment")
+    try:
+        up = subprocess.run([DEPLOY, "up", "--nodes", str(SMALL_NODES), "--state-dir",
+                             str(state)], capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stderr[-4000:]
+        assert up.stdout.strip() == "fedmask"
+        yield state
+    finally:
+        down = subprocess.run([DEPLOY, "down", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def deployed_hidenseek(deployment, tmp_path_factory):
+    out = tmp_path_factory.mktemp("deployed-hidenseek")
+    config = {**SMALL, "method": "hidenseek", "out-dir": str(out)}
+    cmd = [DEPLOY, "run", "--state-dir", str(deployment), "--run-config", overrides(config)]
+    return run_and_read(cmd, None, out, timeout=900)
+
+
+def test_deployed_run_reports_like_the_simulation(deployed_hidenseek, hidenseek):
+    assert set(deployed_hidenseek) == set(hidenseek)
+    assert [r["round"] for r in deployed_hidenseek["rounds"]] == [1, 2]
+    for record, simulated in zip(deployed_hidenseek["rounds"], hidenseek["rounds"]):
+        assert set(record) == set(simulated)
+        assert record["num_clients"] == SMALL_NODES and record["failed_clients"] == []
+        # the same messages: payload sizes equal, up to node-id and metadata framing
+        assert abs(record["bytes_up"] - simulated["bytes_up"]) < 200 * SMALL_NODES
+        assert record["wall_s"] > 0
+
+
+def test_deployment_and_simulation_reach_the_same_global_mask(deployed_hidenseek, hidenseek):
+    assert deployed_hidenseek["final_arrays_sha256"] == hidenseek["final_arrays_sha256"]
+    for record, simulated in zip(deployed_hidenseek["rounds"], hidenseek["rounds"]):
+        assert record["accuracy"] == simulated["accuracy"]
+
+
+def test_unregistered_supernode_is_refused(deployment, tmp_path):
+    state = json.loads((deployment / "state.json").read_text())
+    subprocess.run(["bash", str(ROOT / "deploy" / "gen_certs.sh"), str(tmp_path), "1"],
+                   check=True, capture_output=True)
+    cmd = [str(BIN / "flower-supernode"), "--superlink", state["address"],
+           "--root-certificates", str(deployment / "certs" / "ca.crt"),
+           "--auth-supernode-private-key", str(tmp_path / "node-0"),  # never registered
+           "--node-config", "partition-id=0 num-partitions=1", "--isolation", "process",
+           "--host", "127.0.0.1", "--port", str(free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=flower_env(tmp_path / "flwr-home"))
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Failed to activate SuperNode" in output
