@@ -274,12 +274,19 @@ def client_data(
     parts = _train_partitions(
         dataset, _resolve(data_root), _resolve_cache(None), num_partitions, partition, seed, alpha
     )
-    client_seed = _derive_seed(seed, partition_id)
-    train_idx, test_idx = split_train_test(parts[partition_id], test_fraction, client_seed)
+    return split_loaders(x, y, parts[partition_id], batch_size, test_fraction, train_limit,
+                         _derive_seed(seed, partition_id))
+
+
+def split_loaders(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, batch_size: int,
+                  test_fraction: float, train_limit: int, seed: int) -> ClientData:
+    """A client's loaders over ``(x, y)[indices]``: a seeded train/test split,
+    `train_limit` applied (the test part capped proportionally), seeded shuffling."""
+    train_idx, test_idx = split_train_test(indices, test_fraction, seed)
     if train_limit:
         test_cap = max(1, math.ceil(train_limit * test_fraction / (1 - test_fraction)))
         train_idx, test_idx = train_idx[:train_limit], test_idx[:test_cap]
-    generator = torch.Generator().manual_seed(client_seed)
+    generator = torch.Generator().manual_seed(seed)
     return ClientData(
         train=_loader(x, y, train_idx, batch_size, generator),
         test=_loader(x, y, test_idx, batch_size),

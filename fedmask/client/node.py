@@ -10,7 +10,8 @@ from flwr.app import Context, Message
 
 from fedmask import config as run_config
 from fedmask.client import fedavg, fedpm, hidenseek
-from fedmask.data import DATASETS, client_data
+from fedmask.data import DATASETS, ClientData, client_data
+from fedmask.device_data import device_data
 from fedmask.models import build_model
 from fedmask.protocol import CONFIG
 
@@ -25,15 +26,24 @@ def message_seed(seed: int, server_round: int, partition_id: int, phase: str) ->
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
+def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
+    """This node's data and partition id: its own `data-path` folder when the node
+    config names one (partition id 0 unless given), else its partition of `data-root`."""
+    partition = int(node_config.get("partition-id", 0))
+    common = (cfg["batch-size"], cfg["test-fraction"], cfg["train-limit"])
+    if node_config.get("data-path"):
+        return device_data(str(node_config["data-path"]), cfg["dataset"], *common,
+                           seed=message_seed(cfg["seed"], 0, partition, "data")), partition
+    return client_data(cfg["dataset"], cfg["data-root"], partition,
+                       int(node_config["num-partitions"]), cfg["partition"], cfg["alpha"],
+                       cfg["seed"], *common), partition
+
+
 def handle(msg: Message, context: Context, phase: str) -> Message:
     """Answer a ``train`` or ``evaluate`` message for the configured method."""
     cfg = run_config.parse(context.run_config)
     spec = DATASETS[cfg["dataset"]]
-    partition = int(context.node_config["partition-id"])
-    data = client_data(
-        cfg["dataset"], cfg["data-root"], partition,
-        int(context.node_config["num-partitions"]), cfg["partition"], cfg["alpha"],
-        cfg["seed"], cfg["batch-size"], cfg["test-fraction"], cfg["train-limit"])
+    data, partition = node_data(cfg, context.node_config)
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = int(msg.content.config_records[CONFIG].get("server-round", 0))
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
