@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Generate the TLS and SuperNode-authentication material for a one-host deployment.
 #
-# Usage: deploy/gen_certs.sh OUTDIR NUM_NODES
+# Usage: deploy/gen_certs.sh OUTDIR NUM_NODES [EXTRA_SANS]
+#   EXTRA_SANS: more names the server certificate is valid for, e.g.
+#   "DNS:flower.example.org,IP:192.168.1.10" (a SuperLink other devices reach) or
+#   "DNS:superlink,DNS:supernode-0,DNS:supernode-1" (deploy/compose.yaml).
 #
 # Writes into OUTDIR:
 #   ca.crt, ca.key             self-signed CA (EC P-384)
@@ -13,12 +16,13 @@
 # `cryptography` package of the project's venv, writes the OpenSSH key pairs.
 set -euo pipefail
 
-if [[ $# -ne 2 || ! "$2" =~ ^[0-9]+$ ]]; then
-    echo "usage: $0 OUTDIR NUM_NODES" >&2
+if [[ $# -lt 2 || $# -gt 3 || ! "$2" =~ ^[0-9]+$ ]]; then
+    echo "usage: $0 OUTDIR NUM_NODES [EXTRA_SANS]" >&2
     exit 2
 fi
 out=$1
 num_nodes=$2
+sans="IP:127.0.0.1, DNS:localhost${3:+, $3}"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 python=${FEDMASK_PYTHON:-$here/../.venv/bin/python}
 
@@ -32,7 +36,7 @@ trap 'rm -f "$ext" server.csr' EXIT
 
 # CA
 openssl ecparam -name secp384r1 -genkey -noout -out ca.key
-cat >"$ext" <<'EOF'
+cat >"$ext" <<EOF
 [req]
 distinguished_name = dn
 prompt = no
@@ -46,7 +50,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = $sans
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid, issuer
 EOF
