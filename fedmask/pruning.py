@@ -11,6 +11,7 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -263,3 +264,56 @@ def mask_density(masks: dict[str, Tensor]) -> float:
     if total == 0:
         raise ValueError("masks must contain at least one position")
     return sum(int(m.count_nonzero()) for m in masks.values()) / total
+
+
+PRUNE_STRUCTURES = ("unstructured", "filter")
+
+
+def flat_weights(model: nn.Module) -> np.ndarray:
+    """The prunable weights of `model`, flattened in :func:`prunable_names` order."""
+    params = dict(model.named_parameters())
+    return np.concatenate([params[n].detach().cpu().numpy().reshape(-1)
+                           for n in prunable_names(model)])
+
+
+@torch.no_grad()
+def apply_flat_mask(model: nn.Module, mask: np.ndarray) -> None:
+    """Zero, in place, every prunable weight where the flat `mask` is False."""
+    params = dict(model.named_parameters())
+    start = 0
+    for name in prunable_names(model):
+        weight = params[name]
+        part = mask[start:start + weight.numel()].reshape(weight.shape)
+        weight.mul_(torch.from_numpy(part).to(weight.dtype))
+        start += weight.numel()
+
+
+def _filter_norms(weight: Tensor) -> Tensor:
+    """Each entry's score: the L2 norm of its output filter (row), broadcast."""
+    norms = weight.flatten(1).norm(dim=1)
+    return norms.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight)
+
+
+@torch.no_grad()
+def prune_kept(model: nn.Module, mask: np.ndarray, rate: float,
+               structure: str = "unstructured") -> np.ndarray:
+    """Prune a further fraction `rate` of the positions `mask` keeps, by magnitude.
+
+    Keeps the ``round((1 - rate) * kept)`` kept positions of largest ``|w|``
+    (``structure="unstructured"``) or of largest L2 norm of their output filter
+    (``"filter"``: whole filters go first; the last one may be cut part-way).
+    Ties go to the earlier position. Returns the new flat mask (a subset of `mask`).
+    """
+    if structure not in PRUNE_STRUCTURES:
+        raise ValueError(f"prune-structure must be one of {PRUNE_STRUCTURES}, got {structure!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"prune-rate must be in [0, 1), got {rate!r}")
+    params = dict(model.named_parameters())
+    score = _filter_norms if structure == "filter" else torch.abs
+    scores = np.concatenate([score(params[n]).cpu().numpy().reshape(-1)
+                             for n in prunable_names(model)]).astype(np.float64)
+    scores[~mask] = -1.0
+    keep = round((1.0 - rate) * int(mask.sum()))
+    new = np.zeros_like(mask)
+    new[np.argsort(-scores, kind="stable")[:keep]] = True
+    return new

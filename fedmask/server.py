@@ -24,7 +24,7 @@ from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
 from fedmask.results import RoundRecorder, arrays_sha256, write_json
-from strategies import FedPM, HideNseek
+from strategies import MPFL, FedPM, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
 
@@ -52,6 +52,14 @@ def _fedpm(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) 
     return strategy, strategy.global_arrays(), strategy.global_model, 1.0
 
 
+def _mpfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = MPFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["prune-rate"],
+                    cfg["prune-structure"], cfg["mask-coding"], **_sampling(cfg))
+    return (strategy, strategy.global_arrays(), strategy.global_model,
+            strategy.target / strategy.mask.size)
+
+
 def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
     del input_shape
     seeded_init(model, cfg["seed"], cfg["init"])
@@ -65,7 +73,7 @@ def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...])
 
 
 SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
-                                           "fedavg": _fedavg}
+                                           "mpfl": _mpfl, "fedavg": _fedavg}
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:

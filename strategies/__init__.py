@@ -2,5 +2,6 @@
 
 from strategies.fedpm import FedPM
 from strategies.hidenseek import HideNseek
+from strategies.mpfl import MPFL
 
-__all__ = ["FedPM", "HideNseek"]
+__all__ = ["MPFL", "FedPM", "HideNseek"]

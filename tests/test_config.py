@@ -95,7 +95,8 @@ def _error(run_config: dict) -> str:
 
 
 @pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("method", "foo", ["hidenseek", "fedpm", "fedavg"]),
+    ("method", "foo", ["hidenseek", "fedpm", "mpfl", "fedavg"]),
+    ("prune-structure", "channel", ["unstructured", "filter"]),
     ("dataset", "svhn", ["mnist", "fashion-mnist", "cifar10", "cifar100"]),
     ("partition", "x", ["iid", "dirichlet", "shards"]),
     ("model", "vgg", ["cnn", "conv4", "conv6", "resnet18"]),

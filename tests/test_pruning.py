@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedmask.pruning import (
+    apply_flat_mask,
+    flat_weights,
+    prune_kept,
     magnitude_scores,
     mask_density,
     prunable_names,
@@ -281,3 +285,49 @@ def test_snip_scores_restore_mixed_training_flags():
     snip_scores(model, [(torch.randn(2, *INPUT_SHAPE), torch.randint(0, 10, (2,)))])
     assert model.training and model.head.training
     assert not model.features[1].training
+
+
+# --- MPFL helpers: flat masks on dense models ---------------------------------------
+
+def _tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(),
+                         nn.Linear(8, 3, bias=False))
+
+
+def test_apply_flat_mask_zeroes_exactly_the_pruned_weights():
+    model = _tiny()
+    before = flat_weights(model)
+    mask = np.arange(before.size) % 3 == 0
+    apply_flat_mask(model, mask)
+    after = flat_weights(model)
+    np.testing.assert_array_equal(after[mask], before[mask])
+    assert np.all(after[~mask] == 0.0)
+
+
+def test_prune_kept_drops_the_smallest_kept_magnitudes():
+    model = _tiny()
+    w = np.abs(flat_weights(model))
+    mask = np.ones(w.size, bool)
+    mask[:4] = False
+    new = prune_kept(model, mask, 0.25)
+    assert new.sum() == round(0.75 * mask.sum()) and not new[~mask].any()
+    assert w[new].min() >= w[mask & ~new].max()
+
+
+def test_prune_kept_by_filter_removes_whole_filters_first():
+    model = _tiny()
+    with torch.no_grad():
+        model[0].weight[0].fill_(0.01)   # filter 0 has the smaller L2 norm
+        model[0].weight[1].fill_(1.0)
+        model[2].weight.fill_(0.5)
+    mask = np.ones(18 + 24, bool)
+    new = prune_kept(model, mask, 9 / 42, "filter")  # exactly one 9-entry filter goes
+    assert not new[:9].any() and new[9:].all()
+
+
+def test_prune_kept_rejects_bad_options():
+    with pytest.raises(ValueError, match="prune-structure"):
+        prune_kept(_tiny(), np.ones(42, bool), 0.2, "channel")
+    with pytest.raises(ValueError, match="prune-rate"):
+        prune_kept(_tiny(), np.ones(42, bool), 1.0)

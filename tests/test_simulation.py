@@ -22,6 +22,12 @@ def fedpm(superlink, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def mpfl(superlink, tmp_path_factory):
+    return small_simulation(superlink, tmp_path_factory, method="mpfl", density=0.5,
+                            **{"prune-rate": 0.3, "num-server-rounds": 4})
+
+
+@pytest.fixture(scope="module")
 def fedavg(superlink, tmp_path_factory):
     return small_simulation(superlink, tmp_path_factory, method="fedavg")
 
@@ -29,7 +35,8 @@ def fedavg(superlink, tmp_path_factory):
 def _check_common(results, method):
     assert results["method"] == method
     assert (results["dataset"], results["model"], results["seed"]) == ("fashion-mnist", "cnn", 0)
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    rounds = results["config"]["num-server-rounds"]
+    assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
     for record in results["rounds"]:
         assert record["num_clients"] == 3 and record["failed_clients"] == []
         assert record["wall_s"] > 0 and record["bytes_down"] > 0
@@ -95,3 +102,17 @@ def test_hidenseek_entropy_codes_the_flips(hidenseek_entropy, hidenseek):
     coded = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek_entropy["rounds"]]
     packed = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek["rounds"]]
     assert coded == pytest.approx(packed, rel=0.2)  # same seed, same training: same flips
+
+
+def test_mpfl_votes_a_mask_then_sends_only_kept_values(mpfl):
+    _check_common(mpfl, "mpfl")
+    n = mpfl["num_params"]
+    phases = [r["train_metrics"]["phase"] for r in mpfl["rounds"]]
+    assert phases == [1, 1, 2, 2]  # 0.7, then 0.49 -> 0.5 reached after two votes
+    assert mpfl["rounds"][-1]["train_metrics"]["density"] == pytest.approx(0.5, abs=1e-5)
+    for record, phase in zip(mpfl["rounds"], phases):
+        bound = math.ceil(n / 8) if phase == 1 else 4 * round(0.5 * n)  # cnn: no dense tensors
+        for client in record["clients"]:
+            assert client["bytes_up"] <= bound + HIDENSEEK_OVERHEAD
+    first_vote = mpfl["rounds"][0]["clients"][0]["bytes_up"]
+    assert first_vote > math.ceil(n / 8)  # round 1 votes over all N positions

@@ -9,13 +9,15 @@ import torch
 from flwr.app import Context, Message
 
 from fedmask import config as run_config
-from fedmask.client import fedavg, fedpm, hidenseek
+from fedmask.client import fedavg, fedpm, hidenseek, mpfl
 from fedmask.data import DATASETS, ClientData, client_data
 from fedmask.device_data import device_data
 from fedmask.models import build_model
 from fedmask.protocol import CONFIG
 
-HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "fedavg": fedavg}
+HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
+                                   "fedavg": fedavg}
+STATEFUL = ("mpfl",)  # handlers that keep node state between rounds (context.state)
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:
@@ -47,4 +49,5 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = int(msg.content.config_records[CONFIG].get("server-round", 0))
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
-    return getattr(HANDLERS[cfg["method"]], phase)(msg, model, data)
+    state = {"state": context.state} if cfg["method"] in STATEFUL else {}
+    return getattr(HANDLERS[cfg["method"]], phase)(msg, model, data, **state)

@@ -1,0 +1,98 @@
+"""MPFL client side, driven by real messages from the strategy, with node state."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import FakeGrid, tiny_client_data
+from flwr.app import ConfigRecord, RecordDict
+
+from fedmask.client import mpfl
+from fedmask.client.settings import LocalSettings
+from fedmask.models import build_model
+from fedmask.protocol import ReplyError
+from fedmask.protocol import mpfl as wire
+from fedmask.pruning import flat_weights
+from fedmask.sparse import decode_sparse
+from strategies import MPFL
+
+
+@pytest.fixture(params=["packed", "entropy"])
+def strategy(request):
+    return MPFL(build_model("cnn", 10, 1, 12), seed=4, density=0.3, prune_rate=0.5,
+                mask_coding=request.param)
+
+
+def _sent(strategy, server_round, nodes=(21, 22), kind="train"):
+    config = LocalSettings(local_epochs=1, lr=0.05).to_config()
+    configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
+    messages = list(configure(server_round, strategy.global_arrays(), ConfigRecord(config),
+                              FakeGrid(list(nodes))))
+    for msg in messages:
+        msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    return messages
+
+
+def _received(reply, client_reply, node):
+    return client_reply(reply.content, node)
+
+
+def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
+    states = {21: RecordDict(), 22: RecordDict()}
+    server_round = 0
+    while strategy.phase == 1:  # mask search: each client prunes half of C
+        server_round += 1
+        kept_before = int(strategy.mask.sum())
+        replies = []
+        for msg in _sent(strategy, server_round):
+            reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
+            own = wire.decode_vote(reply, strategy.mask, strategy.mask_coding)
+            assert own.sum() == round(0.5 * kept_before) and not own[~strategy.mask].any()
+            replies.append(_received(reply, client_reply, msg.metadata.dst_node_id))
+        strategy.aggregate_train(server_round, replies)
+    assert strategy.mask.sum() == round(0.3 * strategy.mask.size)
+    for _ in range(2):  # two real rounds of masked FedAvg
+        server_round += 1
+        replies = []
+        for msg in _sent(strategy, server_round):
+            node = msg.metadata.dst_node_id
+            model = build_model("cnn", 10, 1, 12)
+            reply = mpfl.train(msg, model, tiny_client_data(), states[node])
+            trained = flat_weights(model)
+            assert np.all(trained[~strategy.mask] == 0.0) and np.any(trained[strategy.mask])
+            replies.append(_received(reply, client_reply, node))
+        strategy.aggregate_train(server_round, replies)
+        flat = torch.cat([strategy.weights[n].flatten() for n in strategy.names]).numpy()
+        assert np.all(flat[~strategy.mask] == 0.0)
+        assert strategy.holders == {21, 22}
+    assert all(wire.STATE_KEY in state.array_records for state in states.values())
+    last = _sent(strategy, server_round + 1)
+    assert all(wire.CONSENSUS not in m.content.array_records[wire.WEIGHTS] for m in last)
+
+
+def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_reply):
+    strategy.mask[:] = False
+    strategy.mask[: strategy.target] = True
+    strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
+    strategy.holders = {21}  # the server believes node 21 holds C, but it lost its state
+    msg = next(m for m in _sent(strategy, 5) if m.metadata.dst_node_id == 21)
+    with pytest.raises(ReplyError, match="consensus-mask"):
+        mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
+
+
+def test_evaluate_in_both_phases(strategy):
+    reply = mpfl.evaluate(_sent(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1, 12),
+                          tiny_client_data())
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["num-examples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_phase_two_reply_decodes_against_the_servers_mask(strategy, client_reply):
+    strategy.mask[:] = False
+    strategy.mask[::4] = True
+    strategy.target = int(strategy.mask.sum())
+    strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
+    msg = _sent(strategy, 3)[0]
+    reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
+    state = decode_sparse(reply.content.array_records[wire.WEIGHTS], strategy.mask,
+                          strategy.weights, strategy.names)
+    assert set(state) == set(strategy.weights)
