@@ -18,7 +18,7 @@ from torch import nn
 
 from fedmask.codec import pack_mask
 from fedmask.mask_coding import CODINGS
-from fedmask.protocol import MASK_CODING, NUM_PARAMS, accept, num_examples
+from fedmask.protocol import MASK_CODING, NUM_PARAMS, ReplyError, accept, num_examples
 from fedmask.protocol import mpfl as wire
 from fedmask.pruning import PRUNE_STRUCTURES, apply_flat_mask, flat_weights, prunable_names
 from fedmask.seeded import SeededNet
@@ -150,7 +150,7 @@ class MPFL(FedAvg):
         if self.phase == 1:
             return num_examples(msg), wire.decode_vote(msg, self.mask, self.mask_coding)
         if wire.WEIGHTS not in msg.content.array_records:
-            raise KeyError(f"{wire.WEIGHTS}: missing ArrayRecord")
+            raise ReplyError(wire.WEIGHTS, "missing ArrayRecord")
         record = msg.content.array_records[wire.WEIGHTS]
         return num_examples(msg), decode_sparse(record, self.mask, self.weights, self.names)
 
