@@ -18,3 +18,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Local (and personalised) evaluation for the configured method."""
     return handle(msg, context, "evaluate")
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """A one-off query of the configured method (SSFL: saliency before round 1)."""
+    return handle(msg, context, "query")

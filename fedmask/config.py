@@ -16,10 +16,11 @@ from fedmask.mask_coding import CODINGS
 from fedmask.masking import ESTIMATORS
 from fedmask.models import INITS, MODELS
 from fedmask.protocol.fedpm import THETA_DTYPES
+from fedmask.protocol.ssfl import SALIENCY_DTYPES
 from fedmask.pruning import PRUNE_STRUCTURES
 from fedmask.training import OPTIMIZERS
 
-METHODS = ("hidenseek", "fedpm", "mpfl", "fedavg")
+METHODS = ("hidenseek", "fedpm", "mpfl", "ssfl", "fedavg")
 # What `optimizer = "auto"`, `lr = 0` and `init = "auto"` resolve to: mask
 # scores train best with Adam, dense weights with SGD + momentum (measured on
 # FashionMNIST); FedPM's frozen weights are signed constants as in its paper.
@@ -27,6 +28,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "hidenseek": {"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
     "fedpm": {"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
     "mpfl": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    "ssfl": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
     "fedavg": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
 }
 _AUTO = {"optimizer": "auto", "lr": 0.0, "init": "auto"}
@@ -90,6 +92,9 @@ OPTIONS: dict[str, Option] = {
     "eval-samples": Option(3, **_NON_NEGATIVE),
     "prune-rate": Option(0.2, **_range(0.0, 1.0, lo_open=True)),
     "prune-structure": Option("unstructured", **_choice(PRUNE_STRUCTURES)),
+    "saliency-batches": Option(1, **_POSITIVE),
+    "saliency-format": Option("float16", **_choice(tuple(SALIENCY_DTYPES))),
+    "saliency-weighted": Option(True),
     "test-fraction": Option(0.2, **_range(0.0, 1.0, lo_open=True)),
     "train-limit": Option(0, **_NON_NEGATIVE),
     "test-limit": Option(0, **_NON_NEGATIVE),

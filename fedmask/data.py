@@ -74,7 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
     )
 }
 
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "dirichlet-balanced", "shards")
 
 
 @dataclass
@@ -160,7 +160,9 @@ def partition_indices(
         Number of partitions (clients).
     scheme : str
         One of :data:`PARTITIONS`: ``"iid"`` (random equal split),
-        ``"dirichlet"`` (per-label Dirichlet(``alpha``) proportions) or
+        ``"dirichlet"`` (per-label Dirichlet(``alpha``) proportions),
+        ``"dirichlet-balanced"`` (the same, with flwr-datasets' self-balancing,
+        which keeps partition sizes near equal) or
         ``"shards"`` (label-sorted shards, ``shards_per_partition`` each).
     seed : int
         Seed; the same arguments always give the same partitions.
@@ -417,7 +419,7 @@ def _make_partitioner(
 ) -> Partitioner:
     if scheme == "iid":
         return IidPartitioner(num_partitions)
-    if scheme == "dirichlet":
+    if scheme in ("dirichlet", "dirichlet-balanced"):
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         return DirichletPartitioner(
@@ -425,7 +427,7 @@ def _make_partitioner(
             partition_by="label",
             alpha=alpha,
             min_partition_size=max(1, min(10, num_examples // (4 * num_partitions))),
-            self_balancing=False,
+            self_balancing=scheme == "dirichlet-balanced",
             seed=seed,
         )
     if scheme == "shards":

@@ -92,13 +92,16 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
             stop(proc)
 
 
-def flwr_run_command(app: Path, run_config: str, num_supernodes: int,
+def flwr_run_command(app: Path, run_configs: list[str], num_supernodes: int,
                      cpus_per_client: int) -> list[str]:
-    """The ``flwr run`` command line for a simulation of `num_supernodes` nodes."""
+    """The ``flwr run`` command line for a simulation of `num_supernodes` nodes; each
+    of `run_configs` ("k=v ..." or a TOML file) is one ``--run-config``, later wins."""
     federation = (f"num-supernodes={num_supernodes} "
                   f"client-resources-num-cpus={cpus_per_client}")
     cmd = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
-    return cmd + (["--run-config", run_config] if run_config else [])
+    for run_config in run_configs:
+        cmd += ["--run-config", run_config]
+    return cmd
 
 
 def overrides(run_config: dict[str, Any]) -> str:
@@ -125,7 +128,7 @@ def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernod
                    app: Path = APP, cpus_per_client: int = 1,
                    timeout: float | None = None) -> dict[str, Any]:
     """``flwr run`` the app in simulation with `run_config` (must name out-dir)."""
-    cmd = flwr_run_command(app, overrides(run_config), num_supernodes, cpus_per_client)
+    cmd = flwr_run_command(app, [overrides(run_config)], num_supernodes, cpus_per_client)
     return run_and_read(cmd, env, run_config["out-dir"], timeout)
 
 
@@ -136,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--cpus-per-client", type=int, default=1)
     parser.add_argument("--run-config", action="append", default=[],
-                        help='run-config overrides, e.g. "method=\'fedavg\'" (repeatable)')
+                        help='run-config overrides, e.g. "method=\'fedavg\'", or a TOML file '
+                             'such as conf/ssfl-small.toml (repeatable; later wins)')
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
         with simulation_superlink(Path(home)) as env:
-            cmd = flwr_run_command(args.app, " ".join(args.run_config), args.num_supernodes,
+            cmd = flwr_run_command(args.app, args.run_config, args.num_supernodes,
                                    args.cpus_per_client)
             return subprocess.run(cmd, env=env, check=False).returncode
 

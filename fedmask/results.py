@@ -64,8 +64,10 @@ class RoundRecorder:
         transfers = self.ledger.drain()
         now = time.monotonic()
         wall, self._last = now - self._last, now
-        if server_round == 0:
-            self.initial = metrics
+        if server_round == 0:  # traffic before round 1: SSFL's saliency queries
+            query = _traffic(transfers, MessageType.QUERY)
+            self.initial = {**metrics, "bytes_up": query["bytes_up"],
+                            "bytes_down": query["bytes_down"]}
         else:
             self._record(server_round, transfers, metrics, wall)
         return MetricRecord(metrics)

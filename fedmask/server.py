@@ -24,7 +24,7 @@ from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
 from fedmask.results import RoundRecorder, arrays_sha256, write_json
-from strategies import MPFL, FedPM, HideNseek
+from strategies import MPFL, SSFL, FedPM, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
 
@@ -60,6 +60,13 @@ def _mpfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -
             strategy.target / strategy.mask.size)
 
 
+def _ssfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = SSFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["saliency-batches"],
+                    cfg["saliency-format"], cfg["saliency-weighted"], **_sampling(cfg))
+    return strategy, ArrayRecord(), strategy.global_model, strategy.keep / strategy.mask.size
+
+
 def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
     del input_shape
     seeded_init(model, cfg["seed"], cfg["init"])
@@ -73,7 +80,7 @@ def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...])
 
 
 SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
-                                           "mpfl": _mpfl, "fedavg": _fedavg}
+                                           "mpfl": _mpfl, "ssfl": _ssfl, "fedavg": _fedavg}
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:

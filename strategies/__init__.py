@@ -3,5 +3,6 @@
 from strategies.fedpm import FedPM
 from strategies.hidenseek import HideNseek
 from strategies.mpfl import MPFL
+from strategies.ssfl import SSFL
 
-__all__ = ["MPFL", "FedPM", "HideNseek"]
+__all__ = ["MPFL", "SSFL", "FedPM", "HideNseek"]

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.common.logger import log
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
-from fedmask.codec import pack_mask
-from fedmask.mask_coding import CODINGS
-from fedmask.protocol import MASK_CODING, NUM_PARAMS, ReplyError, accept, num_examples
+from fedmask.masked_fedavg import MaskedFedAvg
 from fedmask.protocol import mpfl as wire
-from fedmask.pruning import PRUNE_STRUCTURES, apply_flat_mask, flat_weights, prunable_names
-from fedmask.seeded import SeededNet
-from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse
+from fedmask.pruning import PRUNE_STRUCTURES, flat_weights
 
 
 def consensus(votes: np.ndarray, magnitude: np.ndarray, current: np.ndarray,
@@ -36,13 +27,13 @@ def consensus(votes: np.ndarray, magnitude: np.ndarray, current: np.ndarray,
     return mask
 
 
-class MPFL(FedAvg):
+class MPFL(MaskedFedAvg):
     """Server side of MPFL (sampling and evaluation as Flower's FedAvg).
 
     Phase 1 shrinks the consensus mask C to density ``(1 - prune_rate)^i`` after
     vote round ``i`` until `density` is reached (``ceil(log d / log(1 - p))``
-    rounds); phase 2 is FedAvg of ``w * C`` from ``w0 * C`` with only kept values
-    on the wire, for the remaining rounds.
+    rounds); phase 2 is masked FedAvg from ``w0 * C`` (``fedmask.masked_fedavg``)
+    for the remaining rounds.
 
     Parameters
     ----------
@@ -71,18 +62,12 @@ class MPFL(FedAvg):
         if prune_structure not in PRUNE_STRUCTURES:
             raise ValueError(f"{wire.PRUNE_STRUCTURE}: {prune_structure!r} is not one of "
                              f"{list(PRUNE_STRUCTURES)}")
-        if mask_coding not in CODINGS:
-            raise ValueError(f"{MASK_CODING}: {mask_coding!r} is not one of {list(CODINGS)}")
-        super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
-        self.model, self.names = model, prunable_names(model)
-        self.net = SeededNet.announce(model, seed, init)
+        super().__init__(model, seed, init, mask_coding, **kwargs)
         self.magnitude = np.abs(flat_weights(model))
-        self.mask = np.ones(self.magnitude.size, dtype=bool)
         self.target = round(density * self.mask.size)
-        self.prune_rate, self.prune_structure = prune_rate, prune_structure
-        self.mask_coding, self.iteration = mask_coding, 0
-        self.weights: dict[str, Any] = {}
-        self.holders: set[int] = set()  # nodes known to hold the final C
+        self.prune_rate, self.prune_structure, self.iteration = prune_rate, prune_structure, 0
+        if self.phase == 2:  # density 1: nothing to search
+            self.start_from_mask()
 
     @property
     def phase(self) -> int:
@@ -101,101 +86,19 @@ class MPFL(FedAvg):
             self.vote_rounds(), self.prune_rate, self.prune_structure, self.net.seed)
         super().summary()
 
-    def global_arrays(self) -> ArrayRecord:
-        """Phase 1: C packed; phase 2: the kept values and dense small tensors."""
-        if self.phase == 1:
-            return wire.encode_consensus(self.mask)
-        return encode_sparse(self.weights, self.mask, self.names)
+    def wire_config(self) -> dict[str, Any]:
+        """The clients' pruning settings."""
+        return {wire.PRUNE_RATE: self.prune_rate, wire.PRUNE_STRUCTURE: self.prune_structure}
 
-    def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
-        """`config` plus the seeded net, N, the phase and the mask-search settings."""
-        config = ConfigRecord(dict(config or {}))
-        self.net.to_config(config)
-        config.update({NUM_PARAMS: self.mask.size, wire.NUM_KEPT: int(self.mask.sum()),
-                       wire.PHASE: self.phase, wire.PRUNE_RATE: self.prune_rate,
-                       wire.PRUNE_STRUCTURE: self.prune_structure,
-                       MASK_CODING: self.mask_coding,
-                       wire.MASK_DIGEST: wire.mask_digest(self.mask)})
-        return config
+    def decode_search(self, msg: Message) -> np.ndarray:
+        """A client's vote: its mask C_k."""
+        return wire.decode_vote(msg, self.mask, self.mask_coding)
 
-    def _with_mask(self, messages: Iterable[Message]) -> list[Message]:
-        """Phase 2: add C to the messages of nodes not known to hold it."""
-        out = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            if self.phase == 1 or node in self.holders:
-                out.append(msg)
-                continue
-            record = ArrayRecord(dict(msg.content.array_records[wire.WEIGHTS]))
-            record[wire.CONSENSUS] = Array(pack_mask(self.mask))
-            content = RecordDict({wire.WEIGHTS: record,
-                                  "config": msg.content.config_records["config"]})
-            out.append(Message(content=content, message_type=msg.metadata.message_type,
-                               dst_node_id=node))
-        return out
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Send C (phase 1) or the sparse weights (phase 2)."""
-        return self._with_mask(super().configure_train(
-            server_round, self.global_arrays(), self.config(config), grid))
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Send the global masked net for local evaluation."""
-        return self._with_mask(super().configure_evaluate(
-            server_round, self.global_arrays(), self.config(config), grid))
-
-    def _decode(self, msg: Message) -> tuple[int, Any]:
-        if self.phase == 1:
-            return num_examples(msg), wire.decode_vote(msg, self.mask, self.mask_coding)
-        if wire.WEIGHTS not in msg.content.array_records:
-            raise ReplyError(wire.WEIGHTS, "missing ArrayRecord")
-        record = msg.content.array_records[wire.WEIGHTS]
-        return num_examples(msg), decode_sparse(record, self.mask, self.weights, self.names)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Phase 1: vote the next C; phase 2: n_k-weighted mean of the masked weights."""
-        replies = list(replies)
-        accepted = accept(replies, self._decode)
-        phase = self.phase
-        if phase == 2:
-            self.holders -= {m.metadata.src_node_id for m in replies}
-            self.holders |= {m.metadata.src_node_id for m, _ in accepted}
-        if not accepted:
-            return None, None
-        decoded = [pair for _, pair in accepted]
-        if phase == 1:
-            self._vote([mask for _, mask in decoded])
-        else:
-            self._average(decoded)
-        metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
-        metrics.update({"phase": phase, "density": float(self.mask.mean())})
-        return self.global_arrays(), metrics
-
-    def _vote(self, masks: list[np.ndarray]) -> None:
+    def search_step(self, decoded: list[tuple[int, np.ndarray]]) -> None:
+        """Keep the most-voted positions of C, down to the next scheduled density."""
         self.iteration += 1
         schedule = round((1.0 - self.prune_rate) ** self.iteration * self.mask.size)
-        keep = max(self.target, schedule)
-        votes = np.sum(masks, axis=0)
-        self.mask = consensus(votes, self.magnitude, self.mask, keep)
-        if self.phase == 2:  # the search is over: FedAvg starts from w0 * C
-            start = copy.deepcopy(self.model)
-            apply_flat_mask(start, self.mask)
-            self.weights = start.state_dict()
-
-    def _average(self, decoded: list[tuple[int, dict[str, Any]]]) -> None:
-        total = sum(n for n, _ in decoded)
-        self.weights = {name: sum(state[name] * (n / total) for n, state in decoded)
-                        for name in self.weights}
-
-    def global_model(self, arrays: ArrayRecord) -> nn.Module:
-        """The global net that `arrays` describe (``w0 * C``, or the masked weights)."""
-        model = copy.deepcopy(self.model)
-        if KEPT_VALUES in arrays:
-            model.load_state_dict(decode_sparse(arrays, self.mask, model.state_dict(),
-                                                self.names))
-        else:
-            apply_flat_mask(model, wire.decode_consensus(arrays, self.config()))
-        return model
+        votes = np.sum([mask for _, mask in decoded], axis=0)
+        self.mask = consensus(votes, self.magnitude, self.mask, max(self.target, schedule))
+        if self.phase == 2:  # the search is over
+            self.start_from_mask()

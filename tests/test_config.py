@@ -95,7 +95,8 @@ def _error(run_config: dict) -> str:
 
 
 @pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("method", "foo", ["hidenseek", "fedpm", "mpfl", "fedavg"]),
+    ("method", "foo", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedavg"]),
+    ("saliency-format", "int8", ["float16", "float32"]),
     ("prune-structure", "channel", ["unstructured", "filter"]),
     ("dataset", "svhn", ["mnist", "fashion-mnist", "cifar10", "cifar100"]),
     ("partition", "x", ["iid", "dirichlet", "shards"]),
@@ -173,3 +174,9 @@ def test_unknown_key() -> None:
 def test_unknown_keys_all_named() -> None:
     msg = _error({"zeta": 1, "alpha-x": 2, "lr": 0.1})
     assert "zeta" in msg and "alpha-x" in msg
+
+
+@pytest.mark.parametrize("profile", sorted((Path(__file__).parents[1] / "conf").glob("*.toml")))
+def test_conf_profiles_are_valid_run_configs(profile) -> None:
+    config = parse(tomllib.loads(profile.read_text()))
+    assert config["method"] == "ssfl" and config["density"] == 0.5

@@ -10,6 +10,7 @@ from fedmask.client import mpfl
 from fedmask.client.settings import LocalSettings
 from fedmask.models import build_model
 from fedmask.protocol import ReplyError
+from fedmask.protocol import masked as masked_wire
 from fedmask.protocol import mpfl as wire
 from fedmask.pruning import flat_weights
 from fedmask.sparse import decode_sparse
@@ -64,9 +65,9 @@ def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
         flat = torch.cat([strategy.weights[n].flatten() for n in strategy.names]).numpy()
         assert np.all(flat[~strategy.mask] == 0.0)
         assert strategy.holders == {21, 22}
-    assert all(wire.STATE_KEY in state.array_records for state in states.values())
+    assert all(masked_wire.STATE_KEY in state.array_records for state in states.values())
     last = _sent(strategy, server_round + 1)
-    assert all(wire.CONSENSUS not in m.content.array_records[wire.WEIGHTS] for m in last)
+    assert all(masked_wire.MASK not in m.content.array_records[masked_wire.WEIGHTS] for m in last)
 
 
 def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_reply):
@@ -75,7 +76,7 @@ def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_rep
     strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
     strategy.holders = {21}  # the server believes node 21 holds C, but it lost its state
     msg = next(m for m in _sent(strategy, 5) if m.metadata.dst_node_id == 21)
-    with pytest.raises(ReplyError, match="consensus-mask"):
+    with pytest.raises(ReplyError, match="mask"):
         mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
 
 
@@ -93,6 +94,6 @@ def test_phase_two_reply_decodes_against_the_servers_mask(strategy, client_reply
     strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
     msg = _sent(strategy, 3)[0]
     reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
-    state = decode_sparse(reply.content.array_records[wire.WEIGHTS], strategy.mask,
+    state = decode_sparse(reply.content.array_records[masked_wire.WEIGHTS], strategy.mask,
                           strategy.weights, strategy.names)
     assert set(state) == set(strategy.weights)

@@ -7,6 +7,7 @@ from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmask.models import build_model
+from fedmask.protocol import masked as masked_wire
 from fedmask.protocol import mpfl as wire
 from fedmask.pruning import flat_weights
 from fedmask.sparse import KEPT_VALUES, encode_sparse
@@ -40,7 +41,7 @@ def _vote_reply(client_reply, strategy, own, n=10, node=1):
 
 
 def _weights_reply(client_reply, strategy, state, n=10, node=1):
-    content = RecordDict({wire.WEIGHTS: encode_sparse(state, strategy.mask, strategy.names),
+    content = RecordDict({masked_wire.WEIGHTS: encode_sparse(state, strategy.mask, strategy.names),
                           "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
     return client_reply(content, node)
 
@@ -93,14 +94,14 @@ def test_phase_two_sends_the_mask_only_to_nodes_without_it(client_reply):
     _search(strategy, client_reply)
     grid = FakeGrid([1, 2])
     first = list(strategy.configure_train(3, ArrayRecord(), ConfigRecord(), grid))
-    assert all(wire.CONSENSUS in m.content.array_records[wire.WEIGHTS] for m in first)
+    assert all(masked_wire.MASK in m.content.array_records[masked_wire.WEIGHTS] for m in first)
     strategy.holders = {1}
     later = {m.metadata.dst_node_id: m for m in
              strategy.configure_train(4, ArrayRecord(), ConfigRecord(), grid)}
-    assert wire.CONSENSUS not in later[1].content.array_records[wire.WEIGHTS]
-    assert wire.CONSENSUS in later[2].content.array_records[wire.WEIGHTS]
+    assert masked_wire.MASK not in later[1].content.array_records[masked_wire.WEIGHTS]
+    assert masked_wire.MASK in later[2].content.array_records[masked_wire.WEIGHTS]
     config = later[1].content.config_records["config"]
-    assert (config[wire.PHASE], config[wire.MASK_DIGEST]) == (2, wire.mask_digest(strategy.mask))
+    assert (config[masked_wire.PHASE], config[masked_wire.MASK_DIGEST]) == (2, masked_wire.mask_digest(strategy.mask))
 
 
 def test_failed_node_is_sent_the_mask_again(client_reply):
@@ -120,7 +121,7 @@ def test_malformed_replies_are_dropped(client_reply, phase):
     mask_before = strategy.mask.copy()
     bad = client_reply(RecordDict({
         wire.VOTE: ArrayRecord({wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
-        wire.WEIGHTS: ArrayRecord({KEPT_VALUES: Array(np.zeros(3, np.float32))}),
+        masked_wire.WEIGHTS: ArrayRecord({KEPT_VALUES: Array(np.zeros(3, np.float32))}),
         "metrics": MetricRecord({"num-examples": 5})}), node=9)
     assert strategy.aggregate_train(phase, [bad]) == (None, None)
     np.testing.assert_array_equal(strategy.mask, mask_before)

@@ -28,6 +28,11 @@ def mpfl(superlink, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ssfl(superlink, tmp_path_factory):
+    return small_simulation(superlink, tmp_path_factory, method="ssfl", density=0.5)
+
+
+@pytest.fixture(scope="module")
 def fedavg(superlink, tmp_path_factory):
     return small_simulation(superlink, tmp_path_factory, method="fedavg")
 
@@ -116,3 +121,17 @@ def test_mpfl_votes_a_mask_then_sends_only_kept_values(mpfl):
             assert client["bytes_up"] <= bound + HIDENSEEK_OVERHEAD
     first_vote = mpfl["rounds"][0]["clients"][0]["bytes_up"]
     assert first_vote > math.ceil(n / 8)  # round 1 votes over all N positions
+
+
+def test_ssfl_queries_saliency_then_sends_only_kept_values(ssfl, fedavg):
+    _check_common(ssfl, "ssfl")
+    n = ssfl["num_params"]
+    assert ssfl["density"] == pytest.approx(0.5, abs=1e-5)
+    # before round 1: every node sent N float16 saliencies
+    assert 3 * 2 * n < ssfl["initial"]["bytes_up"] <= 3 * (2 * n + HIDENSEEK_OVERHEAD)
+    for record in ssfl["rounds"]:
+        assert record["train_metrics"]["phase"] == 2
+        for client in record["clients"]:
+            assert client["bytes_up"] <= 4 * round(0.5 * n) + HIDENSEEK_OVERHEAD
+    dense = fedavg["rounds"][0]["clients"][0]["bytes_up"]
+    assert ssfl["rounds"][0]["clients"][0]["bytes_up"] < 0.51 * dense

@@ -9,15 +9,15 @@ import torch
 from flwr.app import Context, Message
 
 from fedmask import config as run_config
-from fedmask.client import fedavg, fedpm, hidenseek, mpfl
+from fedmask.client import fedavg, fedpm, hidenseek, mpfl, ssfl
 from fedmask.data import DATASETS, ClientData, client_data
 from fedmask.device_data import device_data
 from fedmask.models import build_model
 from fedmask.protocol import CONFIG
 
 HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
-                                   "fedavg": fedavg}
-STATEFUL = ("mpfl",)  # handlers that keep node state between rounds (context.state)
+                                   "ssfl": ssfl, "fedavg": fedavg}
+STATEFUL = ("mpfl", "ssfl")  # handlers that keep node state between rounds (context.state)
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:
@@ -42,7 +42,7 @@ def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
 
 
 def handle(msg: Message, context: Context, phase: str) -> Message:
-    """Answer a ``train`` or ``evaluate`` message for the configured method."""
+    """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method."""
     cfg = run_config.parse(context.run_config)
     spec = DATASETS[cfg["dataset"]]
     data, partition = node_data(cfg, context.node_config)

@@ -1,0 +1,108 @@
+"""SSFL server: one global mask from all clients' SNIP saliency, then masked FedAvg."""
+
+from __future__ import annotations
+
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from torch import nn
+
+from fedmask.masked_fedavg import MaskedFedAvg
+from fedmask.protocol import CONFIG, NUM_PARAMS, accept, num_examples
+from fedmask.protocol import ssfl as wire
+
+
+def aggregate_saliency(saliencies: list[tuple[int, np.ndarray]], weighted: bool) -> np.ndarray:
+    """``sum_k (n_k / n) s_k`` (or the plain mean when not `weighted`)."""
+    total = sum(n for n, _ in saliencies)
+    return sum((n / total if weighted else 1 / len(saliencies)) * s for n, s in saliencies)
+
+
+def top_mask(scores: np.ndarray, keep: int) -> np.ndarray:
+    """The `keep` highest scores (ties to the earlier position)."""
+    mask = np.zeros(scores.size, dtype=bool)
+    mask[np.argsort(-scores, kind="stable")[:keep]] = True
+    return mask
+
+
+class SSFL(MaskedFedAvg):
+    """Server side of SSFL (sampling and evaluation as Flower's FedAvg).
+
+    Before round 1, :meth:`start` asks every connected node for SNIP saliency
+    (a ``query`` message), aggregates it and keeps the global top ``d*N``
+    positions; every round is then masked FedAvg (``fedmask.masked_fedavg``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture shared with the clients; re-initialised in place from `seed`.
+    seed, init : int, str
+        Seed and init scheme of the initial weights ``w0``.
+    density : float
+        Fraction of prunable weights kept, in (0, 1].
+    saliency_batches : int
+        Local batches each client's SNIP gradient is summed over.
+    saliency_format : {"float16", "float32"}
+        Precision of the saliency sent up.
+    weighted : bool
+        Weight each client's saliency by its examples (else the plain mean).
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, seed: int = 0, init: str = "kaiming-normal",
+                 density: float = 0.5, saliency_batches: int = 1,
+                 saliency_format: str = "float16", weighted: bool = True,
+                 **kwargs: Any) -> None:
+        if saliency_format not in wire.SALIENCY_DTYPES:
+            raise ValueError(f"{wire.SALIENCY_FORMAT}: {saliency_format!r} is not one of "
+                             f"{list(wire.SALIENCY_DTYPES)}")
+        if saliency_batches < 1:
+            raise ValueError(f"{wire.SALIENCY_BATCHES}: must be >= 1, got {saliency_batches}")
+        super().__init__(model, seed, init, **kwargs)
+        self.keep = round(density * self.mask.size)
+        self.saliency_batches, self.saliency_format = saliency_batches, saliency_format
+        self.weighted = weighted
+        self.start_from_mask()  # all weights, until find_mask()
+
+    def summary(self) -> None:
+        """Log the set-up, then FedAvg's sampling summary."""
+        log(INFO, "\t├──> SSFL: %d weights, density %.3f from SNIP on %d batch(es), "
+            "saliency up as %s, %s mean, seed %d", self.mask.size, self.keep / self.mask.size,
+            self.saliency_batches, self.saliency_format,
+            "n_k-weighted" if self.weighted else "plain", self.net.seed)
+        super().summary()
+
+    def find_mask(self, grid: Grid, timeout: float) -> None:
+        """Ask every connected node for saliency; keep the global top ``d*N``."""
+        config = ConfigRecord({wire.SALIENCY_BATCHES: self.saliency_batches,
+                               wire.SALIENCY_FORMAT: self.saliency_format,
+                               NUM_PARAMS: self.mask.size})
+        self.net.to_config(config)
+        nodes = list(grid.get_node_ids())
+        messages = [Message(content=RecordDict({CONFIG: config}),
+                            message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        saliencies = [pair for _, pair in accept(replies, self._decode_saliency)]
+        if not saliencies:
+            raise RuntimeError("SSFL: no node returned a valid saliency; cannot build the mask")
+        self.mask = top_mask(aggregate_saliency(saliencies, self.weighted), self.keep)
+        self.start_from_mask()
+        log(INFO, "SSFL: mask from the saliency of %d of %d nodes keeps %d of %d weights",
+            len(saliencies), len(nodes), self.keep, self.mask.size)
+
+    def _decode_saliency(self, msg: Message) -> tuple[int, np.ndarray]:
+        return num_examples(msg), wire.decode_saliency(msg, self.mask.size, self.saliency_format)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, **kwargs: Any) -> Result:
+        """find_mask(), then Flower's round loop from ``w0 * mask`` (`initial_arrays`
+        is replaced by it)."""
+        del initial_arrays
+        self.find_mask(grid, timeout)
+        return super().start(grid, self.global_arrays(), num_rounds, timeout, **kwargs)
