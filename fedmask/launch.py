@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,13 +96,20 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 def flwr_run_command(app: Path, run_configs: list[str], num_supernodes: int,
                      cpus_per_client: int) -> list[str]:
     """The ``flwr run`` command line for a simulation of `num_supernodes` nodes; each
-    of `run_configs` ("k=v ..." or a TOML file) is one ``--run-config``, later wins."""
+    of `run_configs` ("k=v ...") is one ``--run-config``, later wins."""
     federation = (f"num-supernodes={num_supernodes} "
                   f"client-resources-num-cpus={cpus_per_client}")
     cmd = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
     for run_config in run_configs:
         cmd += ["--run-config", run_config]
     return cmd
+
+
+def expand_run_configs(run_configs: list[str]) -> list[str]:
+    """`run_configs` with every TOML file replaced by its ``k=v`` pairs (Flower takes
+    a file only on its own; this lets files and pairs combine, later wins)."""
+    return [overrides(tomllib.loads(Path(item).read_text())) if item.endswith(".toml")
+            else item for item in run_configs]
 
 
 def overrides(run_config: dict[str, Any]) -> str:
@@ -144,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
         with simulation_superlink(Path(home)) as env:
-            cmd = flwr_run_command(args.app, args.run_config, args.num_supernodes,
-                                   args.cpus_per_client)
+            cmd = flwr_run_command(args.app, expand_run_configs(args.run_config),
+                                   args.num_supernodes, args.cpus_per_client)
             return subprocess.run(cmd, env=env, check=False).returncode
 
 

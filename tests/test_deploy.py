@@ -31,12 +31,22 @@ def deployment(tmp_path_factory):
         assert down.returncode == 0, down.stderr[-2000:]
 
 
-@pytest.fixture(scope="module")
-def deployed_hidenseek(deployment, tmp_path_factory):
-    out = tmp_path_factory.mktemp("deployed-hidenseek")
-    config = {**SMALL, "method": "hidenseek", "out-dir": str(out)}
+def _deployed_run(deployment, tmp_path_factory, **config):
+    out = tmp_path_factory.mktemp(f"deployed-{config['method']}")
+    config = {**SMALL, **config, "out-dir": str(out)}
     cmd = [DEPLOY, "run", "--state-dir", str(deployment), "--run-config", overrides(config)]
     return run_and_read(cmd, None, out, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def deployed_hidenseek(deployment, tmp_path_factory):
+    return _deployed_run(deployment, tmp_path_factory, method="hidenseek")
+
+
+@pytest.fixture(scope="module")
+def deployed_mpfl(deployment, tmp_path_factory):
+    return _deployed_run(deployment, tmp_path_factory, method="mpfl", density=0.5,
+                         **{"prune-rate": 0.5, "num-server-rounds": 3})
 
 
 def test_deployed_run_reports_like_the_simulation(deployed_hidenseek, hidenseek):
@@ -75,3 +85,13 @@ def test_unregistered_supernode_is_refused(deployment, tmp_path):
             proc.wait()
     assert proc.returncode != 0
     assert "Failed to activate SuperNode" in output
+
+
+def test_weight_sparse_method_keeps_its_mask_on_the_supernodes(deployed_mpfl):
+    rounds = deployed_mpfl["rounds"]
+    assert [r["train_metrics"]["phase"] for r in rounds] == [1, 2, 2]
+    assert all(r["num_clients"] == SMALL_NODES and not r["failed_clients"] for r in rounds)
+    # round 2 sends each SuperNode the mask; round 3 relies on the node's context.state
+    n = deployed_mpfl["num_params"]
+    saved = rounds[1]["clients"][0]["bytes_down"] - rounds[2]["clients"][0]["bytes_down"]
+    assert n / 8 <= saved <= n / 8 + 800

@@ -1,0 +1,30 @@
+"""The launcher's command lines and run-config handling (its SuperLink runs in the
+simulation tests)."""
+
+import tomllib
+from pathlib import Path
+
+from fedmask.launch import expand_run_configs, flwr_run_command, overrides
+
+
+def test_overrides_quote_strings_and_keep_numbers_and_bools():
+    text = overrides({"method": "ssfl", "alpha": 0.3, "seed": 2, "saliency-weighted": False})
+    assert text == 'method="ssfl" alpha=0.3 seed=2 saliency-weighted=false'
+    assert tomllib.loads(text.replace(" ", "\n")) == {
+        "method": "ssfl", "alpha": 0.3, "seed": 2, "saliency-weighted": False}
+
+
+def test_toml_profiles_combine_with_pairs_later_wins(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('method = "ssfl"\ndensity = 0.5\n')
+    expanded = expand_run_configs(["data-root='/d'", str(profile), "method='fedavg'"])
+    assert expanded == ["data-root='/d'", 'method="ssfl" density=0.5', "method='fedavg'"]
+
+
+def test_flwr_run_command_passes_each_run_config():
+    cmd = flwr_run_command(Path("/app"), ["a=1", "b=2"], 4, 2)
+    assert cmd[1:3] == ["run", "/app"]
+    assert cmd[cmd.index("--federation-config") + 1] == (
+        "num-supernodes=4 client-resources-num-cpus=2")
+    assert [cmd[i + 1] for i, v in enumerate(cmd) if v == "--run-config"] == ["a=1", "b=2"]
+
