@@ -37,10 +37,8 @@ class MPFL(MaskedFedAvg):
 
     Parameters
     ----------
-    model : nn.Module
-        Architecture shared with the clients; re-initialised in place from `seed`.
-    seed, init : int, str
-        Seed and init scheme of the initial weights ``w0``.
+    model, seed, init
+        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
     density : float
         Target fraction of prunable weights kept, in (0, 1].
     prune_rate : float

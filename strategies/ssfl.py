@@ -39,10 +39,8 @@ class SSFL(MaskedFedAvg):
 
     Parameters
     ----------
-    model : nn.Module
-        Architecture shared with the clients; re-initialised in place from `seed`.
-    seed, init : int, str
-        Seed and init scheme of the initial weights ``w0``.
+    model, seed, init
+        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
     density : float
         Fraction of prunable weights kept, in (0, 1].
     saliency_batches : int
