@@ -15,21 +15,22 @@ from fedmask.codec import CodecError, pack_mask, unpack_mask
 CODINGS = ("packed", "entropy")
 
 
-def _check(coding: str) -> None:
+def check_coding(coding: str) -> None:
+    """Raise CodecError (a ValueError) naming ``mask-coding`` unless `coding` is known."""
     if coding not in CODINGS:
         raise CodecError("mask-coding", f"unknown coding {coding!r}; allowed: {list(CODINGS)}")
 
 
 def encode_mask(bits: np.ndarray, coding: str, probs: np.ndarray | None = None) -> np.ndarray:
     """The boolean mask `bits` as a ``uint8`` payload in `coding`."""
-    _check(coding)
+    check_coding(coding)
     return pack_mask(bits) if coding == "packed" else entropy.encode(bits, probs)
 
 
 def decode_mask(payload: np.ndarray, length: int, coding: str,
                 probs: np.ndarray | None = None, field: str = "mask") -> np.ndarray:
     """Inverse of :func:`encode_mask`: `length` bits; raise CodecError naming `field`."""
-    _check(coding)
+    check_coding(coding)
     if coding == "packed":
         return unpack_mask(payload, length, field)
     return entropy.decode(payload, length, probs, field)

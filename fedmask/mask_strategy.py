@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
 from fedmask.entropy import binary_entropy, information_bits
-from fedmask.mask_coding import CODINGS
+from fedmask.mask_coding import check_coding
 from fedmask.protocol import MASK_CODING, NUM_PARAMS, accept, num_examples
 from fedmask.models import num_prunable
 from fedmask.seeded import SeededNet
@@ -47,8 +47,7 @@ class SeededMaskStrategy(FedAvg):
 
     def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str,
                  arrayrecord_key: str, **kwargs: Any) -> None:
-        if mask_coding not in CODINGS:
-            raise ValueError(f"{MASK_CODING}: {mask_coding!r} is not one of {list(CODINGS)}")
+        check_coding(mask_coding)
         super().__init__(arrayrecord_key=arrayrecord_key, **kwargs)
         self.model, self.mask_coding = model, mask_coding
         self.net = SeededNet.announce(model, seed, init)

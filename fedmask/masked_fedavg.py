@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import Tensor, nn
 
-from fedmask.mask_coding import CODINGS
+from fedmask.mask_coding import check_coding
 from fedmask.protocol import CONFIG, MASK_CODING, NUM_PARAMS, ReplyError, accept, num_examples
 from fedmask.protocol import masked as wire
 from fedmask.models import num_prunable
@@ -47,8 +47,7 @@ class MaskedFedAvg(FedAvg):
 
     def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
                  **kwargs: Any) -> None:
-        if mask_coding not in CODINGS:
-            raise ValueError(f"{MASK_CODING}: {mask_coding!r} is not one of {list(CODINGS)}")
+        check_coding(mask_coding)
         super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
         self.model, self.names = model, prunable_names(model)
         self.net = SeededNet.announce(model, seed, init)
