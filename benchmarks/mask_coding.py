@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmask.launch import run_simulation, simulation_superlink
+from fedmask.launch import parse_pairs, run_simulation, simulation_superlink
 from fedmask.mask_coding import CODINGS, decode_mask, encode_mask
 
 METHODS = ("hidenseek", "fedpm")
@@ -106,18 +106,6 @@ def _print(figures: dict[str, Any], speed: list[dict[str, float]]) -> None:
               f"{row['decode_s_per_mb']:9.3f} {row['coded_bits_per_position']:9.4f}")
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when they parse, else strings."""
-    config = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key] = value
-    return config
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -126,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="key=value run-config overrides (JSON values)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mask_coding.json"))
     args = parser.parse_args(argv)
-    run_config = _overrides(args.run_config)
-    if "data-root" in run_config:
-        run_config["data-root"] = str(Path(run_config["data-root"]).expanduser().resolve())
+    run_config = parse_pairs(args.run_config)
     with tempfile.TemporaryDirectory(prefix="fedmask-bench-") as work:
         figures = run_all(args.rounds, args.num_supernodes, run_config, Path(work))
     speed = codec_speed()

@@ -16,11 +16,12 @@ from fedmask.mask_coding import CODINGS
 from fedmask.masking import ESTIMATORS
 from fedmask.models import INITS, MODELS
 from fedmask.protocol.fedpm import THETA_DTYPES
+from fedmask.protocol.fedsparsify import VARIANTS
 from fedmask.protocol.ssfl import SALIENCY_DTYPES
 from fedmask.pruning import PRUNE_STRUCTURES
 from fedmask.training import OPTIMIZERS
 
-METHODS = ("hidenseek", "fedpm", "mpfl", "ssfl", "fedavg")
+METHODS = ("hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify", "fedavg")
 # What `optimizer = "auto"`, `lr = 0` and `init = "auto"` resolve to: mask
 # scores train best with Adam, dense weights with SGD + momentum (measured on
 # FashionMNIST); FedPM's frozen weights are signed constants as in its paper.
@@ -29,6 +30,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "fedpm": {"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
     "mpfl": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
     "ssfl": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    "fedsparsify": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
     "fedavg": {"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
 }
 _AUTO = {"optimizer": "auto", "lr": 0.0, "init": "auto"}
@@ -95,6 +97,11 @@ OPTIONS: dict[str, Option] = {
     "saliency-batches": Option(1, **_POSITIVE),
     "saliency-format": Option("float16", **_choice(tuple(SALIENCY_DTYPES))),
     "saliency-weighted": Option(True),
+    "fedsparsify-variant": Option("global", **_choice(VARIANTS)),
+    "final-sparsity": Option(0.9, check=lambda v: 0.0 <= v < 1.0, rule="in [0.0, 1.0)"),
+    "prune-start": Option(1, **_POSITIVE),
+    "prune-every": Option(1, **_POSITIVE),
+    "nnz-average": Option(False),
     "test-fraction": Option(0.2, **_range(0.0, 1.0, lo_open=True)),
     "train-limit": Option(0, **_NON_NEGATIVE),
     "test-limit": Option(0, **_NON_NEGATIVE),

@@ -117,6 +117,21 @@ def overrides(run_config: dict[str, Any]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
 
 
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs as a run config; values parsed as JSON when they parse,
+    else kept as strings; a ``data-root`` is made absolute."""
+    config: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    if "data-root" in config:
+        config["data-root"] = str(Path(config["data-root"]).expanduser().resolve())
+    return config
+
+
 def run_and_read(cmd: list[str], env: dict[str, str], out_dir: str | Path,
                  timeout: float | None = None) -> dict[str, Any]:
     """Run a ``flwr run`` command line; return the results.json it wrote to `out_dir`.

@@ -5,7 +5,8 @@ values on the wire: the mask goes to each node once, and the n_k-weighted mean
 of the clients' masked weights keeps pruned positions at exactly zero. A
 subclass decides the mask; one with a search phase overrides :attr:`phase`
 (1 while searching), :meth:`search_arrays`, :meth:`decode_search` and
-:meth:`search_step`.
+:meth:`search_step`; one that changes the mask during training overrides
+:meth:`decode_update` and :meth:`update_global` and calls :meth:`set_mask`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from fedmask.protocol import masked as wire
 from fedmask.models import num_prunable
 from fedmask.pruning import apply_flat_mask, prunable_names
 from fedmask.seeded import SeededNet
-from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse
+from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
+
+
+def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    """The n_k-weighted mean ``sum_k (n_k / n) state_k`` of state dicts."""
+    total = sum(n for n, _ in decoded)
+    return {name: sum(state[name] * (n / total) for n, state in decoded)
+            for name in decoded[0][1]}
 
 
 class MaskedFedAvg(FedAvg):
@@ -77,6 +85,29 @@ class MaskedFedAvg(FedAvg):
     def wire_config(self) -> dict[str, Any]:
         """Method-specific keys of the config sent down."""
         return {}
+
+    # --- what a subclass that changes the mask during training provides ---------------
+    def decode_update(self, msg: Message) -> Any:
+        """A phase-2 reply's payload (default: its state dict under the global mask)."""
+        if wire.WEIGHTS not in msg.content.array_records:
+            raise ReplyError(wire.WEIGHTS, "missing ArrayRecord")
+        record = msg.content.array_records[wire.WEIGHTS]
+        return decode_sparse(record, self.mask, self.weights, self.names)
+
+    def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
+        """Phase 2: new global weights from the payloads (default: n_k-weighted mean)."""
+        del server_round
+        self.weights = average_states(decoded)
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Make `mask` the global mask and zero the weights outside it; if it changed,
+        every node must be sent it again."""
+        if not np.array_equal(mask, self.mask):
+            self.holders = set()
+        self.mask = mask
+        flat = flat_state(self.weights, self.names)
+        self.weights = replace_flat(self.weights, np.where(mask, flat, np.float32(0.0)),
+                                    self.names)
 
     # --- masked FedAvg -----------------------------------------------------------------
     def start_from_mask(self) -> None:
@@ -129,16 +160,12 @@ class MaskedFedAvg(FedAvg):
             server_round, self.global_arrays(), self.config(config), grid))
 
     def _decode(self, msg: Message) -> tuple[int, Any]:
-        if self.phase == 1:
-            return num_examples(msg), self.decode_search(msg)
-        if wire.WEIGHTS not in msg.content.array_records:
-            raise ReplyError(wire.WEIGHTS, "missing ArrayRecord")
-        record = msg.content.array_records[wire.WEIGHTS]
-        return num_examples(msg), decode_sparse(record, self.mask, self.weights, self.names)
+        decode = self.decode_search if self.phase == 1 else self.decode_update
+        return num_examples(msg), decode(msg)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Phase 1: search_step(); phase 2: n_k-weighted mean of the masked weights."""
+        """Phase 1: search_step(); phase 2: update_global()."""
         replies, phase = list(replies), self.phase
         accepted = accept(replies, self._decode)
         if phase == 2:
@@ -150,9 +177,7 @@ class MaskedFedAvg(FedAvg):
         if phase == 1:
             self.search_step(decoded)
         else:
-            total = sum(n for n, _ in decoded)
-            self.weights = {name: sum(state[name] * (n / total) for n, state in decoded)
-                            for name in self.weights}
+            self.update_global(server_round, decoded)
         metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
         metrics.update({"phase": phase, "density": float(self.mask.mean())})
         return self.global_arrays(), metrics

@@ -311,9 +311,14 @@ def prune_kept(model: nn.Module, mask: np.ndarray, rate: float,
     params = dict(model.named_parameters())
     score = _filter_norms if structure == "filter" else torch.abs
     scores = np.concatenate([score(params[n]).cpu().numpy().reshape(-1)
-                             for n in prunable_names(model)]).astype(np.float64)
-    scores[~mask] = -1.0
-    keep = round((1.0 - rate) * int(mask.sum()))
+                             for n in prunable_names(model)])
+    return keep_largest(scores, mask, round((1.0 - rate) * int(mask.sum())))
+
+
+def keep_largest(scores: np.ndarray, mask: np.ndarray, keep: int) -> np.ndarray:
+    """The flat mask of the `keep` positions of `mask` with the largest `scores`
+    (ties to the earlier position); a subset of `mask`, all of it if `keep` >= its size."""
+    ranked = np.where(mask, scores.astype(np.float64), -np.inf)
     new = np.zeros_like(mask)
-    new[np.argsort(-scores, kind="stable")[:keep]] = True
+    new[np.argsort(-ranked, kind="stable")[:min(keep, int(mask.sum()))]] = True
     return new

@@ -24,7 +24,7 @@ from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
 from fedmask.results import RoundRecorder, arrays_sha256, write_json
-from strategies import MPFL, SSFL, FedPM, HideNseek
+from strategies import MPFL, SSFL, FedPM, FedSparsify, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
 
@@ -67,6 +67,15 @@ def _ssfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -
     return strategy, ArrayRecord(), strategy.global_model, strategy.keep / strategy.mask.size
 
 
+def _fedsparsify(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = FedSparsify(model, cfg["num-server-rounds"], cfg["seed"], cfg["init"],
+                           cfg["fedsparsify-variant"], cfg["final-sparsity"], cfg["prune-start"],
+                           cfg["prune-every"], cfg["nnz-average"], cfg["mask-coding"],
+                           **_sampling(cfg))
+    return strategy, strategy.global_arrays(), strategy.global_model, 1.0 - cfg["final-sparsity"]
+
+
 def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
     del input_shape
     seeded_init(model, cfg["seed"], cfg["init"])
@@ -80,7 +89,8 @@ def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...])
 
 
 SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
-                                           "mpfl": _mpfl, "ssfl": _ssfl, "fedavg": _fedavg}
+                                           "mpfl": _mpfl, "ssfl": _ssfl,
+                                           "fedsparsify": _fedsparsify, "fedavg": _fedavg}
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:

@@ -20,13 +20,21 @@ from fedmask.codec import CodecError, scatter, split_flat
 KEPT_VALUES = "kept-values"
 
 
-def _flat(state: dict[str, Tensor], names: list[str]) -> np.ndarray:
+def flat_state(state: dict[str, Tensor], names: list[str]) -> np.ndarray:
+    """The tensors `names` of `state`, flattened and concatenated in that order."""
     return np.concatenate([state[name].detach().cpu().numpy().reshape(-1) for name in names])
+
+
+def replace_flat(state: dict[str, Tensor], flat: np.ndarray, names: list[str]
+                 ) -> dict[str, Tensor]:
+    """A copy of `state` whose tensors `names` are `flat` (in that order), split."""
+    shapes = {name: tuple(state[name].shape) for name in names}
+    return {**state, **split_flat(flat, shapes)}
 
 
 def encode_sparse(state: dict[str, Tensor], mask: np.ndarray, names: list[str]) -> ArrayRecord:
     """The ArrayRecord of `state`: the kept prunable values and the dense rest."""
-    flat = _flat(state, names)
+    flat = flat_state(state, names)
     if flat.size != mask.size:
         raise CodecError(KEPT_VALUES, f"mask has {mask.size} positions, weights {flat.size}")
     record = ArrayRecord({KEPT_VALUES: Array(flat[mask].astype(np.float32))})

@@ -1,8 +1,9 @@
 """Server-side fedmask strategies (``flwr.serverapp.strategy.Strategy`` subclasses)."""
 
 from strategies.fedpm import FedPM
+from strategies.fedsparsify import FedSparsify
 from strategies.hidenseek import HideNseek
 from strategies.mpfl import MPFL
 from strategies.ssfl import SSFL
 
-__all__ = ["MPFL", "SSFL", "FedPM", "HideNseek"]
+__all__ = ["MPFL", "SSFL", "FedPM", "FedSparsify", "HideNseek"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedmask.masked_fedavg import MaskedFedAvg
 from fedmask.protocol import mpfl as wire
+from fedmask.protocol.masked import decode_client_mask
 from fedmask.pruning import PRUNE_STRUCTURES, flat_weights
 
 
@@ -90,7 +91,7 @@ class MPFL(MaskedFedAvg):
 
     def decode_search(self, msg: Message) -> np.ndarray:
         """A client's vote: its mask C_k."""
-        return wire.decode_vote(msg, self.mask, self.mask_coding)
+        return decode_client_mask(msg, self.mask, self.mask_coding)
 
     def search_step(self, decoded: list[tuple[int, np.ndarray]]) -> None:
         """Keep the most-voted positions of C, down to the next scheduled density."""

@@ -15,19 +15,13 @@ from torch import nn
 from fedmask.masked_fedavg import MaskedFedAvg
 from fedmask.protocol import CONFIG, NUM_PARAMS, accept, num_examples
 from fedmask.protocol import ssfl as wire
+from fedmask.pruning import keep_largest
 
 
 def aggregate_saliency(saliencies: list[tuple[int, np.ndarray]], weighted: bool) -> np.ndarray:
     """``sum_k (n_k / n) s_k`` (or the plain mean when not `weighted`)."""
     total = sum(n for n, _ in saliencies)
     return sum((n / total if weighted else 1 / len(saliencies)) * s for n, s in saliencies)
-
-
-def top_mask(scores: np.ndarray, keep: int) -> np.ndarray:
-    """The `keep` highest scores (ties to the earlier position)."""
-    mask = np.zeros(scores.size, dtype=bool)
-    mask[np.argsort(-scores, kind="stable")[:keep]] = True
-    return mask
 
 
 class SSFL(MaskedFedAvg):
@@ -89,7 +83,8 @@ class SSFL(MaskedFedAvg):
         saliencies = [pair for _, pair in accept(replies, self._decode_saliency)]
         if not saliencies:
             raise RuntimeError("SSFL: no node returned a valid saliency; cannot build the mask")
-        self.mask = top_mask(aggregate_saliency(saliencies, self.weighted), self.keep)
+        scores = aggregate_saliency(saliencies, self.weighted)
+        self.mask = keep_largest(scores, np.ones(scores.size, dtype=bool), self.keep)
         self.start_from_mask()
         log(INFO, "SSFL: mask from the saliency of %d of %d nodes keeps %d of %d weights",
             len(saliencies), len(nodes), self.keep, self.mask.size)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Error, Message, MessageType, Metadata, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
 
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmask.client.settings import LocalSettings
 from fedmask.data import ClientData
 from fedmask.launch import run_simulation, simulation_superlink
 
@@ -79,6 +80,19 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+
+def sent_messages(strategy, server_round: int, nodes=(21, 22), kind: str = "train"
+                  ) -> list[Message]:
+    """What `strategy` sends to `nodes` in `server_round` (``train`` or ``evaluate``),
+    with message ids set as the SuperLink would, ready for a client handler."""
+    config = LocalSettings(local_epochs=1, lr=0.05).to_config()
+    configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
+    messages = list(configure(server_round, strategy.global_arrays(), ConfigRecord(config),
+                              FakeGrid(list(nodes))))
+    for msg in messages:
+        msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    return messages
 
 
 def tiny_client_data() -> ClientData:

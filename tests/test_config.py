@@ -42,6 +42,7 @@ def test_some_defaults() -> None:
     ({"method": "hidenseek", "optimizer": "sgd"}, ("sgd", 0.01, "kaiming-normal")),
     ({"method": "fedpm"}, ("adam", 0.1, "signed-constant")),
     ({"method": "fedpm", "init": "kaiming-uniform"}, ("adam", 0.1, "kaiming-uniform")),
+    ({"method": "fedsparsify"}, ("sgd", 0.05, "kaiming-normal")),
 ])
 def test_auto_settings_resolve_per_method(given, expected) -> None:
     config = parse(given)
@@ -95,7 +96,8 @@ def _error(run_config: dict) -> str:
 
 
 @pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("method", "foo", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedavg"]),
+    ("method", "foo", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify", "fedavg"]),
+    ("fedsparsify-variant", "both", ["global", "local"]),
     ("saliency-format", "int8", ["float16", "float32"]),
     ("prune-structure", "channel", ["unstructured", "filter"]),
     ("dataset", "svhn", ["mnist", "fashion-mnist", "cifar10", "cifar100"]),
@@ -136,6 +138,10 @@ _UNIT_CLOSED = re.compile(r"\[0(\.0)?, 1(\.0)?\]")
     ("seed", -1, re.compile(r"\[0, 9223372036854775807\]")),
     ("seed", 2**64, re.compile(r"\[0, 9223372036854775807\]")),
     ("train-limit", -1, re.compile(r">= 0")),
+    ("final-sparsity", 1.0, re.compile(r"\[0\.0, 1\.0\)")),
+    ("final-sparsity", -0.1, re.compile(r"\[0\.0, 1\.0\)")),
+    ("prune-every", 0, re.compile(r"> 0")),
+    ("prune-start", 0, re.compile(r"> 0")),
 ])
 def test_out_of_range(key: str, value: float, rule: re.Pattern) -> None:
     msg = _error({key: value})

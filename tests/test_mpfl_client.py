@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FakeGrid, tiny_client_data
-from flwr.app import ConfigRecord, RecordDict
+from conftest import sent_messages, tiny_client_data
+from flwr.app import RecordDict
 
 from fedmask.client import mpfl
-from fedmask.client.settings import LocalSettings
 from fedmask.models import build_model
 from fedmask.protocol import ReplyError
 from fedmask.protocol import masked as masked_wire
@@ -23,16 +22,6 @@ def strategy(request):
                 mask_coding=request.param)
 
 
-def _sent(strategy, server_round, nodes=(21, 22), kind="train"):
-    config = LocalSettings(local_epochs=1, lr=0.05).to_config()
-    configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
-    messages = list(configure(server_round, strategy.global_arrays(), ConfigRecord(config),
-                              FakeGrid(list(nodes))))
-    for msg in messages:
-        msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
-    return messages
-
-
 def _received(reply, client_reply, node):
     return client_reply(reply.content, node)
 
@@ -44,9 +33,9 @@ def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
         server_round += 1
         kept_before = int(strategy.mask.sum())
         replies = []
-        for msg in _sent(strategy, server_round):
+        for msg in sent_messages(strategy, server_round):
             reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
-            own = wire.decode_vote(reply, strategy.mask, strategy.mask_coding)
+            own = masked_wire.decode_client_mask(reply, strategy.mask, strategy.mask_coding)
             assert own.sum() == round(0.5 * kept_before) and not own[~strategy.mask].any()
             replies.append(_received(reply, client_reply, msg.metadata.dst_node_id))
         strategy.aggregate_train(server_round, replies)
@@ -54,7 +43,7 @@ def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
     for _ in range(2):  # two real rounds of masked FedAvg
         server_round += 1
         replies = []
-        for msg in _sent(strategy, server_round):
+        for msg in sent_messages(strategy, server_round):
             node = msg.metadata.dst_node_id
             model = build_model("cnn", 10, 1, 12)
             reply = mpfl.train(msg, model, tiny_client_data(), states[node])
@@ -66,7 +55,7 @@ def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
         assert np.all(flat[~strategy.mask] == 0.0)
         assert strategy.holders == {21, 22}
     assert all(masked_wire.STATE_KEY in state.array_records for state in states.values())
-    last = _sent(strategy, server_round + 1)
+    last = sent_messages(strategy, server_round + 1)
     assert all(masked_wire.MASK not in m.content.array_records[masked_wire.WEIGHTS] for m in last)
 
 
@@ -75,13 +64,13 @@ def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_rep
     strategy.mask[: strategy.target] = True
     strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
     strategy.holders = {21}  # the server believes node 21 holds C, but it lost its state
-    msg = next(m for m in _sent(strategy, 5) if m.metadata.dst_node_id == 21)
+    msg = next(m for m in sent_messages(strategy, 5) if m.metadata.dst_node_id == 21)
     with pytest.raises(ReplyError, match="mask"):
         mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
 
 
 def test_evaluate_in_both_phases(strategy):
-    reply = mpfl.evaluate(_sent(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1, 12),
+    reply = mpfl.evaluate(sent_messages(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1, 12),
                           tiny_client_data())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
@@ -92,7 +81,7 @@ def test_phase_two_reply_decodes_against_the_servers_mask(strategy, client_reply
     strategy.mask[::4] = True
     strategy.target = int(strategy.mask.sum())
     strategy.weights = build_model("cnn", 10, 1, 12).state_dict()
-    msg = _sent(strategy, 3)[0]
+    msg = sent_messages(strategy, 3)[0]
     reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
     state = decode_sparse(reply.content.array_records[masked_wire.WEIGHTS], strategy.mask,
                           strategy.weights, strategy.names)

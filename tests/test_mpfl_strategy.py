@@ -35,7 +35,7 @@ def _strategy(**kwargs) -> MPFL:
 
 
 def _vote_reply(client_reply, strategy, own, n=10, node=1):
-    content = RecordDict({**wire.encode_vote(own, strategy.mask, strategy.mask_coding),
+    content = RecordDict({**masked_wire.encode_client_mask(own, strategy.mask, strategy.mask_coding),
                           "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
     return client_reply(content, node)
 
@@ -120,7 +120,7 @@ def test_malformed_replies_are_dropped(client_reply, phase):
         _search(strategy, client_reply)
     mask_before = strategy.mask.copy()
     bad = client_reply(RecordDict({
-        wire.VOTE: ArrayRecord({wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
+        masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
         masked_wire.WEIGHTS: ArrayRecord({KEPT_VALUES: Array(np.zeros(3, np.float32))}),
         "metrics": MetricRecord({"num-examples": 5})}), node=9)
     assert strategy.aggregate_train(phase, [bad]) == (None, None)

@@ -11,6 +11,7 @@ from torch import nn
 from fedmask.pruning import (
     apply_flat_mask,
     flat_weights,
+    keep_largest,
     prune_kept,
     magnitude_scores,
     mask_density,
@@ -331,3 +332,11 @@ def test_prune_kept_rejects_bad_options():
         prune_kept(_tiny(), np.ones(42, bool), 0.2, "channel")
     with pytest.raises(ValueError, match="prune-rate"):
         prune_kept(_tiny(), np.ones(42, bool), 1.0)
+
+
+def test_keep_largest_stays_inside_the_mask():
+    scores = np.array([5.0, 1.0, 3.0, 3.0, 9.0, 0.0])
+    mask = np.array([1, 1, 1, 1, 0, 1], bool)  # 9.0 is outside: never kept
+    np.testing.assert_array_equal(keep_largest(scores, mask, 2), [1, 0, 1, 0, 0, 0])  # tie: earlier
+    np.testing.assert_array_equal(keep_largest(scores, mask, 10), mask)  # at most all of mask
+    assert not keep_largest(scores, mask, 0).any()

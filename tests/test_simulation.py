@@ -32,6 +32,12 @@ def ssfl(superlink, tmp_path_factory):
     return small_simulation(superlink, tmp_path_factory, method="ssfl", density=0.5)
 
 
+@pytest.fixture(scope="module", params=["global", "local"])
+def fedsparsify(request, superlink, tmp_path_factory):
+    return small_simulation(superlink, tmp_path_factory, method="fedsparsify",
+                            **{"fedsparsify-variant": request.param, "num-server-rounds": 3})
+
+
 @pytest.fixture(scope="module")
 def fedavg(superlink, tmp_path_factory):
     return small_simulation(superlink, tmp_path_factory, method="fedavg")
@@ -135,3 +141,19 @@ def test_ssfl_queries_saliency_then_sends_only_kept_values(ssfl, fedavg):
             assert client["bytes_up"] <= 4 * round(0.5 * n) + HIDENSEEK_OVERHEAD
     dense = fedavg["rounds"][0]["clients"][0]["bytes_up"]
     assert ssfl["rounds"][0]["clients"][0]["bytes_up"] < 0.51 * dense
+
+
+def test_fedsparsify_prunes_to_the_schedule_and_sends_only_kept_values(fedsparsify, fedavg):
+    _check_common(fedsparsify, "fedsparsify")
+    n, local = fedsparsify["num_params"], fedsparsify["config"]["fedsparsify-variant"] == "local"
+    schedule = [1.0, 1 - 0.7875, 0.1]  # density after rounds 1-3: cubic from 1 to 3, to 0.9
+    densities = [r["train_metrics"]["density"] for r in fedsparsify["rounds"]]
+    assert densities == pytest.approx(schedule, abs=0.01 if local else 1e-5)
+    for record, before, target in zip(fedsparsify["rounds"], [1.0, *densities], schedule):
+        # global: the values the mask of the previous round keeps; local: the client
+        # prunes to this round's target first, and adds a record: its mask over the global one's
+        values = round(target * n) if local else round(before * n)
+        mask_bytes = math.ceil(round(before * n) / 8) + HIDENSEEK_OVERHEAD if local else 0
+        for client in record["clients"]:
+            assert 4 * values < client["bytes_up"] <= 4 * values + mask_bytes + HIDENSEEK_OVERHEAD
+    assert fedsparsify["rounds"][-1]["bytes_up"] < 0.25 * fedavg["rounds"][-1]["bytes_up"]

@@ -6,7 +6,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from fedmask.codec import CodecError
-from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse
+from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
 
 NAMES = ["conv.weight", "fc.weight"]
 
@@ -71,3 +71,13 @@ def test_missing_or_misshapen_dense_tensor_is_refused():
 def test_mask_of_the_wrong_size_is_refused():
     with pytest.raises(CodecError, match="positions"):
         encode_sparse(_state(), np.ones(10, bool), NAMES)
+
+
+def test_flat_state_and_replace_flat_are_inverse_on_the_named_tensors():
+    state = _state()
+    flat = flat_state(state, NAMES)
+    assert flat.size == 36 + 24 and flat[0] == state["conv.weight"].flatten()[0]
+    replaced = replace_flat(state, np.arange(60, dtype=np.float32), NAMES)
+    assert replaced["fc.weight"].shape == (3, 8) and replaced["fc.weight"][0, 0] == 36.0
+    assert replaced["conv.bias"] is state["conv.bias"]  # other tensors untouched
+    np.testing.assert_array_equal(flat_state(replaced, NAMES), np.arange(60))

@@ -7,9 +7,9 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from fedmask.models import build_model
 from fedmask.protocol import masked as masked_wire
 from fedmask.protocol import ssfl as wire
-from fedmask.pruning import flat_weights
+from fedmask.pruning import flat_weights, keep_largest
 from strategies import SSFL
-from strategies.ssfl import aggregate_saliency, top_mask
+from strategies.ssfl import aggregate_saliency
 
 
 def test_weighted_saliency_and_global_top_k_hand_computed():
@@ -19,9 +19,11 @@ def test_weighted_saliency_and_global_top_k_hand_computed():
     np.testing.assert_allclose(weighted, [1.5, 1.5, 3.0, 2.0])  # 0.75 s1 + 0.25 s2
     plain = aggregate_saliency([(30, s1), (10, s2)], weighted=False)
     np.testing.assert_allclose(plain, [2.0, 3.0, 2.0, 2.0])
-    np.testing.assert_array_equal(top_mask(weighted, 2), [False, False, True, True])
-    np.testing.assert_array_equal(top_mask(weighted, 3), [True, False, True, True])  # tie: earlier
-    np.testing.assert_array_equal(top_mask(plain, 1), [False, True, False, False])
+    everywhere = np.ones(4, bool)
+    np.testing.assert_array_equal(keep_largest(weighted, everywhere, 2), [False, False, True, True])
+    np.testing.assert_array_equal(keep_largest(weighted, everywhere, 3),
+                                  [True, False, True, True])  # tie: earlier
+    np.testing.assert_array_equal(keep_largest(plain, everywhere, 1), [False, True, False, False])
 
 
 class _QueryGrid:

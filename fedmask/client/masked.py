@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from torch import nn
 
 from fedmask import training
@@ -45,8 +45,15 @@ def train(msg: Message, model: nn.Module, data: ClientData,
     """Train the masked net; reply with its kept values (and dense small tensors)."""
     net, mask = masked_net(msg, model, state)
     loss = fit(msg, net, mask, data)
+    return weights_reply(msg, net, mask, loss, data)
+
+
+def weights_reply(msg: Message, net: nn.Module, mask: np.ndarray, loss: float,
+                  data: ClientData, arrays: dict[str, ArrayRecord] | None = None) -> Message:
+    """The train reply: `net`'s values under `mask` (and `arrays`, if any)."""
     weights = encode_sparse(net.state_dict(), mask, prunable_names(net))
-    return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss}, {wire.WEIGHTS: weights})
+    return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
+                 {wire.WEIGHTS: weights, **(arrays or {})})
 
 
 def evaluate(msg: Message, model: nn.Module, data: ClientData,

@@ -9,7 +9,7 @@ from fedmask.client import masked
 from fedmask.data import ClientData
 from fedmask.protocol import CONFIG, MASK_CODING, NUM_EXAMPLES, reply
 from fedmask.protocol import mpfl as wire
-from fedmask.protocol.masked import PHASE
+from fedmask.protocol.masked import PHASE, encode_client_mask
 from fedmask.pruning import prune_kept
 
 evaluate = masked.evaluate
@@ -26,4 +26,4 @@ def train(msg: Message, model: nn.Module, data: ClientData,
     loss = masked.fit(msg, net, mask, data)
     own = prune_kept(net, mask, float(config[wire.PRUNE_RATE]), str(config[wire.PRUNE_STRUCTURE]))
     return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
-                 wire.encode_vote(own, mask, str(config[MASK_CODING])))
+                 encode_client_mask(own, mask, str(config[MASK_CODING])))

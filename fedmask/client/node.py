@@ -9,15 +9,15 @@ import torch
 from flwr.app import Context, Message
 
 from fedmask import config as run_config
-from fedmask.client import fedavg, fedpm, hidenseek, mpfl, ssfl
+from fedmask.client import fedavg, fedpm, fedsparsify, hidenseek, mpfl, ssfl
 from fedmask.data import DATASETS, ClientData, client_data
 from fedmask.device_data import device_data
 from fedmask.models import build_model
 from fedmask.protocol import CONFIG
 
 HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
-                                   "ssfl": ssfl, "fedavg": fedavg}
-STATEFUL = ("mpfl", "ssfl")  # handlers that keep node state between rounds (context.state)
+                                   "ssfl": ssfl, "fedsparsify": fedsparsify, "fedavg": fedavg}
+STATEFUL = ("mpfl", "ssfl", "fedsparsify")  # handlers that keep node state between rounds (context.state)
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:

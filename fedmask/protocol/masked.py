@@ -9,6 +9,9 @@ yet, ``mask`` (N bits, packed). The node keeps the mask in its Flower
 ``context.state`` (it survives between rounds in simulation and on SuperNodes)
 and checks it against ``mask-digest``. Up: ``weights``, sparse, against the same
 mask. A node without the mask refuses the round and the server sends it again.
+A method whose clients prune (MPFL's votes, local FedSparsify) adds the
+``client-mask`` ArrayRecord: the client's mask (a subset of the global one) at
+the positions the global mask keeps, coded as ``mask-coding`` says.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedmask.codec import pack_mask, unpack_mask
+from fedmask.mask_coding import decode_mask, encode_mask
 from fedmask.protocol import CONFIG, NUM_PARAMS, ReplyError, array
 
-WEIGHTS, MASK = "weights", "mask"
+WEIGHTS, MASK, CLIENT_MASK = "weights", "mask", "client-mask"
 PHASE, NUM_KEPT, MASK_DIGEST = "phase", "num-kept", "mask-digest"
 STATE_KEY = "masked-fedavg"  # context.state ArrayRecord holding the mask
 
@@ -60,3 +64,21 @@ def held_mask(msg: Message, state: RecordDict) -> np.ndarray:
     if mask_digest(mask) != str(config[MASK_DIGEST]):
         raise ReplyError(MASK_DIGEST, "the held mask is not the server's")
     return mask
+
+
+def encode_client_mask(client_mask: np.ndarray, mask: np.ndarray, coding: str
+                       ) -> dict[str, ArrayRecord]:
+    """The ``client-mask`` record: `client_mask` at the positions `mask` keeps."""
+    payload = Array(encode_mask(client_mask[mask], coding))
+    return {CLIENT_MASK: ArrayRecord({CLIENT_MASK: payload})}
+
+
+def decode_client_mask(msg: Message, mask: np.ndarray, coding: str) -> np.ndarray:
+    """A client's full mask (False outside `mask`); raise ReplyError/CodecError."""
+    if CLIENT_MASK not in msg.content.array_records:
+        raise ReplyError(CLIENT_MASK, "missing ArrayRecord")
+    payload = array(msg.content.array_records[CLIENT_MASK], CLIENT_MASK)
+    bits = decode_mask(payload, int(mask.sum()), coding, field=CLIENT_MASK)
+    full = np.zeros_like(mask)
+    full[mask] = bits
+    return full

@@ -1,0 +1,144 @@
+"""FedSparsify server: FedAvg that prunes to a cubic sparsity schedule (global or local)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from torch import Tensor, nn
+
+from fedmask.masked_fedavg import MaskedFedAvg, average_states
+from fedmask.protocol import ReplyError
+from fedmask.protocol import fedsparsify as wire
+from fedmask.protocol.masked import CLIENT_MASK, WEIGHTS, decode_client_mask
+from fedmask.pruning import keep_largest
+from fedmask.sparse import decode_sparse, flat_state, replace_flat
+from fedmask.sparsity_schedule import check_schedule, scheduled_sparsity
+
+Update = tuple[int, np.ndarray, np.ndarray]  # n_k, client mask, flat values (0 where pruned)
+
+
+def majority_merge(updates: list[Update], nnz_only: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the clients' pruned flat weights, one client at a time (memory does
+    not grow with their number): keep a position that at least half the clients
+    kept; its value is the n_k-weighted mean over all clients (pruned = 0) or,
+    with `nnz_only`, over the clients that kept it. Returns (mask, values)."""
+    votes = np.zeros(updates[0][1].size, dtype=np.int64)
+    total = np.zeros(votes.size, dtype=np.float64)
+    weight = np.zeros(votes.size, dtype=np.float64) if nnz_only else 0.0
+    for n, mask, values in updates:
+        votes += mask
+        total += n * values.astype(np.float64)
+        weight = weight + n * mask if nnz_only else weight + n
+    keep = 2 * votes >= len(updates)
+    merged = np.divide(total, weight, out=np.zeros_like(total), where=keep)
+    return keep, merged.astype(np.float32)
+
+
+class FedSparsify(MaskedFedAvg):
+    """Server side of FedSparsify (sampling and evaluation as Flower's FedAvg).
+
+    After round ``t`` the global model has the sparsity of the cubic schedule
+    (:mod:`fedmask.sparsity_schedule`), reaching `final_sparsity` at `prune_end`.
+    ``global``: the server prunes the n_k-weighted mean by global magnitude.
+    ``local``: each client prunes its trained model to the round's sparsity and
+    sends its mask; :func:`majority_merge` builds the new global model. Pruned
+    weights stay zero; the mask goes down only when it changed.
+
+    Parameters
+    ----------
+    model, seed, init
+        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
+    prune_end : int
+        Round at which `final_sparsity` is reached (the run's last round).
+    variant : {"global", "local"}
+        Who prunes: the server, or every client before the majority merge.
+    final_sparsity : float
+        Fraction of prunable weights pruned at `prune_end`, in [0, 1).
+    prune_start, prune_every : int
+        First pruning round (its sparsity is 0) and the period between pruning rounds.
+    nnz_average : bool
+        Local variant: average each kept position only over the clients that kept it.
+    mask_coding : {"packed", "entropy"}
+        Local variant: how the clients' masks go up.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, prune_end: int, seed: int = 0,
+                 init: str = "kaiming-normal", variant: str = "global",
+                 final_sparsity: float = 0.9, prune_start: int = 1, prune_every: int = 1,
+                 nnz_average: bool = False, mask_coding: str = "packed", **kwargs: Any) -> None:
+        if variant not in wire.VARIANTS:
+            raise ValueError(f"{wire.VARIANT}: {variant!r} is not one of {list(wire.VARIANTS)}")
+        check_schedule(prune_start, prune_end, prune_every, final_sparsity)
+        super().__init__(model, seed, init, mask_coding, **kwargs)
+        self.variant, self.nnz_average = variant, nnz_average
+        self.schedule = (prune_start, prune_end, prune_every, final_sparsity)
+        self.server_round = 0
+        self.start_from_mask()  # dense w0
+
+    def summary(self) -> None:
+        """Log the set-up, then FedAvg's sampling summary."""
+        start, end, every, final = self.schedule
+        log(INFO, "\t├──> FedSparsify (%s): %d weights, cubic schedule to sparsity %.2f "
+            "from round %d to %d every %d round(s), seed %d", self.variant, self.mask.size,
+            final, start, end, every, self.net.seed)
+        super().summary()
+
+    def target_kept(self, server_round: int) -> int:
+        """Weights kept after `server_round` by the schedule."""
+        return round((1.0 - scheduled_sparsity(server_round, *self.schedule)) * self.mask.size)
+
+    def wire_config(self) -> dict[str, Any]:
+        """The variant and, for the local variant, this round's weights to keep."""
+        config: dict[str, Any] = {wire.VARIANT: self.variant}
+        if self.variant == "local":
+            config[wire.TARGET_KEPT] = self.target_kept(self.server_round)
+        return config
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Masked FedAvg's messages, with this round's target."""
+        self.server_round = server_round
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def decode_update(self, msg: Message) -> Any:
+        """Global: the state under the global mask. Local: (client mask, its state)."""
+        if self.variant == "global":
+            return super().decode_update(msg)
+        own = decode_client_mask(msg, self.mask, self.mask_coding)
+        expected = min(self.target_kept(self.server_round), int(self.mask.sum()))
+        if int(own.sum()) != expected:
+            raise ReplyError(CLIENT_MASK, f"keeps {int(own.sum())}, expected {expected}")
+        if WEIGHTS not in msg.content.array_records:
+            raise ReplyError(WEIGHTS, "missing ArrayRecord")
+        return own, decode_sparse(msg.content.array_records[WEIGHTS], own, self.weights,
+                                  self.names)
+
+    def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
+        """Average, then prune (global) or majority-merge the clients' masks (local)."""
+        if self.variant == "global":
+            super().update_global(server_round, decoded)
+            magnitude = np.abs(flat_state(self.weights, self.names))
+            mask = keep_largest(magnitude, self.mask, self.target_kept(server_round))
+        else:
+            mask = self._merge([(n, own, state) for n, (own, state) in decoded])
+        if not np.array_equal(mask, self.mask):
+            log(INFO, "FedSparsify: round %d keeps %d of %d weights (sparsity %.3f)",
+                server_round, int(mask.sum()), mask.size, 1.0 - mask.mean())
+        self.set_mask(mask)
+
+    def _merge(self, decoded: list[tuple[int, np.ndarray, dict[str, Tensor]]]) -> np.ndarray:
+        """Local variant: the majority mask; weights = merged values + mean dense tensors."""
+        updates = [(n, own, flat_state(state, self.names)) for n, own, state in decoded]
+        mask, values = majority_merge(updates, self.nnz_average)
+        dense = average_states([(n, state) for n, _, state in decoded])
+        self.weights = replace_flat(dense, values, self.names)
+        return mask
