@@ -106,7 +106,9 @@ OPTIONS: dict[str, Option] = {
     "train-limit": Option(0, **_NON_NEGATIVE),
     "test-limit": Option(0, **_NON_NEGATIVE),
     "out-dir": Option(""),
+    "resume": Option(False),
 }
+RESUME_FREE = ("resume", "round-timeout-s", "node-wait-s")  # may change when resuming
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -130,6 +132,8 @@ def parse(run_config: Mapping[str, Any]) -> dict[str, Any]:
         if opt.check is not None and not opt.check(value):
             raise ConfigError(f"{key}: {value!r} is not allowed; must be {opt.rule}")
         config[key] = value
+    if config["resume"] and not config["out-dir"]:
+        raise ConfigError("resume: needs out-dir, the folder of the run to resume")
     for key, sentinel in _AUTO.items():
         if config[key] == sentinel:
             config[key] = METHOD_DEFAULTS[config["method"]][key]

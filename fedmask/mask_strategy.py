@@ -18,18 +18,20 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
 from fedmask.entropy import binary_entropy, information_bits
 from fedmask.mask_coding import check_coding
-from fedmask.protocol import MASK_CODING, NUM_PARAMS, accept, num_examples
+from fedmask.checkpoint import Checkpointable
+from fedmask.protocol import MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.models import num_prunable
 from fedmask.seeded import SeededNet
+from fedmask.validation import ValidatedStrategy, mean_metrics
 
 
-class SeededMaskStrategy(FedAvg):
-    """FedAvg whose model is ``seed + masks``; see the module docstring.
+class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
+    """FedAvg whose model is ``seed + masks``; see the module docstring. Replies are
+    validated (:mod:`fedmask.validation`); the state in STATE is checkpointed.
 
     Parameters
     ----------
@@ -52,6 +54,7 @@ class SeededMaskStrategy(FedAvg):
         self.model, self.mask_coding = model, mask_coding
         self.net = SeededNet.announce(model, seed, init)
         self.num_params = num_prunable(model)
+        self.init_validation(model)
 
     # --- what a subclass provides -------------------------------------------------
     @abstractmethod
@@ -110,11 +113,11 @@ class SeededMaskStrategy(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
-        accepted = accept(replies, self._decode)
-        if not accepted:
+        accepted = self.accepted(server_round, replies, self._decode)
+        if accepted is None:
             return None, None
         decoded = [pair for _, pair in accepted]
-        metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
+        metrics = mean_metrics([m.content for m, _ in accepted], self.weighted_by_key)
         metrics.update(self._entropy_metrics([mask for _, mask in decoded]))  # before the update
         self.aggregate_masks(server_round, decoded)
         return self.global_arrays(), metrics

@@ -19,16 +19,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+import torch
 from torch import Tensor, nn
 
+from fedmask.checkpoint import Checkpointable
 from fedmask.mask_coding import check_coding
-from fedmask.protocol import CONFIG, MASK_CODING, NUM_PARAMS, ReplyError, accept, num_examples
+from fedmask.protocol import CONFIG, MASK_CODING, NUM_PARAMS, ReplyError, num_examples
 from fedmask.protocol import masked as wire
 from fedmask.models import num_prunable
 from fedmask.pruning import apply_flat_mask, prunable_names
 from fedmask.seeded import SeededNet
 from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
+from fedmask.validation import ValidatedStrategy, mean_metrics
 
 
 def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
@@ -38,8 +40,10 @@ def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Te
             for name in decoded[0][1]}
 
 
-class MaskedFedAvg(FedAvg):
-    """FedAvg of a seeded net under a mask; see the module docstring.
+class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
+    """FedAvg of a seeded net under a mask; see the module docstring. Replies are
+    validated (:mod:`fedmask.validation`); the mask, the weights and STATE are
+    checkpointed.
 
     Parameters
     ----------
@@ -63,6 +67,7 @@ class MaskedFedAvg(FedAvg):
         self.mask = np.ones(num_prunable(model), dtype=bool)
         self.weights: dict[str, Tensor] = {}
         self.holders: set[int] = set()  # nodes known to hold the current mask
+        self.init_validation(model)
 
     # --- what a subclass with a search phase provides --------------------------------
     @property
@@ -167,20 +172,35 @@ class MaskedFedAvg(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Phase 1: search_step(); phase 2: update_global()."""
         replies, phase = list(replies), self.phase
-        accepted = accept(replies, self._decode)
+        accepted = self.accepted(server_round, replies, self._decode)
         if phase == 2:
             self.holders -= {m.metadata.src_node_id for m in replies}
-            self.holders |= {m.metadata.src_node_id for m, _ in accepted}
-        if not accepted:
+            self.holders |= {m.metadata.src_node_id for m, _ in accepted or []}
+        if accepted is None:
             return None, None
         decoded = [pair for _, pair in accepted]
         if phase == 1:
             self.search_step(decoded)
         else:
             self.update_global(server_round, decoded)
-        metrics = aggregate_metricrecords([m.content for m, _ in accepted], self.weighted_by_key)
+        metrics = mean_metrics([m.content for m, _ in accepted], self.weighted_by_key)
         metrics.update({"phase": phase, "density": float(self.mask.mean())})
         return self.global_arrays(), metrics
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """STATE plus the mask and the global weights (``weights/<name>``)."""
+        state = super().state_dict()
+        state["mask"] = self.mask
+        state.update({f"weights/{k}": v.numpy() for k, v in self.weights.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; every node is sent the mask again."""
+        super().load_state_dict(state)
+        self.mask = state["mask"].copy()
+        self.weights = {k.split("/", 1)[1]: torch.from_numpy(v.copy())
+                        for k, v in state.items() if k.startswith("weights/")}
+        self.holders = set()
 
     def global_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global net that `arrays` describe (``w0 * mask``, or the masked weights)."""

@@ -13,7 +13,6 @@ from typing import Any
 
 from flwr.app import ArrayRecord, MessageType, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp.strategy import Result
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -42,11 +41,12 @@ def _traffic(transfers: list[Transfer], message_type: str) -> dict[str, Any]:
 
 
 class RoundRecorder:
-    """Flower ``evaluate_fn``: central evaluation plus the round's measured traffic.
+    """Central evaluation plus the measured traffic of every round, for results.json.
 
-    Called by ``Strategy.start`` before round 1 (round 0) and after each round.
-    With `eval_samples` > 0 it also scores that many masks sampled from the
-    global model's Bernoulli supermasks (``sampled-accuracy``).
+    :meth:`start` scores the initial model and the traffic before round 1,
+    :meth:`record` each round after it ends. With `eval_samples` > 0 it also
+    scores that many masks sampled from the global model's Bernoulli
+    supermasks (``sampled-accuracy``).
     """
 
     def __init__(self, ledger: Ledger, global_model: Callable[[ArrayRecord], nn.Module],
@@ -58,44 +58,60 @@ class RoundRecorder:
         self.initial: dict[str, float] = {}
         self._last = time.monotonic()
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        metrics = training.evaluate_metrics(self.global_model(arrays), self.test_loader,
-                                            self.eval_samples)
-        transfers = self.ledger.drain()
+    def _evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
+        return training.evaluate_metrics(self.global_model(arrays), self.test_loader,
+                                         self.eval_samples)
+
+    def _wall(self) -> float:
         now = time.monotonic()
         wall, self._last = now - self._last, now
-        if server_round == 0:  # traffic before round 1: SSFL's saliency queries
-            query = _traffic(transfers, MessageType.QUERY)
-            self.initial = {**metrics, "bytes_up": query["bytes_up"],
-                            "bytes_down": query["bytes_down"]}
-        else:
-            self._record(server_round, transfers, metrics, wall)
-        return MetricRecord(metrics)
+        return wall
 
-    def _record(self, server_round: int, transfers: list[Transfer], metrics: dict[str, float],
-                wall: float) -> None:
+    def start(self, arrays: ArrayRecord) -> None:
+        """Score the initial model; count the traffic before round 1 (SSFL's query)."""
+        query = _traffic(self.ledger.drain(), MessageType.QUERY)
+        self.initial = {**self._evaluate(arrays), "bytes_up": query["bytes_up"],
+                        "bytes_down": query["bytes_down"]}
+        log(INFO, "[fedmask] initial accuracy %.4f", self.initial["accuracy"])
+        self._wall()
+
+    def record(self, server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
+               evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]]) -> None:
+        """Score the global model after `server_round`; record the round's traffic,
+        the clients' metrics, and the failed and rejected clients."""
+        metrics = self._evaluate(arrays)
+        transfers = self.ledger.drain()
         train = _traffic(transfers, MessageType.TRAIN)
         evaluate = _traffic(transfers, MessageType.EVALUATE)
-        accuracy, loss = metrics["accuracy"], metrics["loss"]
         record = {
             "round": server_round, **metrics,
             "bytes_up": train["bytes_up"], "bytes_down": train["bytes_down"],
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
-            "num_clients": sum(not c["failed"] for c in train["clients"]),
+            "num_clients": sum(not c["failed"] for c in train["clients"]) - len(rejected),
             "failed_clients": [c["node_id"] for c in train["clients"] if c["failed"]],
-            "clients": train["clients"], "wall_s": wall,
+            "rejected_clients": rejected, "clients": train["clients"], "wall_s": self._wall(),
+            "train_metrics": dict(train_metrics or {}),
+            "client_eval_metrics": dict(evaluate_metrics or {}),
         }
         self.rounds.append(record)
         log(INFO, "[fedmask] round %d/%d | accuracy %.4f | loss %.4f | up %.3f MB | "
-            "down %.3f MB | clients %d | %.1f s", server_round, self.num_rounds, accuracy,
-            loss, record["bytes_up"] / MB, record["bytes_down"] / MB, record["num_clients"], wall)
+            "down %.3f MB | clients %d (failed %d, rejected %d) | %.1f s", server_round,
+            self.num_rounds, metrics["accuracy"], metrics["loss"], record["bytes_up"] / MB,
+            record["bytes_down"] / MB, record["num_clients"], len(record["failed_clients"]),
+            len(rejected), record["wall_s"])
 
-    def results(self, header: dict[str, Any], result: Result) -> dict[str, Any]:
-        """results.json content: `header`, the rounds, and the clients' aggregated metrics."""
-        for record in self.rounds:
-            rnd = record["round"]
-            record["train_metrics"] = dict(result.train_metrics_clientapp.get(rnd, {}))
-            record["client_eval_metrics"] = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the results so far."""
+        return {"initial": self.initial, "rounds": self.rounds}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (a resumed run)."""
+        self.initial, self.rounds = state["initial"], state["rounds"]
+        self.ledger.drain()
+        self._wall()
+
+    def results(self, header: dict[str, Any]) -> dict[str, Any]:
+        """results.json content: `header`, the initial evaluation and the rounds."""
         return {**header, "initial": self.initial, "rounds": self.rounds}
 
 

@@ -12,19 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from fedmask import checkpoint
 from fedmask import config as run_config
 from fedmask.accounting import MeasuringGrid
+from fedmask.checkpoint import CHECKPOINT, Checkpointable
 from fedmask.client.settings import LocalSettings
 from fedmask.data import DATASETS, central_test
 from fedmask.models import build_model, num_prunable, seeded_init
 from fedmask.results import RoundRecorder, arrays_sha256, write_json
-from strategies import MPFL, SSFL, FedPM, FedSparsify, HideNseek
+from fedmask.rounds import run_rounds
+from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
 
 Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
 
@@ -85,7 +88,7 @@ def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...])
         net.load_state_dict(arrays.to_torch_state_dict())
         return net
 
-    return FedAvg(**_sampling(cfg)), ArrayRecord(model.state_dict()), global_model, 1.0
+    return FedAvg(model, **_sampling(cfg)), ArrayRecord(model.state_dict()), global_model, 1.0
 
 
 SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
@@ -112,8 +115,37 @@ def out_dir(cfg: dict[str, Any]) -> Path:
     return Path.home() / "fedmask-results" / f"{cfg['method']}-{stamp}"
 
 
+def _initial_arrays(strategy: Strategy, arrays: ArrayRecord, grid: Grid,
+                   timeout: float) -> ArrayRecord:
+    """The arrays before round 1 (SSFL first builds its mask from the nodes' saliency)."""
+    if isinstance(strategy, SSFL):
+        strategy.find_mask(grid, timeout)
+        return strategy.global_arrays()
+    return arrays
+
+
+def _resume(path: Path, cfg: dict[str, Any], strategy: Checkpointable,
+            recorder: RoundRecorder) -> tuple[int, ArrayRecord]:
+    """Restore strategy, results and RNGs from the checkpoint at `path`; return the
+    next round and the global arrays."""
+    if not path.exists():
+        raise run_config.ConfigError(f"resume: no checkpoint at {path}")
+    saved = checkpoint.load(path)
+    changed = sorted(k for k in cfg if k not in run_config.RESUME_FREE
+                     and saved.document["config"].get(k) != cfg[k])
+    if changed:
+        raise run_config.ConfigError(f"resume: the checkpoint at {path} was written with "
+                                     f"other values of {changed}")
+    strategy.load_state_dict(saved.strategy)
+    recorder.restore(saved.document["results"])
+    checkpoint.restore_rng(saved)
+    log(INFO, "[fedmask] resuming after round %d from %s", saved.server_round, path)
+    return saved.server_round + 1, saved.arrays
+
+
 def run(grid: Grid, context: Context) -> Path:
-    """Run the method `context.run_config` names; return the results.json path."""
+    """Run the method `context.run_config` names (or resume it from its checkpoint);
+    return the results.json path."""
     cfg = run_config.parse(context.run_config)
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -121,22 +153,38 @@ def run(grid: Grid, context: Context) -> Path:
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     strategy, arrays, global_model, density = SETUPS[cfg["method"]](cfg, model, input_shape)
+    folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
     test = central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
     samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
     recorder = RoundRecorder(measuring.ledger, global_model, test, cfg["num-server-rounds"],
                              samples)
+    log(INFO, "Starting %s strategy:", type(strategy).__name__)
+    strategy.summary()
+    first = 1
+    if cfg["resume"]:
+        first, arrays = _resume(folder / CHECKPOINT, cfg, strategy, recorder)
+    else:
+        arrays = _initial_arrays(strategy, arrays, measuring, timeout)
+        recorder.start(arrays)
+
+    def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
+                    evaluate_metrics: MetricRecord | None) -> None:
+        recorder.record(server_round, arrays, train_metrics, evaluate_metrics,
+                        strategy.rejected.get(server_round, []))
+        checkpoint.save(folder / CHECKPOINT, server_round, strategy.state_dict(), arrays,
+                        {"config": cfg, "results": recorder.state()})
+
     settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
                              cfg["momentum"], cfg["personal-epochs"]).to_config()
-    result = strategy.start(grid=measuring, initial_arrays=arrays,
-                            num_rounds=cfg["num-server-rounds"],
-                            timeout=cfg["round-timeout-s"], train_config=settings,
-                            evaluate_config=settings, evaluate_fn=recorder)
+    final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
+                       timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
               "num_params": num_prunable(model), "density": density, "seed": cfg["seed"],
-              "config": cfg, "final_arrays_sha256": arrays_sha256(result.arrays)}
-    path = out_dir(cfg) / "results.json"
-    write_json(path, recorder.results(header, result))
+              "config": cfg, "resumed_after_round": first - 1,
+              "final_arrays_sha256": arrays_sha256(final)}
+    path = folder / "results.json"
+    write_json(path, recorder.results(header))
     log(INFO, "[fedmask] results written to %s", path)
     return path

@@ -46,6 +46,8 @@ class FedPM(SeededMaskStrategy):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
+    STATE = ("alpha", "beta", "wire_theta")  # checkpointed (fedmask.checkpoint)
+
     def __init__(self, model: nn.Module, seed: int = 0, init: str = "signed-constant",
                  prior_reset: int = 1, weighted: bool = False, theta_format: str = "uint8",
                  estimator: str = "ste", eval_samples: int = 3, mask_coding: str = "packed",

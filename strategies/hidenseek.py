@@ -40,6 +40,8 @@ class HideNseek(SeededMaskStrategy):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
+    STATE = ("signs",)  # checkpointed (fedmask.checkpoint)
+
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
                  init: str = "kaiming-normal", density: float = 0.5,
                  synflow_iterations: int = 100, prune_scope: str = "global",

@@ -52,6 +52,8 @@ class MPFL(MaskedFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
+    STATE = ("iteration",)  # checkpointed (fedmask.checkpoint)
+
     def __init__(self, model: nn.Module, seed: int = 0, init: str = "kaiming-normal",
                  density: float = 0.2, prune_rate: float = 0.2,
                  prune_structure: str = "unstructured", mask_coding: str = "packed",

@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import Result
 from torch import nn
 
 from fedmask.masked_fedavg import MaskedFedAvg
-from fedmask.protocol import CONFIG, NUM_PARAMS, accept, num_examples
+from fedmask.protocol import CONFIG, NUM_PARAMS, num_examples
 from fedmask.protocol import ssfl as wire
 from fedmask.pruning import keep_largest
 
@@ -80,9 +80,10 @@ class SSFL(MaskedFedAvg):
         messages = [Message(content=RecordDict({CONFIG: config}),
                             message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        saliencies = [pair for _, pair in accept(replies, self._decode_saliency)]
-        if not saliencies:
-            raise RuntimeError("SSFL: no node returned a valid saliency; cannot build the mask")
+        accepted = self.accepted(0, replies, self._decode_saliency)
+        if accepted is None:
+            raise RuntimeError("SSFL: too few nodes returned a valid saliency to build the mask")
+        saliencies = [pair for _, pair in accepted]
         scores = aggregate_saliency(saliencies, self.weighted)
         self.mask = keep_largest(scores, np.ones(scores.size, dtype=bool), self.keep)
         self.start_from_mask()

@@ -17,7 +17,8 @@ from strategies import FedPM
 
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
-    return FedPM(build_model("cnn", 10, 1, 12), seed=1, mask_coding=request.param)
+    return FedPM(build_model("cnn", 10, 1, 12), seed=1, mask_coding=request.param,
+                 min_train_nodes=1)
 
 
 def _received(strategy, kind="train") -> Message:

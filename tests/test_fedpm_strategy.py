@@ -14,7 +14,7 @@ from strategies import FedPM
 
 def _strategy(**kwargs) -> FedPM:
     kwargs.setdefault("theta_format", "float32")
-    return FedPM(build_model("cnn", 10, 1, 12), seed=5, **kwargs)
+    return FedPM(build_model("cnn", 10, 1, 12), seed=5, **{"min_train_nodes": 1, **kwargs})
 
 
 def _masks(strategy: FedPM, columns: list[list[int]]) -> list[np.ndarray]:

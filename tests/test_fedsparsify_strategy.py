@@ -38,7 +38,8 @@ def test_majority_merge_hand_computed():
 
 
 def _strategy(**kwargs) -> FedSparsify:
-    return FedSparsify(build_model("cnn", 10, 1, 12), **{"prune_end": 4, "seed": 3, **kwargs})
+    return FedSparsify(build_model("cnn", 10, 1, 12), **{"prune_end": 4, "seed": 3,
+                                                           "min_train_nodes": 1, **kwargs})
 
 
 def _reply(client_reply, strategy, state, n=10, node=1, own=None):

@@ -19,7 +19,7 @@ from strategies import HideNseek
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
     return HideNseek(build_model("cnn", 10, 1, 12), (1, 12, 12), seed=1, synflow_iterations=5,
-                     mask_coding=request.param)
+                     mask_coding=request.param, min_train_nodes=1)
 
 
 def _as_received(msg: Message) -> Message:

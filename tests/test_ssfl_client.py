@@ -19,7 +19,7 @@ def _as_received(msg: Message) -> Message:
 
 
 def test_query_answers_the_snip_saliency_of_the_seeded_net(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2)
+    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2, min_train_nodes=1)
     captured = {}
 
     class Grid(FakeGrid):

@@ -50,7 +50,7 @@ def _answer(values, n):
 
 
 def test_find_mask_queries_every_node_and_drops_bad_answers(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=3, density=0.25)
+    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=3, density=0.25, min_train_nodes=1)
     n = strategy.mask.size
     good = np.zeros(n, np.float16)
     good[-strategy.keep:] = 1.0  # this client finds the last positions salient

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from logging import WARNING
-from typing import TypeVar
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
 from torch import Tensor, nn
 
 from fedmask.codec import flatten_masks, split_flat
 from fedmask.masking import attach, supermasks
 from fedmask.pruning import prunable_names
 
-T = TypeVar("T")
-
 CONFIG = "config"  # ConfigRecord, server -> client
 METRICS = "metrics"  # MetricRecord, client -> server
 NUM_EXAMPLES = "num-examples"
 NUM_PARAMS = "num-params"  # config: N, the number of prunable weights
 MASK_CODING = "mask-coding"  # config: "packed" or "entropy" (fedmask.mask_coding)
+MAX_EXAMPLES = 10**9  # bound on a reply's declared num-examples
 
 
 class ReplyError(ValueError):
@@ -75,25 +71,6 @@ def num_examples(msg: Message) -> int:
     if METRICS not in records or NUM_EXAMPLES not in records[METRICS]:
         raise ReplyError(NUM_EXAMPLES, "missing from the reply's metrics")
     value = records[METRICS][NUM_EXAMPLES]
-    if not isinstance(value, int) or value <= 0:
-        raise ReplyError(NUM_EXAMPLES, f"must be a positive int, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_EXAMPLES:
+        raise ReplyError(NUM_EXAMPLES, f"must be an int in [1, {MAX_EXAMPLES}], got {value!r}")
     return value
-
-
-def accept(replies: Iterable[Message], decode: Callable[[Message], T]) -> list[tuple[Message, T]]:
-    """Decode every reply; log and drop failed or malformed ones.
-
-    A reply is dropped when it carries an error or when `decode` raises: the
-    server never crashes on a client's bytes, and the round goes on with the rest.
-    """
-    accepted = []
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            log(WARNING, "node %d failed: %s", node, msg.error.reason)
-            continue
-        try:
-            accepted.append((msg, decode(msg)))
-        except Exception as err:  # noqa: BLE001 - any bad payload must not stop the round
-            log(WARNING, "dropping reply from node %d: %s: %s", node, type(err).__name__, err)
-    return accepted
