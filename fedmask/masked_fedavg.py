@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fedmask.checkpoint import Checkpointable
 from fedmask.mask_coding import check_coding
-from fedmask.protocol import CONFIG, MASK_CODING, NUM_PARAMS, ReplyError, num_examples
+from fedmask.protocol import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.protocol import masked as wire
 from fedmask.models import num_prunable
 from fedmask.pruning import apply_flat_mask, prunable_names
@@ -94,10 +94,7 @@ class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
     # --- what a subclass that changes the mask during training provides ---------------
     def decode_update(self, msg: Message) -> Any:
         """A phase-2 reply's payload (default: its state dict under the global mask)."""
-        if wire.WEIGHTS not in msg.content.array_records:
-            raise ReplyError(wire.WEIGHTS, "missing ArrayRecord")
-        record = msg.content.array_records[wire.WEIGHTS]
-        return decode_sparse(record, self.mask, self.weights, self.names)
+        return wire.decode_weights(msg, self.mask, self.weights, self.names)
 
     def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
         """Phase 2: new global weights from the payloads (default: n_k-weighted mean)."""

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from fedmask.masked_fedavg import MaskedFedAvg, average_states
 from fedmask.protocol import ReplyError
 from fedmask.protocol import fedsparsify as wire
-from fedmask.protocol.masked import CLIENT_MASK, WEIGHTS, decode_client_mask
+from fedmask.protocol.masked import CLIENT_MASK, decode_client_mask, decode_weights
 from fedmask.pruning import keep_largest
-from fedmask.sparse import decode_sparse, flat_state, replace_flat
+from fedmask.sparse import flat_state, replace_flat
 from fedmask.sparsity_schedule import check_schedule, scheduled_sparsity
 
 Update = tuple[int, np.ndarray, np.ndarray]  # n_k, client mask, flat values (0 where pruned)
@@ -117,10 +117,7 @@ class FedSparsify(MaskedFedAvg):
         expected = min(self.target_kept(self.server_round), int(self.mask.sum()))
         if int(own.sum()) != expected:
             raise ReplyError(CLIENT_MASK, f"keeps {int(own.sum())}, expected {expected}")
-        if WEIGHTS not in msg.content.array_records:
-            raise ReplyError(WEIGHTS, "missing ArrayRecord")
-        return own, decode_sparse(msg.content.array_records[WEIGHTS], own, self.weights,
-                                  self.names)
+        return own, decode_weights(msg, own, self.weights, self.names)
 
     def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
         """Average, then prune (global) or majority-merge the clients' masks (local)."""

@@ -13,8 +13,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmask.client.settings import LocalSettings
+from fedmask.client.node import HANDLERS, STATEFUL
 from fedmask.data import ClientData
 from fedmask.launch import run_simulation, simulation_superlink
+from fedmask.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
@@ -80,6 +82,30 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+
+class LoopbackGrid(FakeGrid):
+    """A Grid whose nodes are answered in-process by `method`'s client handlers
+    (``fedmask.client.node.HANDLERS``), each node with its own state and seeded torch."""
+
+    def __init__(self, method: str, nodes: list[int]) -> None:
+        super().__init__(nodes)
+        self.handlers, self.stateful = HANDLERS[method], method in STATEFUL
+        self.states = {node: RecordDict() for node in nodes}
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            msg.metadata.__dict__["_message_id"] = f"m{node}"
+            server_round = int(msg.content.config_records["config"].get("server-round", 0))
+            torch.manual_seed(1000 * server_round + node)
+            handler = getattr(self.handlers, msg.metadata.message_type)
+            state = {"state": self.states[node]} if self.stateful else {}
+            reply = handler(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), **state)
+            replies.append(make_message(_metadata(node, msg.metadata.message_type),
+                                        content=reply.content))
+        return replies
 
 
 def sent_messages(strategy, server_round: int, nodes=(21, 22), kind: str = "train"

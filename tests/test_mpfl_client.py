@@ -10,7 +10,6 @@ from fedmask.client import mpfl
 from fedmask.models import build_model
 from fedmask.protocol import ReplyError
 from fedmask.protocol import masked as masked_wire
-from fedmask.protocol import mpfl as wire
 from fedmask.pruning import flat_weights
 from fedmask.sparse import decode_sparse
 from strategies import MPFL

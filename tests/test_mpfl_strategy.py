@@ -8,7 +8,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmask.models import build_model
 from fedmask.protocol import masked as masked_wire
-from fedmask.protocol import mpfl as wire
 from fedmask.pruning import flat_weights
 from fedmask.sparse import KEPT_VALUES, encode_sparse
 from strategies import MPFL

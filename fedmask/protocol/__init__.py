@@ -36,6 +36,17 @@ def array(record: ArrayRecord, key: str) -> np.ndarray:
     return record[key].numpy()
 
 
+def reply_array(msg: Message, record: str, key: str) -> np.ndarray:
+    """The only array, `key`, of a reply's ArrayRecord `record`; raise ReplyError if
+    the record is missing or holds other keys."""
+    if record not in msg.content.array_records:
+        raise ReplyError(record, "missing ArrayRecord")
+    found = msg.content.array_records[record]
+    if list(found) != [key]:
+        raise ReplyError(record, f"expected only {key!r}, got {list(found)}")
+    return found[key].numpy()
+
+
 def attach_flat(model: nn.Module, make: Callable[..., nn.Module], *flats: np.ndarray
                 ) -> nn.Module:
     """Attach ``make(weight, *chunks)`` to every prunable weight of `model` (in place).

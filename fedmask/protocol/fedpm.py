@@ -20,7 +20,7 @@ from torch import nn
 
 from fedmask.mask_coding import decode_mask, encode_mask
 from fedmask.masking import BernoulliSupermask
-from fedmask.protocol import NUM_PARAMS, ReplyError, array, attach_flat, read_flat
+from fedmask.protocol import NUM_PARAMS, ReplyError, array, attach_flat, read_flat, reply_array
 
 THETA, MASK, SAMPLED_MASK = "theta", "mask", "sampled-mask"
 THETA_FORMAT, ESTIMATOR, EVAL_SAMPLES = "theta-format", "estimator", "eval-samples"
@@ -67,9 +67,7 @@ def encode_sample(mask: np.ndarray, theta: np.ndarray, coding: str) -> dict[str,
 
 def decode_sample(msg: Message, theta: np.ndarray, coding: str) -> np.ndarray:
     """A client's sampled mask (N bits); raise ReplyError/CodecError."""
-    if MASK not in msg.content.array_records:
-        raise ReplyError(MASK, "missing ArrayRecord")
-    payload = array(msg.content.array_records[MASK], SAMPLED_MASK)
+    payload = reply_array(msg, MASK, SAMPLED_MASK)
     return decode_mask(payload, theta.size, coding, theta, SAMPLED_MASK)
 
 

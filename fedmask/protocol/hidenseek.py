@@ -21,7 +21,7 @@ from torch import nn
 from fedmask.codec import pack_mask, unpack_mask
 from fedmask.mask_coding import decode_mask, encode_mask
 from fedmask.masking import SignSupermask
-from fedmask.protocol import NUM_PARAMS, ReplyError, array, attach_flat, read_flat
+from fedmask.protocol import NUM_PARAMS, ReplyError, array, attach_flat, read_flat, reply_array
 
 MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
@@ -57,10 +57,8 @@ def encode_signs(signs: np.ndarray, global_signs: np.ndarray, coding: str
 
 def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndarray:
     """A client's K sign bits from its reply; raise ReplyError/CodecError."""
-    if SIGNS not in msg.content.array_records:
-        raise ReplyError(SIGNS, "missing ArrayRecord")
     key = UPLINK_KEYS[coding]
-    payload = array(msg.content.array_records[SIGNS], key)
+    payload = reply_array(msg, SIGNS, key)
     bits = decode_mask(payload, global_signs.size, coding, field=key)
     return bits if coding == "packed" else bits != global_signs
 

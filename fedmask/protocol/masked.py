@@ -20,10 +20,12 @@ import hashlib
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from torch import Tensor
 
 from fedmask.codec import pack_mask, unpack_mask
+from fedmask.sparse import KEPT_VALUES, decode_sparse
 from fedmask.mask_coding import decode_mask, encode_mask
-from fedmask.protocol import CONFIG, NUM_PARAMS, ReplyError, array
+from fedmask.protocol import CONFIG, NUM_PARAMS, ReplyError, array, reply_array
 
 WEIGHTS, MASK, CLIENT_MASK = "weights", "mask", "client-mask"
 PHASE, NUM_KEPT, MASK_DIGEST = "phase", "num-kept", "mask-digest"
@@ -66,6 +68,19 @@ def held_mask(msg: Message, state: RecordDict) -> np.ndarray:
     return mask
 
 
+def decode_weights(msg: Message, mask: np.ndarray, reference: dict[str, Tensor],
+                   names: list[str]) -> dict[str, Tensor]:
+    """A reply's ``weights`` under `mask` as a state dict like `reference`; the record
+    must hold exactly the kept values and the dense tensors. Raise ReplyError/CodecError."""
+    if WEIGHTS not in msg.content.array_records:
+        raise ReplyError(WEIGHTS, "missing ArrayRecord")
+    record = msg.content.array_records[WEIGHTS]
+    unknown = sorted(set(record) - {KEPT_VALUES, *(set(reference) - set(names))})
+    if unknown:
+        raise ReplyError(WEIGHTS, f"unexpected arrays {unknown}")
+    return decode_sparse(record, mask, reference, names)
+
+
 def encode_client_mask(client_mask: np.ndarray, mask: np.ndarray, coding: str
                        ) -> dict[str, ArrayRecord]:
     """The ``client-mask`` record: `client_mask` at the positions `mask` keeps."""
@@ -75,9 +90,7 @@ def encode_client_mask(client_mask: np.ndarray, mask: np.ndarray, coding: str
 
 def decode_client_mask(msg: Message, mask: np.ndarray, coding: str) -> np.ndarray:
     """A client's full mask (False outside `mask`); raise ReplyError/CodecError."""
-    if CLIENT_MASK not in msg.content.array_records:
-        raise ReplyError(CLIENT_MASK, "missing ArrayRecord")
-    payload = array(msg.content.array_records[CLIENT_MASK], CLIENT_MASK)
+    payload = reply_array(msg, CLIENT_MASK, CLIENT_MASK)
     bits = decode_mask(payload, int(mask.sum()), coding, field=CLIENT_MASK)
     full = np.zeros_like(mask)
     full[mask] = bits

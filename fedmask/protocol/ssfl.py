@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 from fedmask.codec import CodecError
-from fedmask.protocol import ReplyError, array
+from fedmask.protocol import reply_array
 
 SALIENCY, SNIP = "saliency", "snip"
 SALIENCY_BATCHES, SALIENCY_FORMAT = "saliency-batches", "saliency-format"
@@ -29,9 +29,7 @@ def encode_saliency(scores: np.ndarray, saliency_format: str) -> dict[str, Array
 
 def decode_saliency(msg: Message, num_params: int, saliency_format: str) -> np.ndarray:
     """A client's saliency as float64; checks size, dtype, finite and >= 0."""
-    if SALIENCY not in msg.content.array_records:
-        raise ReplyError(SALIENCY, "missing ArrayRecord")
-    values = array(msg.content.array_records[SALIENCY], SNIP)
+    values = reply_array(msg, SALIENCY, SNIP)
     dtype = SALIENCY_DTYPES[saliency_format]
     if values.dtype != dtype or values.shape != (num_params,):
         raise CodecError(SNIP, f"expected {num_params} values of {dtype}, got "

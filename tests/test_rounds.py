@@ -1,0 +1,75 @@
+"""The resumable round loop: every method, interrupted and resumed from a checkpoint,
+ends in the same global state as an uninterrupted run (clients answered in-process)."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import LoopbackGrid
+from flwr.app import ArrayRecord
+
+from fedmask import checkpoint
+from fedmask.client.settings import LocalSettings
+from fedmask.models import build_model, seeded_init
+from fedmask.results import arrays_sha256
+from fedmask.rounds import run_rounds
+from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
+
+NODES = [11, 12, 13]
+
+
+def _setup(method):
+    """A fresh strategy for `method` and its initial arrays, as the server builds them."""
+    model = build_model("cnn", 10, 1, 12)
+    common = {"seed": 7, "min_train_nodes": 2, "fraction_evaluate": 0.34}  # one evaluates
+    strategy = {
+        "hidenseek": lambda: HideNseek(model, (1, 12, 12), synflow_iterations=3, **common),
+        "fedpm": lambda: FedPM(model, **common),
+        "mpfl": lambda: MPFL(model, density=0.5, prune_rate=0.3, **common),
+        "ssfl": lambda: SSFL(model, density=0.5, **common),
+        "fedsparsify": lambda: FedSparsify(model, 3, variant="local", **common),
+        "fedavg": lambda: FedAvg(model, min_train_nodes=2, fraction_evaluate=0.34),
+    }[method]()
+    if method == "fedavg":
+        seeded_init(model, 7, "kaiming-normal")
+        return strategy, ArrayRecord(model.state_dict())
+    if method == "ssfl":
+        strategy.find_mask(LoopbackGrid("ssfl", NODES), 60)
+    return strategy, strategy.global_arrays()
+
+
+def _rounds(strategy, arrays, rounds, grid, after=lambda *args: None):
+    config = LocalSettings(local_epochs=1, lr=0.05).to_config()
+    return run_rounds(strategy, grid, arrays, rounds, 60, config, config, after)
+
+
+def _state(strategy):
+    return {k: np.asarray(v).copy() for k, v in strategy.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify",
+                                    "fedavg"])
+def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path):
+    random.seed(0)
+    whole, arrays = _setup(method)
+    final = _rounds(whole, arrays, range(1, 4), LoopbackGrid(method, NODES))
+
+    random.seed(0)
+    first, arrays = _setup(method)
+    path = tmp_path / checkpoint.CHECKPOINT
+    _rounds(first, arrays, range(1, 3), LoopbackGrid(method, NODES),
+            lambda r, a, *_: checkpoint.save(path, r, first.state_dict(), a, {"config": {}}))
+    random.seed(123), torch.manual_seed(123)  # a new process: other RNG states
+    resumed, _ = _setup(method)
+    saved = checkpoint.load(path)
+    assert saved.server_round == 2
+    resumed.load_state_dict(saved.strategy)
+    checkpoint.restore_rng(saved)
+    again = _rounds(resumed, saved.arrays, range(3, 4), LoopbackGrid(method, NODES))
+
+    assert arrays_sha256(again) == arrays_sha256(final)
+    expected = _state(whole)
+    assert set(_state(resumed)) == set(expected)
+    for key, value in _state(resumed).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
