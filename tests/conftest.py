@@ -43,6 +43,16 @@ def small_simulation(env, tmp_path_factory, **config):
                           timeout=600)
 
 
+# MPFL for 4 rounds: two vote rounds, then masked FedAvg (stateful server and nodes).
+MPFL_SMALL = {"method": "mpfl", "density": 0.5, "prune-rate": 0.3, "num-server-rounds": 4}
+
+
+@pytest.fixture(scope="session")
+def mpfl(superlink, tmp_path_factory):
+    """The SMALL MPFL simulation (shared by the simulation and resumption tests)."""
+    return small_simulation(superlink, tmp_path_factory, **MPFL_SMALL)
+
+
 @pytest.fixture(scope="session")
 def hidenseek(superlink, tmp_path_factory):
     """The SMALL HideNseek simulation (shared by the simulation and deployment tests)."""

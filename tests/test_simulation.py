@@ -22,12 +22,6 @@ def fedpm(superlink, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mpfl(superlink, tmp_path_factory):
-    return small_simulation(superlink, tmp_path_factory, method="mpfl", density=0.5,
-                            **{"prune-rate": 0.3, "num-server-rounds": 4})
-
-
-@pytest.fixture(scope="module")
 def ssfl(superlink, tmp_path_factory):
     return small_simulation(superlink, tmp_path_factory, method="ssfl", density=0.5)
 

@@ -1,0 +1,134 @@
+"""The ServerApp body in real simulations: failing and garbage-sending clients, a run
+killed and resumed from its checkpoint, determinism; resumption's config checks."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MPFL_SMALL, ROOT, SMALL, small_simulation
+
+from flwr.app import ArrayRecord
+
+from fedmask import checkpoint
+from fedmask.config import ConfigError, parse
+from fedmask.launch import flwr_run_command, overrides, run_simulation
+from fedmask.models import build_model
+from fedmask.server import _resume
+from strategies import FedAvg
+
+FAULTY_CLIENT = '''"""fedmask's ClientApp with two broken nodes: partition 0 raises on every train
+message, partition 1 answers with its real reply's arrays filled with NaN."""
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmask.client.node import handle
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg, context):
+    partition = int(context.node_config["partition-id"])
+    if partition == 0:
+        raise RuntimeError("injected failure")
+    reply = handle(msg, context, "train")
+    if partition == 1:
+        content = RecordDict({name: ArrayRecord({key: Array(np.full(a.numpy().shape, np.nan,
+                                                                    np.float32))
+                                                 for key, a in record.items()})
+                              for name, record in reply.content.array_records.items()})
+        content["metrics"] = reply.content.metric_records["metrics"]
+        return Message(content, reply_to=msg)
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg, context):
+    return handle(msg, context, "evaluate")
+'''
+
+
+def test_failing_and_garbage_clients_are_recorded_and_the_run_goes_on(superlink, tmp_path):
+    app = tmp_path / "faulty-app"
+    app.mkdir()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(pyproject.replace('clientapp = "client_app:app"',
+                                                          'clientapp = "faulty_client:app"'))
+    shutil.copy(ROOT / "server_app.py", app)
+    (app / "faulty_client.py").write_text(FAULTY_CLIENT)  # a name the install cannot shadow
+    config = {**SMALL, "method": "fedavg", "num-server-rounds": 2, "out-dir": str(tmp_path)}
+    results = run_simulation(superlink, config, 4, app=app, timeout=600)
+    for record in results["rounds"]:
+        assert len(record["failed_clients"]) == 1  # partition 0 raised
+        [rejected] = record["rejected_clients"]  # partition 1: NaN weights
+        assert rejected["field"].endswith("weight") and "finite" in rejected["reason"]
+        assert record["num_clients"] == 2
+    assert results["rounds"][-1]["accuracy"] > 0.2
+
+
+def _simulation_pids(env):
+    """PIDs of the flwr-simulation process(es) of the SuperLink `env` names."""
+    config = (Path(env["FLWR_HOME"]) / "config.toml").read_text()
+    address = config.split('address = "')[1].split('"')[0].encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-simulation" in cmdline and address in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(superlink, mpfl, tmp_path):
+    config = {**SMALL, **MPFL_SMALL, "out-dir": str(tmp_path)}
+    cmd = flwr_run_command(ROOT, [overrides(config)], 3, 1)
+    run = subprocess.Popen(cmd, env=superlink, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    saved = tmp_path / checkpoint.CHECKPOINT
+    deadline = time.monotonic() + 600
+    while not (saved.exists() and checkpoint.load(saved).server_round >= 2):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.2)
+    for pid in _simulation_pids(superlink):
+        os.kill(pid, signal.SIGKILL)  # the ServerApp dies mid-run
+    try:
+        run.wait(timeout=120)
+    finally:
+        run.kill()
+    killed_after = checkpoint.load(saved).server_round
+    assert killed_after < 4 and not (tmp_path / "results.json").exists()
+
+    resumed = run_simulation(superlink, {**config, "resume": True}, 3, timeout=600)
+    assert resumed["resumed_after_round"] == killed_after
+    assert resumed["final_arrays_sha256"] == mpfl["final_arrays_sha256"]
+    assert [r["accuracy"] for r in resumed["rounds"]] == [r["accuracy"] for r in mpfl["rounds"]]
+
+
+def test_same_config_and_seed_give_the_same_global_state(superlink, hidenseek, tmp_path_factory):
+    again = small_simulation(superlink, tmp_path_factory, method="hidenseek")
+    assert again["final_arrays_sha256"] == hidenseek["final_arrays_sha256"]
+    assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in hidenseek["rounds"]]
+
+
+def test_resume_needs_out_dir():
+    with pytest.raises(ConfigError, match="resume: needs out-dir"):
+        parse({"resume": True})
+
+
+def test_resume_refuses_a_missing_checkpoint_or_another_config(tmp_path):
+    cfg = parse({"out-dir": str(tmp_path), "resume": True, "num-server-rounds": 4})
+    strategy = FedAvg(build_model("cnn", 10, 1, 12))
+    with pytest.raises(ConfigError, match="resume: no checkpoint"):
+        _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
+    checkpoint.save(tmp_path / checkpoint.CHECKPOINT, 2, {}, ArrayRecord(),
+                    {"config": {**cfg, "num-server-rounds": 5, "lr": 0.5, "resume": False}})
+    with pytest.raises(ConfigError, match=r"other values of \['lr', 'num-server-rounds'\]"):
+        _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
