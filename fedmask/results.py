@@ -89,7 +89,8 @@ class RoundRecorder:
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
             "num_clients": sum(not c["failed"] for c in train["clients"]) - len(rejected),
             "failed_clients": [c["node_id"] for c in train["clients"] if c["failed"]],
-            "rejected_clients": rejected, "clients": train["clients"], "wall_s": self._wall(),
+            "rejected_clients": rejected, "aggregated": train_metrics is not None,
+            "clients": train["clients"], "wall_s": self._wall(),
             "train_metrics": dict(train_metrics or {}),
             "client_eval_metrics": dict(evaluate_metrics or {}),
         }

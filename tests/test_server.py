@@ -68,7 +68,7 @@ def test_failing_and_garbage_clients_are_recorded_and_the_run_goes_on(superlink,
         assert len(record["failed_clients"]) == 1  # partition 0 raised
         [rejected] = record["rejected_clients"]  # partition 1: NaN weights
         assert rejected["field"].endswith("weight") and "finite" in rejected["reason"]
-        assert record["num_clients"] == 2
+        assert record["num_clients"] == 2 and record["aggregated"]
     assert results["rounds"][-1]["accuracy"] > 0.2
 
 
