@@ -21,6 +21,8 @@ from flwr.supercore.inflatable.inflatable_object import (
     get_object_tree,
 )
 
+from fedmask.protocol import CLIENT_SECONDS, METRICS
+
 
 def message_bytes(msg: Message) -> int:
     """Serialized size of `msg`: header + object tree + every object's bytes."""
@@ -32,6 +34,14 @@ def message_bytes(msg: Message) -> int:
     return header + tree + objects
 
 
+def client_seconds(msg: Message) -> float:
+    """A reply's ``client-s`` metric (0.0 when absent or not a number)."""
+    if msg.has_error() or METRICS not in msg.content.metric_records:
+        return 0.0
+    value = msg.content.metric_records[METRICS].get(CLIENT_SECONDS, 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 @dataclass
 class Transfer:
     """One message on the wire."""
@@ -41,6 +51,7 @@ class Transfer:
     message_type: str
     num_bytes: int
     failed: bool = False
+    client_s: float = 0.0  # a reply's `client-s`: seconds the ClientApp spent on it
 
 
 @dataclass
@@ -52,7 +63,8 @@ class Ledger:
     def add(self, msg: Message, direction: str) -> None:
         node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
-                                       message_bytes(msg), msg.has_error()))
+                                       message_bytes(msg), msg.has_error(),
+                                       client_seconds(msg)))
 
     def drain(self) -> list[Transfer]:
         """Return and forget the transfers recorded so far."""

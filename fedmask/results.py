@@ -28,9 +28,11 @@ def _traffic(transfers: list[Transfer], message_type: str) -> dict[str, Any]:
     clients: dict[int, dict[str, Any]] = {}
     for t in mine:
         entry = clients.setdefault(t.node_id, {"node_id": t.node_id, "bytes_up": 0,
-                                               "bytes_down": 0, "failed": False})
+                                               "bytes_down": 0, "failed": False,
+                                               "client_s": 0.0})
         entry[f"bytes_{t.direction}"] += t.num_bytes
         entry["failed"] |= t.failed
+        entry["client_s"] += t.client_s
     for entry in clients.values():
         entry["failed"] |= entry["bytes_up"] == 0  # sent to, never answered
     return {
@@ -76,9 +78,11 @@ class RoundRecorder:
         self._wall()
 
     def record(self, server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
-               evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]]) -> None:
+               evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]],
+               aggregate_s: float) -> None:
         """Score the global model after `server_round`; record the round's traffic,
-        the clients' metrics, and the failed and rejected clients."""
+        the clients' metrics, the failed and rejected clients and the seconds the
+        server spent aggregating."""
         metrics = self._evaluate(arrays)
         transfers = self.ledger.drain()
         train = _traffic(transfers, MessageType.TRAIN)
@@ -90,7 +94,7 @@ class RoundRecorder:
             "num_clients": sum(not c["failed"] for c in train["clients"]) - len(rejected),
             "failed_clients": [c["node_id"] for c in train["clients"] if c["failed"]],
             "rejected_clients": rejected, "aggregated": train_metrics is not None,
-            "clients": train["clients"], "wall_s": self._wall(),
+            "clients": train["clients"], "aggregate_s": aggregate_s, "wall_s": self._wall(),
             "train_metrics": dict(train_metrics or {}),
             "client_eval_metrics": dict(evaluate_metrics or {}),
         }

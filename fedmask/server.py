@@ -170,9 +170,9 @@ def run(grid: Grid, context: Context) -> Path:
         recorder.start(arrays)
 
     def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
-                    evaluate_metrics: MetricRecord | None) -> None:
+                    evaluate_metrics: MetricRecord | None, aggregate_s: float) -> None:
         recorder.record(server_round, arrays, train_metrics, evaluate_metrics,
-                        strategy.rejected.get(server_round, []))
+                        strategy.rejected.get(server_round, []), aggregate_s)
         checkpoint.save(folder / CHECKPOINT, server_round, strategy.state_dict(), arrays,
                         {"config": cfg, "results": recorder.state()})
 

@@ -3,7 +3,7 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedmask.accounting import MeasuringGrid, message_bytes
+from fedmask.accounting import MeasuringGrid, client_seconds, message_bytes
 
 
 def _message(payload_bytes: int, node: int = 5) -> Message:
@@ -47,3 +47,14 @@ def test_measuring_grid_records_each_message_per_node_and_direction(client_reply
                                                              (7, "up"), (8, "up")]
     assert [t.num_bytes for t in transfers] == [message_bytes(m) for m in sent + replies]
     assert grid.ledger.drain() == []
+
+
+def test_client_seconds_come_from_the_replies_metric(client_reply):
+    timed = client_reply(RecordDict({"metrics": MetricRecord({"num-examples": 1,
+                                                              "client-s": 2.5})}))
+    assert client_seconds(timed) == 2.5
+    assert client_seconds(client_reply(RecordDict({"metrics": MetricRecord({"x": 1})}))) == 0.0
+    assert client_seconds(client_reply(None)) == 0.0  # an error reply
+    grid = MeasuringGrid(_EchoGrid(lambda msg: timed))
+    grid.send_and_receive([_message(10, node=7)])
+    assert [t.client_s for t in grid.ledger.drain()] == [0.0, 2.5]  # down, up

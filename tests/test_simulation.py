@@ -44,7 +44,8 @@ def _check_common(results, method):
     assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
     for record in results["rounds"]:
         assert record["num_clients"] == 3 and record["failed_clients"] == []
-        assert record["wall_s"] > 0 and record["bytes_down"] > 0
+        assert record["wall_s"] > 0 and record["bytes_down"] > 0 and record["aggregate_s"] > 0
+        assert all(client["client_s"] > 0 for client in record["clients"])
         assert 0.0 <= record["client_eval_metrics"]["accuracy"] <= 1.0
     assert results["rounds"][-1]["accuracy"] > 0.2  # chance is 0.1
 

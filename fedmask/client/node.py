@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from types import ModuleType
 
 import torch
@@ -13,7 +14,7 @@ from fedmask.client import fedavg, fedpm, fedsparsify, hidenseek, mpfl, ssfl
 from fedmask.data import DATASETS, ClientData, client_data
 from fedmask.device_data import device_data
 from fedmask.models import build_model
-from fedmask.protocol import CONFIG
+from fedmask.protocol import CLIENT_SECONDS, CONFIG, METRICS
 
 HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
                                    "ssfl": ssfl, "fedsparsify": fedsparsify, "fedavg": fedavg}
@@ -42,7 +43,8 @@ def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
 
 
 def handle(msg: Message, context: Context, phase: str) -> Message:
-    """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method."""
+    """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method;
+    the reply's metrics gain ``client-s``, the seconds the handler took."""
     cfg = run_config.parse(context.run_config)
     spec = DATASETS[cfg["dataset"]]
     data, partition = node_data(cfg, context.node_config)
@@ -50,4 +52,7 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     server_round = int(msg.content.config_records[CONFIG].get("server-round", 0))
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
     state = {"state": context.state} if cfg["method"] in STATEFUL else {}
-    return getattr(HANDLERS[cfg["method"]], phase)(msg, model, data, **state)
+    start = time.perf_counter()
+    reply = getattr(HANDLERS[cfg["method"]], phase)(msg, model, data, **state)
+    reply.content.metric_records[METRICS][CLIENT_SECONDS] = time.perf_counter() - start
+    return reply

@@ -19,6 +19,7 @@ NUM_EXAMPLES = "num-examples"
 NUM_PARAMS = "num-params"  # config: N, the number of prunable weights
 MASK_CODING = "mask-coding"  # config: "packed" or "entropy" (fedmask.mask_coding)
 MAX_EXAMPLES = 10**9  # bound on a reply's declared num-examples
+CLIENT_SECONDS = "client-s"  # metric: seconds the ClientApp spent on a message
 
 
 class ReplyError(ValueError):
