@@ -3,9 +3,11 @@
 :class:`SeededMaskStrategy` is a Flower FedAvg (its node sampling, evaluation
 aggregation and round loop) whose global model is a seeded frozen network plus
 masks. A subclass says what goes down (:meth:`global_arrays`), how a reply is
-decoded (:meth:`decode`) and aggregated (:meth:`aggregate_masks`), and which
-bits the entropy coder codes (:meth:`coded_bits`), from which every round
-reports the empirical entropy of the masks received.
+decoded (:meth:`decode`), how the masks are summed (:meth:`start_sum`,
+:meth:`add_mask`: one reply at a time, so memory does not grow with the number
+of clients) and the sum applied (:meth:`commit`), and which bits the entropy
+coder codes (:meth:`coded_bits`), from which every round reports the empirical
+entropy of (up to ENTROPY_SAMPLE of) the masks received.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from fedmask.protocol import MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.models import num_prunable
 from fedmask.seeded import SeededNet
 from fedmask.validation import ValidatedStrategy, mean_metrics
+
+
+ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
 
 
 class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
@@ -75,8 +80,16 @@ class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
         """The mask a training reply carries; raise ReplyError/CodecError."""
 
     @abstractmethod
-    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
-        """Update the global state from the round's ``(num_examples, decoded)`` pairs."""
+    def start_sum(self) -> Any:
+        """An empty sum of masks."""
+
+    @abstractmethod
+    def add_mask(self, total: Any, num_examples: int, decoded: Any) -> None:
+        """Add one client's decoded mask to `total` (in place)."""
+
+    @abstractmethod
+    def commit(self, server_round: int, total: Any, count: int, examples: int) -> None:
+        """Update the global state from the sum of `count` masks of `examples` examples."""
 
     @abstractmethod
     def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -113,22 +126,25 @@ class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
-        accepted = self.accepted(server_round, replies, self._decode)
-        if accepted is None:
+        total, contents, examples, entropy = self.start_sum(), [], 0, []
+        for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
+            self.add_mask(total, n, decoded)
+            contents.append(msg.content)
+            examples += n
+            if len(entropy) < ENTROPY_SAMPLE:  # against the global state before the update
+                entropy.append(self._entropy_bits(decoded))
+        if not self.quorum(server_round, len(contents)):
             return None, None
-        decoded = [pair for _, pair in accepted]
-        metrics = mean_metrics([m.content for m, _ in accepted], self.weighted_by_key)
-        metrics.update(self._entropy_metrics([mask for _, mask in decoded]))  # before the update
-        self.aggregate_masks(server_round, decoded)
+        metrics = mean_metrics(contents, self.weighted_by_key)
+        model_bits, iid_bits = np.mean(entropy, axis=0) / self.num_params
+        metrics.update({"mask-entropy-bpp": float(model_bits),
+                        "mask-iid-entropy-bpp": float(iid_bits)})
+        self.commit(server_round, total, len(contents), examples)
         return self.global_arrays(), metrics
 
-    def _entropy_metrics(self, decoded: list[Any]) -> dict[str, float]:
-        """Mean over clients, in bits per prunable parameter, of the coded bits'
-        ideal code length under the coder's model and of their i.i.d. entropy."""
-        model_bits, iid_bits = [], []
-        for item in decoded:
-            bits, probs = self.coded_bits(item)
-            model_bits.append(information_bits(bits, probs))
-            iid_bits.append(binary_entropy(bits.mean()) * bits.size if bits.size else 0.0)
-        return {"mask-entropy-bpp": float(np.mean(model_bits)) / self.num_params,
-                "mask-iid-entropy-bpp": float(np.mean(iid_bits)) / self.num_params}
+    def _entropy_bits(self, decoded: Any) -> tuple[float, float]:
+        """The coded bits' ideal code length under the coder's model, and their
+        i.i.d. entropy, in bits."""
+        bits, probs = self.coded_bits(decoded)
+        iid = binary_entropy(bits.mean()) * bits.size if bits.size else 0.0
+        return information_bits(bits, probs), iid

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from logging import WARNING
 from typing import Any, TypeVar
 
@@ -59,7 +59,7 @@ def check_reply(msg: Message, limit: int) -> int:
 
 
 def _digest(msg: Message) -> bytes:
-    digest = hashlib.sha256()
+    digest = hashlib.blake2b(digest_size=16)
     for name, record in sorted(msg.content.array_records.items()):
         for key, array in sorted(record.items()):
             digest.update(f"{name}/{key}".encode())
@@ -67,26 +67,50 @@ def _digest(msg: Message) -> bytes:
     return digest.digest()
 
 
+def _reject(rejected: list[dict[str, Any]], msg: Message, err: Exception) -> None:
+    node = msg.metadata.src_node_id
+    log(WARNING, "dropping reply from node %d: %s: %s", node, type(err).__name__, err)
+    rejected.append({"node": node, "field": getattr(err, "field", type(err).__name__),
+                     "reason": str(err)})
+
+
+def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]]
+           ) -> list[Message]:
+    """The replies without an error (logged) that pass :func:`check_reply`, in
+    canonical order (by payload digest); the others are added to `rejected`."""
+    passed = []
+    for msg in replies:
+        if msg.has_error():
+            log(WARNING, "node %d failed: %s", msg.metadata.src_node_id, msg.error.reason)
+            continue
+        try:
+            check_reply(msg, limit)
+            passed.append(msg)
+        except Exception as err:  # noqa: BLE001 - any bad reply must not stop the round
+            _reject(rejected, msg, err)
+    return sorted(passed, key=_digest)
+
+
+def decode_each(messages: list[Message], decode: Callable[[Message], T],
+                rejected: list[dict[str, Any]]) -> Iterator[tuple[Message, T]]:
+    """``(msg, decode(msg))`` one message at a time; one that fails to decode is
+    added to `rejected` and skipped."""
+    for msg in messages:
+        try:
+            decoded = decode(msg)
+        except Exception as err:  # noqa: BLE001 - any bad payload must not stop the round
+            _reject(rejected, msg, err)
+            continue
+        yield msg, decoded
+
+
 def accept(replies: Iterable[Message], decode: Callable[[Message], T], limit: int
            ) -> tuple[list[tuple[Message, T]], list[dict[str, Any]]]:
     """Check and decode every reply: the accepted ``(msg, decoded)`` pairs in
     canonical order, and one ``{node, field, reason}`` per rejected reply.
     Replies carrying an error are logged and left out of both."""
-    accepted, rejected = [], []
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            log(WARNING, "node %d failed: %s", node, msg.error.reason)
-            continue
-        try:
-            check_reply(msg, limit)
-            accepted.append((msg, decode(msg)))
-        except Exception as err:  # noqa: BLE001 - any bad payload must not stop the round
-            field = getattr(err, "field", type(err).__name__)
-            log(WARNING, "dropping reply from node %d: %s: %s", node, type(err).__name__, err)
-            rejected.append({"node": node, "field": field, "reason": str(err)})
-    accepted.sort(key=lambda pair: _digest(pair[0]))
-    return accepted, rejected
+    rejected: list[dict[str, Any]] = []
+    return list(decode_each(screen(replies, limit, rejected), decode, rejected)), rejected
 
 
 def mean_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -110,18 +134,26 @@ class ValidatedStrategy:
         self.reply_limit = reply_limit(model)
         self.rejected: dict[int, list[dict[str, Any]]] = {}
 
+    def stream(self, server_round: int, replies: Iterable[Message],
+               decode: Callable[[Message], T]) -> Iterator[tuple[Message, T]]:
+        """The round's valid replies, decoded one at a time (so that aggregation can
+        stream), in canonical order; rejections are logged in ``rejected``."""
+        rejected = self.rejected.setdefault(server_round, [])
+        return decode_each(screen(replies, self.reply_limit, rejected), decode, rejected)
+
+    def quorum(self, server_round: int, count: int) -> bool:
+        """Whether `count` valid replies are enough; logs it when they are not."""
+        if count < self.min_train_nodes:
+            log(WARNING, "round %d: %d valid replies, fewer than min-train-nodes = %d: "
+                "the global state stays as it was", server_round, count, self.min_train_nodes)
+            return False
+        return True
+
     def accepted(self, server_round: int, replies: Iterable[Message],
                  decode: Callable[[Message], T]) -> list[tuple[Message, T]] | None:
         """The round's accepted replies, or None (logged) below the quorum."""
-        accepted, rejected = accept(replies, decode, self.reply_limit)
-        if rejected:
-            self.rejected.setdefault(server_round, []).extend(rejected)
-        if len(accepted) < self.min_train_nodes:
-            log(WARNING, "round %d: %d valid replies, fewer than min-train-nodes = %d: "
-                "the global state stays as it was", server_round, len(accepted),
-                self.min_train_nodes)
-            return None
-        return accepted
+        accepted = list(self.stream(server_round, replies, decode))
+        return accepted if self.quorum(server_round, len(accepted)) else None
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

@@ -94,15 +94,22 @@ class FedPM(SeededMaskStrategy):
         """The sampled mask, coded against the global theta."""
         return decoded, self.theta
 
-    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, np.ndarray]]) -> None:
-        """Add the masks to the Beta posterior (reset first when due); theta = its mean."""
+    def start_sum(self) -> np.ndarray:
+        """Per position, the (example-weighted) count of clients keeping it."""
+        return np.zeros(self.num_params)
+
+    def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
+        """Add the client's weight (n_k, or 1) where its mask keeps."""
+        np.add(total, num_examples if self.weighted else 1, out=total, where=decoded)
+
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
+        """Add the masks to the Beta posterior (reset first when due), each weighted
+        ``count * n_k / examples`` (or 1); theta = the posterior mean."""
         if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
             self.alpha, self.beta = np.ones(self.num_params), np.ones(self.num_params)
-        total = sum(n for n, _ in decoded)
-        for n, mask in decoded:
-            weight = len(decoded) * n / total if self.weighted else 1.0
-            self.alpha += weight * mask
-            self.beta += weight * ~mask
+        ones = total * (count / examples) if self.weighted else total
+        self.alpha += ones
+        self.beta += count - ones
         self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
 
     def global_model(self, arrays: ArrayRecord) -> nn.Module:

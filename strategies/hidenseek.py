@@ -80,12 +80,18 @@ class HideNseek(SeededMaskStrategy):
         """The flips relative to the global signs, coded as i.i.d. bits."""
         return decoded != self.signs, None
 
-    def aggregate_masks(self, server_round: int, decoded: list[tuple[int, np.ndarray]]) -> None:
+    def start_sum(self) -> np.ndarray:
+        """Per position, the examples of the clients voting +1."""
+        return np.zeros(self.signs.size, dtype=np.int64)
+
+    def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
+        """Add the client's examples where it votes +1."""
+        np.add(total, num_examples, out=total, where=decoded)
+
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Weighted majority vote ``g = sign(sum_k n_k sign_k)``; ties keep g."""
-        del server_round
-        votes = np.zeros(self.signs.size, dtype=np.int64)
-        for weight, bits in decoded:
-            votes += np.where(bits, weight, -weight)
+        del server_round, count
+        votes = 2 * total - examples
         self.signs = np.where(votes == 0, self.signs, votes > 0)
 
     def global_model(self, arrays: ArrayRecord) -> nn.Module:
