@@ -3,8 +3,9 @@
 - codec: fedmask's pack/unpack against ``numpy.packbits``/``unpackbits`` on the same
   masks, and the range coder's throughput;
 - server aggregation of K bit-packed sign masks (HideNseek's real
-  ``aggregate_train`` on K reply Messages) in seconds and peak traced memory,
-  against the time to read the K packed masks once;
+  ``aggregate_train`` on K reply Messages: validation, canonical ordering,
+  decoding, vote) in seconds and peak traced memory, against the time to read
+  (deserialize) the K packed masks once;
 - client step time of sign-mask (HideNseek) and binary-mask (FedPM) training
   against dense training of the same model (goal: at most 1.5x);
 - Flower's round overhead, from a comparison JSON (``benchmarks/compare.py``):
@@ -101,7 +102,7 @@ def aggregation(n: int, ks: list[int]) -> list[dict[str, float]]:
     for k in ks:
         replies = _replies(k, (n + 7) // 8)
         payloads = [next(iter(r.content.array_records[hidenseek.SIGNS].values())) for r in replies]
-        read = _best(lambda: [np.frombuffer(p.data, np.uint8).sum() for p in payloads], 3)
+        read = _best(lambda: [p.numpy() for p in payloads], 3)  # deserialize each once
         fresh = copy.deepcopy(strategy)
         tracemalloc.start()
         start = time.perf_counter()
