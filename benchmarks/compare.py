@@ -47,9 +47,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "fedsparsify-local": {"method": "fedsparsify", "fedsparsify-variant": "local"},
 }
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"rounds": 2, "num_supernodes": 3, "run_config": {
-        "dataset": "fashion-mnist", "partition": "iid", "train-limit": 150,
-        "test-limit": 500, "fraction-evaluate": 0.5, "synflow-iterations": 10}},
+    "smoke": {"rounds": 2, "num_supernodes": 2, "run_config": {
+        "dataset": "fashion-mnist", "partition": "iid", "train-limit": 64,
+        "test-limit": 256, "synflow-iterations": 5}},
     "iid": {"rounds": 20, "num_supernodes": 10, "run_config": {}},  # the app's defaults
     "standard": {"rounds": 30, "num_supernodes": 20, "run_config": {
         "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.5,

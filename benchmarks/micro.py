@@ -60,7 +60,7 @@ def _best(fn: Callable[[], Any], repeats: int = 5) -> float:
 def codec(size: int) -> dict[str, float]:
     """Pack/unpack against numpy's, and range-coder MB/s, on `size` random bits."""
     bits = np.random.default_rng(0).random(size) < 0.5
-    packed = np.packbits(bits, bitorder="little")
+    packed = np.packbits(bits)
     pack, np_pack = _best(lambda: pack_mask(bits)), _best(lambda: np.packbits(bits))
     unpack = _best(lambda: unpack_mask(packed, size))
     np_unpack = _best(lambda: np.unpackbits(packed, count=size))

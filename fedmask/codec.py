@@ -124,7 +124,7 @@ def unpack_mask(packed: np.ndarray, length: int, field: str = "mask") -> np.ndar
     _check_length(length, field)
     _check_packed(packed, length, field)
     _check_padding(packed, length, field)
-    return np.unpackbits(packed, count=length, bitorder=_BITORDER).astype(np.bool_)
+    return np.unpackbits(packed, count=length, bitorder=_BITORDER).view(np.bool_)
 
 
 def flatten_masks(masks: Mapping[str, Tensor], names: Sequence[str]) -> np.ndarray:
