@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from fedmask.launch import BIN, flower_env, free_port  # noqa: E402
+from fedmask.launch import BIN, flower_env, free_port, staged_app  # noqa: E402
 
 HOST = "127.0.0.1"
 CONNECTION = "fedmask"
@@ -348,8 +348,10 @@ def load_state(state_dir: Path) -> dict:
 def run(state_dir: Path, app: Path, extra: list[str]) -> int:
     """``flwr run APP <connection> --stream EXTRA...`` against the deployment."""
     state = load_state(state_dir)
-    cmd = [str(BIN / "flwr"), "run", str(app), state["connection"], "--stream", *extra]
-    return subprocess.run(cmd, env=env_for(Path(state["cli_home"])), check=False).returncode
+    with staged_app(app) as staged:
+        cmd = [str(BIN / "flwr"), "run", str(staged), state["connection"], "--stream", *extra]
+        return subprocess.run(cmd, env=env_for(Path(state["cli_home"])),
+                              check=False).returncode
 
 
 def status(state_dir: Path) -> int:

@@ -4,11 +4,14 @@ Flower 1.41 ships a message as a header (metadata protobuf), an object tree,
 and one serialized object per record/array. :func:`message_bytes` adds up
 exactly those serialized pieces. :class:`MeasuringGrid` wraps the ServerApp's
 grid and records the size of every message pushed to (down) or pulled from
-(up) each node, without changing what is sent.
+(up) each node, without changing what is sent. It also waits for replies with a
+short poll: Flower's own ``send_and_receive`` sleeps 3 s between pulls, which
+made every round of a small run last at least 6 s.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,6 +25,9 @@ from flwr.supercore.inflatable.inflatable_object import (
 )
 
 from fedmask.protocol import CLIENT_SECONDS, METRICS
+
+# Seconds between pulls for replies: the first wait, doubled up to the longest.
+FIRST_POLL_S, LONGEST_POLL_S = 0.02, 0.5
 
 
 def message_bytes(msg: Message) -> int:
@@ -106,10 +112,18 @@ class MeasuringGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        for msg in messages:
-            self.ledger.add(msg, "down")
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        for msg in replies:
-            self.ledger.add(msg, "up")
+        """Push `messages`, then pull until every reply is in or `timeout` seconds
+        pass (None: wait for all), waiting FIRST_POLL_S doubling to LONGEST_POLL_S."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        wait = FIRST_POLL_S
+        while pending:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending -= {msg.metadata.reply_to_message_id for msg in pulled}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(wait)
+            wait = min(2 * wait, LONGEST_POLL_S)
         return replies

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,9 @@ from typing import Any
 
 BIN = Path(sys.executable).parent
 APP = Path(__file__).resolve().parents[1]
+# Folders `flwr run` need not walk: it lists every file under the app folder before
+# it applies .gitignore, and a .venv inside holds ~47,000 files (~7 s a run).
+NOT_APP = (".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis")
 
 
 def free_port() -> int:
@@ -74,7 +78,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
-    """Start a simulation SuperLink; yield the env whose default connection is it."""
+    """Start a simulation SuperLink; yield the env whose default connection is it.
+    Its PID is in ``flwr_home/superlink.pid`` while it runs."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # Flower 1.41 serves the Runtime, Control and Fleet APIs on one port
     (flwr_home / "config.toml").write_text(
@@ -86,11 +91,21 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
             [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation",
              "subprocess", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (flwr_home / "superlink.pid").write_text(str(proc.pid))
         try:
             _wait_port(port, proc)
             yield env
         finally:
             stop(proc)
+
+
+@contextmanager
+def staged_app(app: Path) -> Iterator[Path]:
+    """A temporary copy of the Flower app folder `app` without NOT_APP, for ``flwr run``."""
+    with tempfile.TemporaryDirectory(prefix="fedmask-app-") as tmp:
+        staged = Path(tmp) / Path(app).resolve().name
+        shutil.copytree(app, staged, ignore=shutil.ignore_patterns(*NOT_APP), symlinks=True)
+        yield staged
 
 
 def flwr_run_command(app: Path, run_configs: list[str], num_supernodes: int,
@@ -151,8 +166,10 @@ def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernod
                    app: Path = APP, cpus_per_client: int = 1,
                    timeout: float | None = None) -> dict[str, Any]:
     """``flwr run`` the app in simulation with `run_config` (must name out-dir)."""
-    cmd = flwr_run_command(app, [overrides(run_config)], num_supernodes, cpus_per_client)
-    return run_and_read(cmd, env, run_config["out-dir"], timeout)
+    with staged_app(app) as staged:
+        cmd = flwr_run_command(staged, [overrides(run_config)], num_supernodes,
+                               cpus_per_client)
+        return run_and_read(cmd, env, run_config["out-dir"], timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                              'such as conf/ssfl-small.toml (repeatable; later wins)')
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
-        with simulation_superlink(Path(home)) as env:
-            cmd = flwr_run_command(args.app, expand_run_configs(args.run_config),
+        with simulation_superlink(Path(home)) as env, staged_app(args.app) as app:
+            cmd = flwr_run_command(app, expand_run_configs(args.run_config),
                                    args.num_supernodes, args.cpus_per_client)
             return subprocess.run(cmd, env=env, check=False).returncode
 

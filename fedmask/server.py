@@ -117,11 +117,10 @@ def out_dir(cfg: dict[str, Any]) -> Path:
 
 def _initial_arrays(strategy: Strategy, arrays: ArrayRecord, grid: Grid,
                    timeout: float) -> ArrayRecord:
-    """The arrays before round 1 (SSFL first builds its mask from the nodes' saliency)."""
-    if isinstance(strategy, SSFL):
-        strategy.find_mask(grid, timeout)
-        return strategy.global_arrays()
-    return arrays
+    """The arrays before round 1: a strategy with a ``prepare(grid, timeout)`` step runs
+    it and starts from what it returns (SSFL: its mask from the nodes' saliency)."""
+    prepare = getattr(strategy, "prepare", None)
+    return arrays if prepare is None else prepare(grid, timeout)
 
 
 def _resume(path: Path, cfg: dict[str, Any], strategy: Checkpointable,

@@ -90,6 +90,11 @@ class SSFL(MaskedFedAvg):
         log(INFO, "SSFL: mask from the saliency of %d of %d nodes keeps %d of %d weights",
             len(saliencies), len(nodes), self.keep, self.mask.size)
 
+    def prepare(self, grid: Grid, timeout: float) -> ArrayRecord:
+        """The step before round 1: find_mask(); return the arrays round 1 starts from."""
+        self.find_mask(grid, timeout)
+        return self.global_arrays()
+
     def _decode_saliency(self, msg: Message) -> tuple[int, np.ndarray]:
         return num_examples(msg), wire.decode_saliency(msg, self.mask.size, self.saliency_format)
 
@@ -98,5 +103,4 @@ class SSFL(MaskedFedAvg):
         """find_mask(), then Flower's round loop from ``w0 * mask`` (`initial_arrays`
         is replaced by it)."""
         del initial_arrays
-        self.find_mask(grid, timeout)
-        return super().start(grid, self.global_arrays(), num_rounds, timeout, **kwargs)
+        return super().start(grid, self.prepare(grid, timeout), num_rounds, timeout, **kwargs)

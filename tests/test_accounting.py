@@ -25,13 +25,28 @@ def test_size_grows_with_each_record():
 
 
 class _EchoGrid:
-    """Inner grid stand-in: every message gets a reply from its destination."""
+    """Inner grid stand-in: every pushed message gets a reply from its destination,
+    available from the `ready_after`-th pull on."""
 
-    def __init__(self, make_reply):
-        self.make_reply = make_reply
+    def __init__(self, make_reply, ready_after: int = 1):
+        self.make_reply, self.ready_after = make_reply, ready_after
+        self.pushed, self.pulls = {}, 0
 
-    def send_and_receive(self, messages, *, timeout=None):
-        return [self.make_reply(m) for m in messages]
+    def push_messages(self, messages):
+        ids = [f"id{len(self.pushed) + i}" for i, _ in enumerate(messages)]
+        self.pushed.update(zip(ids, messages))
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        if self.pulls < self.ready_after:
+            return []
+        replies = []
+        for message_id in [i for i in self.pushed if i in set(message_ids)]:
+            reply = self.make_reply(self.pushed[message_id])
+            reply.metadata.__dict__["_reply_to_message_id"] = message_id
+            replies.append(reply)
+        return replies
 
 
 def test_measuring_grid_records_each_message_per_node_and_direction(client_reply):
@@ -58,3 +73,24 @@ def test_client_seconds_come_from_the_replies_metric(client_reply):
     grid = MeasuringGrid(_EchoGrid(lambda msg: timed))
     grid.send_and_receive([_message(10, node=7)])
     assert [t.client_s for t in grid.ledger.drain()] == [0.0, 2.5]  # down, up
+
+
+def _echo(client_reply):
+    return lambda msg: client_reply(RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
+                                    node=msg.metadata.dst_node_id)
+
+
+def test_send_and_receive_pulls_until_every_reply_is_in(client_reply):
+    inner = _EchoGrid(_echo(client_reply), ready_after=4)
+    replies = list(MeasuringGrid(inner).send_and_receive([_message(5, node=7),
+                                                          _message(5, node=8)]))
+    assert sorted(r.metadata.src_node_id for r in replies) == [7, 8]
+    assert inner.pulls == 4  # stopped at the first pull that had every reply
+
+
+def test_send_and_receive_returns_what_arrived_by_the_timeout(client_reply):
+    inner = _EchoGrid(_echo(client_reply), ready_after=10**9)
+    grid = MeasuringGrid(inner)
+    assert list(grid.send_and_receive([_message(5, node=7)], timeout=0.1)) == []
+    assert inner.pulls >= 2
+    assert [t.direction for t in grid.ledger.drain()] == ["down"]

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord
 
 from fedmask import checkpoint
 from fedmask.config import ConfigError, parse
-from fedmask.launch import flwr_run_command, overrides, run_simulation
+from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
 from fedmask.models import build_model
 from fedmask.server import _resume
 from strategies import FedAvg
@@ -89,20 +89,20 @@ def _simulation_pids(env):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(superlink, mpfl, tmp_path):
     config = {**SMALL, **MPFL_SMALL, "out-dir": str(tmp_path)}
-    cmd = flwr_run_command(ROOT, [overrides(config)], 3, 1)
-    run = subprocess.Popen(cmd, env=superlink, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    saved = tmp_path / checkpoint.CHECKPOINT
-    deadline = time.monotonic() + 600
-    while not (saved.exists() and checkpoint.load(saved).server_round >= 2):
-        assert time.monotonic() < deadline and run.poll() is None
-        time.sleep(0.2)
-    for pid in _simulation_pids(superlink):
-        os.kill(pid, signal.SIGKILL)  # the ServerApp dies mid-run
-    try:
-        run.wait(timeout=120)
-    finally:
-        run.kill()
+    with staged_app(ROOT) as app:
+        run = subprocess.Popen(flwr_run_command(app, [overrides(config)], 3, 1), env=superlink,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        saved = tmp_path / checkpoint.CHECKPOINT
+        deadline = time.monotonic() + 600
+        while not (saved.exists() and checkpoint.load(saved).server_round >= 2):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.2)
+        for pid in _simulation_pids(superlink):
+            os.kill(pid, signal.SIGKILL)  # the ServerApp dies mid-run
+        try:
+            run.wait(timeout=120)
+        finally:
+            run.kill()
     killed_after = checkpoint.load(saved).server_round
     assert killed_after < 4 and not (tmp_path / "results.json").exists()
 
