@@ -13,7 +13,7 @@ also writes a Markdown table of the final figures and one PNG figure per profile
 
 Profiles: ``smoke`` (CI-sized), ``iid`` (the app's defaults: FashionMNIST IID,
 10 clients, 20 rounds), ``standard`` (FashionMNIST, Dirichlet 0.5, 20 clients,
-50% per round, 30 rounds) and ``paper`` (CIFAR-10, conv6, 100 clients, 10% per
+50% per round, 30 rounds, at most 1,500 training images per client) and ``paper`` (CIFAR-10, conv6, 100 clients, 10% per
 round, 100 rounds: for a GPU).
 
 Usage::
@@ -25,15 +25,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedmask import checkpoint
-from fedmask.launch import parse_pairs, run_simulation, simulation_superlink
+from fedmask.launch import exit_on_sigterm, parse_pairs, run_simulation, simulation_superlink
 
 MB = 1e6
 # The run-config each entry adds to the profile's.
@@ -46,14 +48,23 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "fedsparsify-global": {"method": "fedsparsify", "fedsparsify-variant": "global"},
     "fedsparsify-local": {"method": "fedsparsify", "fedsparsify-variant": "local"},
 }
+SGD_ENTRIES = ("fedavg", "mpfl", "ssfl", "fedsparsify-global", "fedsparsify-local")
+# Each profile: rounds, clients, the run-config common to all entries and, optionally,
+# per-entry additions (entry_config).
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"rounds": 2, "num_supernodes": 2, "run_config": {
-        "dataset": "fashion-mnist", "partition": "iid", "train-limit": 64,
-        "test-limit": 256, "synflow-iterations": 5}},
+    # The test suite's runs (tests/conftest.py) use this profile's settings too.
+    "smoke": {"rounds": 2, "num_supernodes": 3, "run_config": {
+        "dataset": "fashion-mnist", "partition": "iid", "train-limit": 400,
+        "test-limit": 1000, "synflow-iterations": 20, "fraction-evaluate": 1.0}},
     "iid": {"rounds": 20, "num_supernodes": 10, "run_config": {}},  # the app's defaults
+    # Each client trains on at most 1,500 of its images: the seven methods then fit
+    # in 45 minutes on a 2-core CPU (with all ~3,000 on average: ~65 minutes). The
+    # SGD-trained methods use lr 0.02: at the default 0.05 dense FedAvg collapsed to
+    # a constant output in round 1 on this skew (loss ln 10).
     "standard": {"rounds": 30, "num_supernodes": 20, "run_config": {
         "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.5,
-        "fraction-train": 0.5, "fraction-evaluate": 0.25}},
+        "fraction-train": 0.5, "fraction-evaluate": 0.25, "train-limit": 1500},
+        "entry_config": {entry: {"lr": 0.02} for entry in SGD_ENTRIES}},
     "paper": {"rounds": 100, "num_supernodes": 100, "run_config": {
         "dataset": "cifar10", "model": "conv6", "partition": "dirichlet", "alpha": 0.3,
         "fraction-train": 0.1, "fraction-evaluate": 0.1}},
@@ -86,8 +97,9 @@ def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
     return rows
 
 
-def _watch(out: Path, entry: str, rounds: int, done: threading.Event) -> None:
-    """Print each round of a running entry as its checkpoint appears."""
+def _watch(out: Path, entry: str, rounds: int, done: threading.Event,
+           say: Callable[[str], None]) -> None:
+    """Say each round of a running entry as its checkpoint appears."""
     shown = 0
     while not done.wait(2.0):
         try:
@@ -95,42 +107,52 @@ def _watch(out: Path, entry: str, rounds: int, done: threading.Event) -> None:
         except (OSError, ValueError, KeyError):
             continue
         for record in results["rounds"][shown:]:
-            print(f"  {entry:20s} round {record['round']:3d}/{rounds}  accuracy "
-                  f"{record['accuracy']:.4f}  {record['wall_s']:6.1f} s", flush=True)
+            say(f"  {entry:20s} round {record['round']:3d}/{rounds}  accuracy "
+                f"{record['accuracy']:.4f}  {record['wall_s']:6.1f} s")
         shown = len(results["rounds"])
 
 
-def run_all(entries: list[str], rounds: int, num_supernodes: int, run_config: dict[str, Any],
-            work: Path) -> dict[str, list[dict[str, float | None]]]:
-    """Every entry's per-round figures, run one after another on one SuperLink."""
-    figures = {}
-    with simulation_superlink(work / "flwr-home") as env:
-        for entry in entries:
-            out = work / entry
-            config = {**run_config, **ENTRIES[entry], "num-server-rounds": rounds,
-                      "out-dir": str(out)}
-            start, done = time.monotonic(), threading.Event()
-            watcher = threading.Thread(target=_watch, args=(out, entry, rounds, done))
-            watcher.start()
-            try:
-                figures[entry] = per_round(run_simulation(env, config, num_supernodes))
-            finally:
-                done.set()
-                watcher.join()
-            last = figures[entry][-1]
-            print(f"{entry:20s} accuracy {last['accuracy']:.4f}  up "
-                  f"{last['cumulative_mb_up']:8.2f} MB  {time.monotonic() - start:5.0f} s",
-                  flush=True)
-    return figures
+def entry_configs(profile: dict[str, Any], entries: list[str],
+                  run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run-config of every entry: `run_config`, the entry's, the profile's for it."""
+    extra = profile.get("entry_config", {})
+    return {entry: {**run_config, **ENTRIES[entry], **extra.get(entry, {})}
+            for entry in entries}
 
 
-def summary(figures: dict[str, list[dict[str, float | None]]]) -> list[dict[str, Any]]:
-    """Final figures of every entry, with ratios to the first entry's."""
+def run_all(env: dict[str, str], configs: dict[str, dict[str, Any]], rounds: int,
+            num_supernodes: int, work: Path,
+            say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Every entry's results.json, run one after another with its config (see
+    entry_configs) on the simulation SuperLink whose env is `env`; progress to `say`."""
+    results = {}
+    for entry, config in configs.items():
+        out = work / entry
+        config = {**config, "num-server-rounds": rounds, "out-dir": str(out)}
+        start, done = time.monotonic(), threading.Event()
+        watcher = threading.Thread(target=_watch, args=(out, entry, rounds, done, say))
+        watcher.start()
+        try:
+            results[entry] = run_simulation(env, config, num_supernodes)
+        finally:
+            done.set()
+            watcher.join()
+        results[entry]["run_s"] = time.monotonic() - start  # start-up included
+        last = results[entry]["rounds"][-1]
+        say(f"{entry:20s} accuracy {last['accuracy']:.4f}  done in "
+            f"{results[entry]['run_s']:5.0f} s")
+    return results
+
+
+def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, float]
+            ) -> list[dict[str, Any]]:
+    """Final figures of every entry, with ratios to the first entry's; `run_s` are the
+    seconds of each entry's whole run."""
     base = next(iter(figures.values()))[-1]
     rows = []
     for entry, rounds in figures.items():
         last = rounds[-1]
-        rows.append({"entry": entry, "accuracy": last["accuracy"],
+        rows.append({"entry": entry, "run_s": run_s[entry], "accuracy": last["accuracy"],
                      "personal_accuracy": last["personal_accuracy"], "density": last["density"],
                      "mb_up": last["cumulative_mb_up"], "mb_down": last["cumulative_mb_down"],
                      "uplink_bpp": last["uplink_bpp"],
@@ -145,14 +167,14 @@ def summary(figures: dict[str, list[dict[str, float | None]]]) -> list[dict[str,
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table."""
     lines = ["| method | accuracy | personalised | density | MB up | MB down | uplink bpp "
-             "(last round) | up / first | client s / round | aggregation s | round s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(last round) | up / first | client s / round | aggregation s | round s | run min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         personal = "" if r["personal_accuracy"] is None else f"{r['personal_accuracy']:.4f}"
         lines.append(f"| {r['entry']} | {r['accuracy']:.4f} | {personal} | {r['density']:.3f} "
                      f"| {r['mb_up']:.2f} | {r['mb_down']:.2f} | {r['uplink_bpp']:.3f} "
                      f"| {r['uplink_vs_base']:.3f} | {r['client_s_mean']:.1f} "
-                     f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} |")
+                     f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} | {r['run_s'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +202,26 @@ def plot(figures: dict[str, list[dict[str, float | None]]], title: str, path: Pa
     plt.close(fig)
 
 
+def report(profile: str, results: dict[str, dict[str, Any]], rounds: int, nodes: int,
+           run_config: dict[str, Any], out: Path) -> str:
+    """Write OUT.json (per round and final figures), OUT.md and OUT.png from the
+    entries' results.json; return the Markdown table."""
+    figures = {entry: per_round(doc) for entry, doc in results.items()}
+    run_s = {entry: doc["run_s"] for entry, doc in results.items()}
+    rows = summary(figures, run_s)
+    table = markdown(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"profile": profile, "rounds": rounds, "num_supernodes": nodes,
+         "total_s": sum(run_s.values()),
+         "run_config": run_config, "entry_config": {e: doc["config"] for e, doc in results.items()},
+         "summary": rows, "per_round": figures}, indent=2))
+    out.with_suffix(".md").write_text(table)
+    plot(figures, f"{profile}: {run_config.get('dataset')}, {nodes} clients",
+         out.with_suffix(".png"))
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="smoke")
@@ -192,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare"),
                         help="writes OUT.json, OUT.md and OUT.png")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     profile = PROFILES[args.profile]
     rounds = args.rounds or profile["rounds"]
     nodes = args.num_supernodes or profile["num_supernodes"]
@@ -199,18 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"profile {args.profile}: {len(args.methods)} methods x {rounds} rounds, "
           f"{nodes} clients", flush=True)
     with tempfile.TemporaryDirectory(prefix="fedmask-compare-") as work:
-        figures = run_all(args.methods, rounds, nodes, run_config, Path(work))
-    rows = summary(figures)
-    table = markdown(rows)
-    print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"profile": args.profile, "rounds": rounds, "num_supernodes": nodes,
-         "run_config": run_config, "summary": rows, "per_round": figures}, indent=2))
-    args.out.with_suffix(".md").write_text(table)
-    plot(figures, f"{args.profile}: {run_config.get('dataset')}, {nodes} clients",
-         args.out.with_suffix(".png"))
-    print(f"written: {args.out}.json, .md, .png")
+        with simulation_superlink(Path(work) / "flwr-home") as env:
+            results = run_all(env, entry_configs(profile, args.methods, run_config), rounds,
+                              nodes, Path(work), functools.partial(print, flush=True))
+    table = report(args.profile, results, rounds, nodes, run_config, args.out)
+    print(f"\n{table}\nwritten: {args.out}.json, .md, .png")
 
 
 if __name__ == "__main__":

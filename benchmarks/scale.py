@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from fedmask.launch import parse_pairs, run_simulation, simulation_superlink
+from fedmask.launch import exit_on_sigterm, parse_pairs, run_simulation, simulation_superlink
 
 MB = 1e6
 SCALE_CONFIG = {"method": "hidenseek", "model": "cnn", "dataset": "fashion-mnist",
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale"),
                         help="writes OUT.json")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     config = {**SCALE_CONFIG, **parse_pairs(args.run_config)}
     print(f"scale: {args.num_supernodes} clients, {config['num-server-rounds']} rounds of "
           f"{config['method']}, fraction-train {config['fraction-train']}", flush=True)

@@ -34,6 +34,12 @@ APP = Path(__file__).resolve().parents[1]
 NOT_APP = (".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `with` blocks (a SuperLink, a staged app)
+    are left and the processes they started are stopped."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='run-config overrides, e.g. "method=\'fedavg\'", or a TOML file '
                              'such as conf/ssfl-small.toml (repeatable; later wins)')
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
         with simulation_superlink(Path(home)) as env, staged_app(args.app) as app:
             cmd = flwr_run_command(app, expand_run_configs(args.run_config),

