@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import datasets as tv_datasets
-from torchvision import transforms
 
 from fedmask.data import DATASETS, ClientData, load_split, split_loaders
 
@@ -29,6 +27,9 @@ def _is_image_folder(root: Path) -> bool:
 def _image_folder(root: Path, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of `root` as normalized tensors shaped for `dataset`; labels from
     the class folder names."""
+    from torchvision import datasets as tv_datasets  # noqa: PLC0415 - ~2 s to import,
+    from torchvision import transforms  # noqa: PLC0415 - only image folders need it
+
     spec = DATASETS[dataset]
     mode = transforms.Grayscale() if spec.in_channels == 1 else transforms.Lambda(
         lambda img: img.convert("RGB"))

@@ -43,11 +43,16 @@ def superlink(tmp_path_factory):
 
 @dataclass
 class Smoke:
-    """compare.py's smoke profile, run once: each entry's results.json and the
-    progress lines it said."""
+    """compare.py's smoke profile, run once: each entry's run and the progress lines
+    it said."""
 
-    results: dict[str, dict]
+    runs: dict[str, compare.EntryRun]
     progress: list[str]
+
+    @property
+    def results(self) -> dict[str, dict]:
+        """Each entry's results.json."""
+        return {entry: run.results for entry, run in self.runs.items()}
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +61,9 @@ def smoke(superlink, tmp_path_factory):
     progress: list[str] = []
     configs = compare.entry_configs(SMOKE, list(compare.ENTRIES),
                                     {**SMOKE["run_config"], "data-root": DATA_ROOT})
-    results = compare.run_all(superlink, configs, SMOKE["rounds"], SMALL_NODES,
-                              tmp_path_factory.mktemp("smoke"), progress.append)
-    return Smoke(results, progress)
+    runs = compare.run_all(superlink, configs, SMOKE["rounds"], SMALL_NODES,
+                           tmp_path_factory.mktemp("smoke"), progress.append, SMOKE["parallel"])
+    return Smoke(runs, progress)
 
 
 def small_simulation(env, tmp_path_factory, **config):

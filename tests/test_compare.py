@@ -13,7 +13,7 @@ from conftest import DATA_ROOT, SMALL_NODES, SMOKE
 def test_smoke_profile_writes_every_method_round_and_figure(smoke, tmp_path):
     out = tmp_path / "smoke"
     run_config = {**SMOKE["run_config"], "data-root": DATA_ROOT}
-    table = report("smoke", smoke.results, SMOKE["rounds"], SMALL_NODES, run_config, out)
+    table = report("smoke", smoke.runs, SMOKE["rounds"], SMALL_NODES, run_config, out)
     for entry in ENTRIES:  # progress while it ran: every round of every entry
         for rnd in (1, 2):
             assert any(line.split()[:3] == [entry, "round", f"{rnd}/2"] for line in smoke.progress)

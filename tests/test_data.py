@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +189,32 @@ def test_central_test(cache_root: Path) -> None:
     torch.testing.assert_close(x, full_x[:64])
     assert torch.equal(y, full_y[:64])
     assert len(data.central_test(DATASET, SHARED_ROOT, batch_size=64).dataset) == 10000
+
+
+@pytest.mark.parametrize("spec", list(data.DATASETS.values()), ids=list(data.DATASETS))
+def test_spec_names_the_torchvision_class_and_its_files(spec: data.DatasetSpec) -> None:
+    cls = spec.tv_class
+    assert cls.__name__ == spec.tv_name
+    files = (cls.base_folder, cls.filename) if hasattr(cls, "base_folder") else (cls.__name__,)
+    assert spec.entries == files
+
+
+def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(cache_root: Path) -> None:
+    client, test = _client(), data.central_test(DATASET, SHARED_ROOT, batch_size=64)
+    code = (
+        "import sys\n"
+        "from fedmask import data\n"
+        f"c = data.client_data('{DATASET}', '{SHARED_ROOT}', 2, 10, 'dirichlet', 0.3, 0, 32)\n"
+        f"t = data.central_test('{DATASET}', '{SHARED_ROOT}', 64)\n"
+        "x, y = c.train.dataset.tensors\n"
+        "print(c.num_train, len(t.dataset), float(x.sum()), int(y.sum()), "
+        "sorted({'torchvision', 'datasets', 'flwr_datasets'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "FEDMASK_CACHE": str(cache_root)}, check=True)
+    x, y = client.train.dataset.tensors
+    assert done.stdout.split() == [str(client.num_train), str(len(test.dataset)),
+                                   str(float(x.sum())), str(int(y.sum())), "[]"]
 
 
 def test_nothing_extracted_into_shared_root() -> None:
