@@ -13,8 +13,8 @@ also writes a Markdown table of the final figures and one PNG figure per profile
 
 Profiles: ``smoke`` (CI-sized), ``iid`` (the app's defaults: FashionMNIST IID,
 10 clients, 20 rounds), ``standard`` (FashionMNIST, Dirichlet 0.5, 20 clients,
-50% per round, 30 rounds, at most 1,500 training images per client) and ``paper`` (CIFAR-10, conv6, 100 clients, 10% per
-round, 100 rounds: for a GPU).
+50% per round, 30 rounds, at most 1,200 training images per client) and ``paper``
+(CIFAR-10, conv6, 100 clients, 10% per round, 100 rounds: for a GPU).
 
 Usage::
 
@@ -114,6 +114,14 @@ def _watch(out: Path, entry: str, rounds: int, done: threading.Event,
             say(f"  {entry:20s} round {record['round']:3d}/{rounds}  accuracy "
                 f"{record['accuracy']:.4f}  {record['wall_s']:6.1f} s")
         shown = len(results["rounds"])
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def entry_configs(profile: dict[str, Any], entries: list[str],
@@ -246,11 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=list(PROFILES), default="smoke")
     parser.add_argument("--methods", nargs="+", default=list(ENTRIES), choices=list(ENTRIES),
                         help="entries to run; the first is the baseline of the ratios")
-    parser.add_argument("--rounds", type=int, help="override the profile's rounds")
-    parser.add_argument("--num-supernodes", type=int, help="override the profile's clients")
+    parser.add_argument("--rounds", type=positive_int, help="override the profile's rounds")
+    parser.add_argument("--num-supernodes", type=positive_int,
+                        help="override the profile's clients")
     parser.add_argument("--run-config", nargs="*", default=[],
                         help="key=value overrides common to all (JSON values)")
-    parser.add_argument("--parallel", type=int,
+    parser.add_argument("--parallel", type=positive_int,
                         help="entries run at a time (default: the profile's, else 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare"),
                         help="writes OUT.json, OUT.md and OUT.png")

@@ -54,3 +54,11 @@ def test_unknown_profile_or_method_is_refused(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert "invalid choice" in capsys.readouterr().err
+
+
+def test_counts_below_one_are_refused_naming_the_option(capsys):
+    for option in ("--parallel", "--rounds", "--num-supernodes"):
+        with pytest.raises(SystemExit):
+            main([option, "0"])
+        err = capsys.readouterr().err
+        assert option in err and "must be an integer >= 1, got 0" in err
