@@ -352,8 +352,9 @@ def _source_stamp(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
     files = sorted(path for entry in spec.entries for path in
                    ([root / entry] if (root / entry).is_file() else (root / entry).rglob("*"))
                    if path.is_file())
-    return (str(root), *(f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                         for p in files))
+    stats = [(path, path.stat()) for path in files]
+    return (str(root), *(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}"
+                         for path, st in stats))
 
 
 def _open(spec: DatasetSpec, root: Path, train: bool, cache_root: Path) -> VisionDataset:

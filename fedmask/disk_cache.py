@@ -36,10 +36,19 @@ def fetch(cache_root: Path, key: tuple, compute: Callable[[], Arrays]) -> Arrays
         pass  # absent or damaged: compute it again
     arrays = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        os.replace(tmp.name, path)
+        _store(path, arrays)
     except OSError:
-        pass  # a read-only cache: the arrays are still returned
+        pass  # a read-only or full cache: the arrays are still returned
     return arrays
+
+
+def _store(path: Path, arrays: Arrays) -> None:
+    """Write `arrays` to `path` atomically; no temporary file is left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        try:
+            np.savez(tmp, **arrays)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)

@@ -35,8 +35,8 @@ ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) e
 
 
 def add_where(total: np.ndarray, weight: int, bits: np.ndarray) -> None:
-    """``total += weight`` where the boolean `bits` are set, in place (one multiply
-    and one add: ~6x faster than ``np.add(..., where=bits)``)."""
+    """``total += weight`` where the boolean `bits` are set, in place: one multiply
+    and one add, faster than the masked loop of ``np.add(..., where=bits)``."""
     np.add(total, np.multiply(bits.view(np.uint8), weight, dtype=total.dtype), out=total)
 
 
