@@ -3,7 +3,7 @@
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmask.server import run
+from fedmask.server.app import run
 
 app = ServerApp()
 

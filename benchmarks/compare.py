@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmask import checkpoint
+from fedmask.server import checkpoint
 from fedmask.launch import exit_on_sigterm, parse_pairs, run_simulation, simulation_superlink
 
 MB = 1e6

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedmask.launch import parse_pairs, run_simulation, simulation_superlink
-from fedmask.mask_coding import CODINGS, decode_mask, encode_mask
+from fedmask.wire.coding import CODINGS, decode_mask, encode_mask
 
 METHODS = ("hidenseek", "fedpm")
 MB_POSITIONS = 8_000_000  # one MB of packed mask

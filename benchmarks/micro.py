@@ -37,11 +37,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask import entropy
+from fedmask.wire import entropy
 from fedmask.client.settings import LocalSettings
-from fedmask.codec import pack_mask, unpack_mask
-from fedmask.models import build_model
-from fedmask.protocol import fedpm, hidenseek
+from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.nn.models import build_model
+from fedmask.methods.fedpm import wire as fedpm
+from fedmask.methods.hidenseek import wire as hidenseek
 from strategies import HideNseek
 
 MB_POSITIONS = 8_000_000  # one MB of packed mask

@@ -11,15 +11,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedmask.data import DATASETS, PARTITIONS
-from fedmask.mask_coding import CODINGS
-from fedmask.masking import ESTIMATORS
-from fedmask.models import INITS, MODELS
-from fedmask.protocol.fedpm import THETA_DTYPES
-from fedmask.protocol.fedsparsify import VARIANTS
-from fedmask.protocol.ssfl import SALIENCY_DTYPES
-from fedmask.pruning import PRUNE_STRUCTURES
-from fedmask.training import OPTIMIZERS
+from fedmask.data.datasets import DATASETS, PARTITIONS
+from fedmask.wire.coding import CODINGS
+from fedmask.nn.supermask import ESTIMATORS
+from fedmask.nn.models import INITS, MODELS
+from fedmask.methods.fedpm.wire import THETA_DTYPES
+from fedmask.methods.fedsparsify.wire import VARIANTS
+from fedmask.methods.ssfl.wire import SALIENCY_DTYPES
+from fedmask.nn.pruning import PRUNE_STRUCTURES
+from fedmask.nn.training import OPTIMIZERS
 
 METHODS = ("hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify", "fedavg")
 # What `optimizer = "auto"`, `lr = 0` and `init = "auto"` resolve to: mask

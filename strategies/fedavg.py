@@ -12,15 +12,15 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
-from fedmask.checkpoint import Checkpointable
-from fedmask.protocol import METRICS, NUM_EXAMPLES, ReplyError, num_examples
-from fedmask.validation import ValidatedStrategy, mean_metrics
+from fedmask.server.checkpoint import Checkpointable
+from fedmask.wire.records import METRICS, NUM_EXAMPLES, ReplyError, num_examples
+from fedmask.server.validation import ValidatedStrategy, mean_metrics
 
 
 class FedAvg(ValidatedStrategy, Checkpointable, FlowerFedAvg):
     """Flower's FedAvg, except that a reply whose ArrayRecord does not match the
     global model (keys, dtypes, shapes, finite values) or fails
-    :mod:`fedmask.validation` is dropped instead of stopping the round (Flower's
+    :mod:`fedmask.server.validation` is dropped instead of stopping the round (Flower's
     ``validate_message_reply_consistency`` raises on the whole round).
 
     Parameters

@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.mask_strategy import SeededMaskStrategy, add_where
-from fedmask.protocol import fedpm as wire
+from strategies.supermask import SeededMaskStrategy, add_where
+from fedmask.methods.fedpm import wire as wire
 
 
 class FedPM(SeededMaskStrategy):
@@ -35,9 +35,9 @@ class FedPM(SeededMaskStrategy):
     weighted : bool
         Weight each client's mask by its number of training examples.
     theta_format : {"uint8", "float32"}
-        How theta goes down (see ``fedmask.protocol.fedpm``).
+        How theta goes down (see ``fedmask.methods.fedpm.wire``).
     estimator : {"ste", "theta"}
-        Clients' gradient estimator (``fedmask.masking.BernoulliSupermask``).
+        Clients' gradient estimator (``fedmask.nn.supermask.BernoulliSupermask``).
     eval_samples : int
         Sampled masks whose mean accuracy clients report next to the thresholded one.
     mask_coding : {"packed", "entropy"}
@@ -46,7 +46,7 @@ class FedPM(SeededMaskStrategy):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    STATE = ("alpha", "beta", "wire_theta")  # checkpointed (fedmask.checkpoint)
+    STATE = ("alpha", "beta", "wire_theta")  # checkpointed (fedmask.server.checkpoint)
 
     def __init__(self, model: nn.Module, seed: int = 0, init: str = "signed-constant",
                  prior_reset: int = 1, weighted: bool = False, theta_format: str = "uint8",

@@ -12,13 +12,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import Tensor, nn
 
-from fedmask.masked_fedavg import MaskedFedAvg, average_states
-from fedmask.protocol import ReplyError
-from fedmask.protocol import fedsparsify as wire
-from fedmask.protocol.masked import CLIENT_MASK, decode_client_mask, decode_weights
-from fedmask.pruning import keep_largest
-from fedmask.sparse import flat_state, replace_flat
-from fedmask.sparsity_schedule import check_schedule, scheduled_sparsity
+from strategies.masked_fedavg import MaskedFedAvg, average_states
+from fedmask.wire.records import ReplyError
+from fedmask.methods.fedsparsify import wire as wire
+from fedmask.methods.masked.wire import CLIENT_MASK, decode_client_mask, decode_weights
+from fedmask.nn.pruning import keep_largest
+from fedmask.wire.sparse import flat_state, replace_flat
+from fedmask.methods.fedsparsify.schedule import check_schedule, scheduled_sparsity
 
 Update = tuple[int, np.ndarray, np.ndarray]  # n_k, client mask, flat values (0 where pruned)
 
@@ -45,7 +45,7 @@ class FedSparsify(MaskedFedAvg):
     """Server side of FedSparsify (sampling and evaluation as Flower's FedAvg).
 
     After round ``t`` the global model has the sparsity of the cubic schedule
-    (:mod:`fedmask.sparsity_schedule`), reaching `final_sparsity` at `prune_end`.
+    (:mod:`fedmask.methods.fedsparsify.schedule`), reaching `final_sparsity` at `prune_end`.
     ``global``: the server prunes the n_k-weighted mean by global magnitude.
     ``local``: each client prunes its trained model to the round's sparsity and
     sends its mask; :func:`majority_merge` builds the new global model. Pruned
@@ -54,7 +54,7 @@ class FedSparsify(MaskedFedAvg):
     Parameters
     ----------
     model, seed, init
-        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
+        As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
     prune_end : int
         Round at which `final_sparsity` is reached (the run's last round).
     variant : {"global", "local"}

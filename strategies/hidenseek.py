@@ -11,10 +11,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.codec import flatten_masks
-from fedmask.mask_strategy import SeededMaskStrategy, add_where
-from fedmask.protocol import hidenseek as wire
-from fedmask.pruning import prunable_names, synflow_mask
+from fedmask.wire.bits import flatten_masks
+from strategies.supermask import SeededMaskStrategy, add_where
+from fedmask.methods.hidenseek import wire as wire
+from fedmask.nn.pruning import prunable_names, synflow_mask
 
 
 class HideNseek(SeededMaskStrategy):
@@ -27,7 +27,7 @@ class HideNseek(SeededMaskStrategy):
     input_shape : tuple[int, ...]
         Shape of one input example (C, H, W), for data-free SynFlow.
     seed, init : int, str
-        Seed and init scheme of the frozen weights (see ``fedmask.models``).
+        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``).
     density : float
         Fraction of prunable weights SynFlow keeps, in (0, 1].
     synflow_iterations : int
@@ -35,12 +35,12 @@ class HideNseek(SeededMaskStrategy):
     prune_scope : str
         ``"global"`` or ``"layer"`` thresholding.
     mask_coding : str
-        ``"packed"`` sign bits or ``"entropy"``-coded flips up (``fedmask.mask_coding``).
+        ``"packed"`` sign bits or ``"entropy"``-coded flips up (``fedmask.wire.coding``).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    STATE = ("signs",)  # checkpointed (fedmask.checkpoint)
+    STATE = ("signs",)  # checkpointed (fedmask.server.checkpoint)
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
                  init: str = "kaiming-normal", density: float = 0.5,

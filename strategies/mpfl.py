@@ -11,10 +11,10 @@ from flwr.app import Message
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.masked_fedavg import MaskedFedAvg
-from fedmask.protocol import mpfl as wire
-from fedmask.protocol.masked import decode_client_mask
-from fedmask.pruning import PRUNE_STRUCTURES, flat_weights
+from strategies.masked_fedavg import MaskedFedAvg
+from fedmask.methods.mpfl import wire as wire
+from fedmask.methods.masked.wire import decode_client_mask
+from fedmask.nn.pruning import PRUNE_STRUCTURES, flat_weights
 
 
 def consensus(votes: np.ndarray, magnitude: np.ndarray, current: np.ndarray,
@@ -33,13 +33,13 @@ class MPFL(MaskedFedAvg):
 
     Phase 1 shrinks the consensus mask C to density ``(1 - prune_rate)^i`` after
     vote round ``i`` until `density` is reached (``ceil(log d / log(1 - p))``
-    rounds); phase 2 is masked FedAvg from ``w0 * C`` (``fedmask.masked_fedavg``)
+    rounds); phase 2 is masked FedAvg from ``w0 * C`` (``strategies.masked_fedavg``)
     for the remaining rounds.
 
     Parameters
     ----------
     model, seed, init
-        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
+        As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
     density : float
         Target fraction of prunable weights kept, in (0, 1].
     prune_rate : float
@@ -52,7 +52,7 @@ class MPFL(MaskedFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    STATE = ("iteration",)  # checkpointed (fedmask.checkpoint)
+    STATE = ("iteration",)  # checkpointed (fedmask.server.checkpoint)
 
     def __init__(self, model: nn.Module, seed: int = 0, init: str = "kaiming-normal",
                  density: float = 0.2, prune_rate: float = 0.2,

@@ -12,10 +12,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from torch import nn
 
-from fedmask.masked_fedavg import MaskedFedAvg
-from fedmask.protocol import CONFIG, NUM_PARAMS, num_examples
-from fedmask.protocol import ssfl as wire
-from fedmask.pruning import keep_largest
+from strategies.masked_fedavg import MaskedFedAvg
+from fedmask.wire.records import CONFIG, NUM_PARAMS, num_examples
+from fedmask.methods.ssfl import wire as wire
+from fedmask.nn.pruning import keep_largest
 
 
 def aggregate_saliency(saliencies: list[tuple[int, np.ndarray]], weighted: bool) -> np.ndarray:
@@ -29,12 +29,12 @@ class SSFL(MaskedFedAvg):
 
     Before round 1, :meth:`start` asks every connected node for SNIP saliency
     (a ``query`` message), aggregates it and keeps the global top ``d*N``
-    positions; every round is then masked FedAvg (``fedmask.masked_fedavg``).
+    positions; every round is then masked FedAvg (``strategies.masked_fedavg``).
 
     Parameters
     ----------
     model, seed, init
-        As for :class:`~fedmask.masked_fedavg.MaskedFedAvg`.
+        As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
     density : float
         Fraction of prunable weights kept, in (0, 1].
     saliency_batches : int

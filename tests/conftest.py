@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedmask.client.settings import LocalSettings
 from fedmask.client.node import HANDLERS, STATEFUL
-from fedmask.data import ClientData
+from fedmask.data.datasets import ClientData
 from fedmask.launch import run_simulation, simulation_superlink
-from fedmask.models import build_model
+from fedmask.nn.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))

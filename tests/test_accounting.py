@@ -3,7 +3,7 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedmask.accounting import MeasuringGrid, client_seconds, message_bytes
+from fedmask.server.accounting import MeasuringGrid, client_seconds, message_bytes
 
 
 def _message(payload_bytes: int, node: int = 5) -> Message:

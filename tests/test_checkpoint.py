@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedmask import checkpoint
+from fedmask.server import checkpoint
 
 
 class _Strategy(checkpoint.Checkpointable):

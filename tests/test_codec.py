@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmask.codec import (
+from fedmask.wire.bits import (
     CodecError,
     flatten_masks,
     pack_mask,

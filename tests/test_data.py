@@ -1,4 +1,4 @@
-"""Tests for fedmask.data on the real (read-only) MNIST/FashionMNIST files."""
+"""Tests for fedmask.data.datasets on the real (read-only) MNIST/FashionMNIST files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmask import data
+from fedmask.data import datasets as data
 
 SHARED_ROOT = Path("/work/shared/data")
 DATASET = "fashion-mnist"
@@ -203,7 +203,7 @@ def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(cache_root: 
     client, test = _client(), data.central_test(DATASET, SHARED_ROOT, batch_size=64)
     code = (
         "import sys\n"
-        "from fedmask import data\n"
+        "from fedmask.data import datasets as data\n"
         f"c = data.client_data('{DATASET}', '{SHARED_ROOT}', 2, 10, 'dirichlet', 0.3, 0, 32)\n"
         f"t = data.central_test('{DATASET}', '{SHARED_ROOT}', 64)\n"
         "x, y = c.train.dataset.tensors\n"

@@ -6,7 +6,7 @@ import torch
 from conftest import DATA_ROOT
 from PIL import Image
 
-from fedmask.device_data import device_data
+from fedmask.data.device import device_data
 
 
 def _image_folder(root, classes=("0", "3"), per_class=5):

@@ -1,8 +1,8 @@
-"""fedmask.disk_cache: arrays computed once, kept on disk, recomputed when damaged."""
+"""fedmask.data.cache: arrays computed once, kept on disk, recomputed when damaged."""
 
 import numpy as np
 
-from fedmask import disk_cache
+from fedmask.data import cache as disk_cache
 
 
 class Counting:

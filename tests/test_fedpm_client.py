@@ -6,12 +6,12 @@ import torch
 from flwr.app import Message
 from conftest import FakeGrid, tiny_client_data
 
-from fedmask.client import fedpm
+from fedmask.methods.fedpm import client as fedpm
 from fedmask.client.settings import LocalSettings
-from fedmask.masking import BernoulliSupermask, frozen_weight, supermasks
-from fedmask.models import build_model
-from fedmask.protocol import fedpm as wire
-from fedmask.seeded import WeightHashError
+from fedmask.nn.supermask import BernoulliSupermask, frozen_weight, supermasks
+from fedmask.nn.models import build_model
+from fedmask.methods.fedpm import wire as wire
+from fedmask.nn.seeded import WeightHashError
 from strategies import FedPM
 
 

@@ -6,9 +6,9 @@ from conftest import FakeGrid
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.entropy import information_bits
-from fedmask.models import build_model
-from fedmask.protocol import fedpm as wire
+from fedmask.wire.entropy import information_bits
+from fedmask.nn.models import build_model
+from fedmask.methods.fedpm import wire as wire
 from strategies import FedPM
 
 

@@ -5,11 +5,11 @@ import pytest
 from flwr.app import RecordDict
 from conftest import sent_messages, tiny_client_data
 
-from fedmask.client import fedsparsify
-from fedmask.models import build_model
-from fedmask.protocol import masked as masked_wire
-from fedmask.pruning import flat_weights
-from fedmask.sparse import flat_state
+from fedmask.methods.fedsparsify import client as fedsparsify
+from fedmask.nn.models import build_model
+from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.pruning import flat_weights
+from fedmask.wire.sparse import flat_state
 from strategies import FedSparsify
 
 

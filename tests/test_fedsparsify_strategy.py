@@ -6,12 +6,12 @@ import torch
 from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.models import build_model
-from fedmask.protocol import fedsparsify as wire
-from fedmask.protocol import masked as masked_wire
-from fedmask.pruning import keep_largest
-from fedmask.sparse import KEPT_VALUES, encode_sparse, flat_state
-from fedmask.sparsity_schedule import scheduled_sparsity
+from fedmask.nn.models import build_model
+from fedmask.methods.fedsparsify import wire as wire
+from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.pruning import keep_largest
+from fedmask.wire.sparse import KEPT_VALUES, encode_sparse, flat_state
+from fedmask.methods.fedsparsify.schedule import scheduled_sparsity
 from strategies import FedSparsify
 from strategies.fedsparsify import majority_merge
 

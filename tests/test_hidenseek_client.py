@@ -6,13 +6,13 @@ import torch
 from flwr.app import Message
 from conftest import FakeGrid, tiny_client_data
 
-from fedmask.client import hidenseek
+from fedmask.methods.hidenseek import client as hidenseek
 from fedmask.client.settings import LocalSettings
-from fedmask.entropy import binary_entropy
-from fedmask.masking import frozen_weight, supermasks
-from fedmask.models import build_model
-from fedmask.protocol import hidenseek as wire
-from fedmask.seeded import WeightHashError
+from fedmask.wire.entropy import binary_entropy
+from fedmask.nn.supermask import frozen_weight, supermasks
+from fedmask.nn.models import build_model
+from fedmask.methods.hidenseek import wire as wire
+from fedmask.nn.seeded import WeightHashError
 from strategies import HideNseek
 
 

@@ -5,9 +5,9 @@ import pytest
 from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedmask.codec import pack_mask, unpack_mask
-from fedmask.models import build_model
-from fedmask.protocol import hidenseek as wire
+from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.nn.models import build_model
+from fedmask.methods.hidenseek import wire as wire
 from strategies import HideNseek
 
 

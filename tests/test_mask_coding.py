@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedmask.codec import CodecError
-from fedmask.mask_coding import CODINGS, decode_mask, encode_mask
+from fedmask.wire.bits import CodecError
+from fedmask.wire.coding import CODINGS, decode_mask, encode_mask
 
 
 @pytest.mark.parametrize("coding", CODINGS)

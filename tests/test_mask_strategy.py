@@ -1,9 +1,9 @@
-"""The shared server pieces of the mask methods (fedmask.mask_strategy)."""
+"""The shared server pieces of the mask methods (strategies.supermask)."""
 
 import numpy as np
 import pytest
 
-from fedmask.mask_strategy import add_where
+from strategies.supermask import add_where
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.float64])

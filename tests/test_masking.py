@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from fedmask.masking import (
+from fedmask.nn.supermask import (
     BernoulliSTE,
     BernoulliSupermask,
     SignSTE,

@@ -1,4 +1,4 @@
-"""Tests for fedmask.models: builders, seeded initialisation and the weight hash."""
+"""Tests for fedmask.nn.models: builders, seeded initialisation and the weight hash."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedmask.models import (
+from fedmask.nn.models import (
     INITS,
     MODELS,
     build_model,
@@ -17,7 +17,7 @@ from fedmask.models import (
     seeded_init,
     weight_hash,
 )
-from fedmask.pruning import prunable_names
+from fedmask.nn.pruning import prunable_names
 
 SHAPES = [(1, 28), (3, 32)]  # (in_channels, image_size)
 CASES = [(name, c, s) for name in ("cnn", "conv4", "conv6") for c, s in SHAPES]

@@ -6,12 +6,12 @@ import torch
 from conftest import sent_messages, tiny_client_data
 from flwr.app import RecordDict
 
-from fedmask.client import mpfl
-from fedmask.models import build_model
-from fedmask.protocol import ReplyError
-from fedmask.protocol import masked as masked_wire
-from fedmask.pruning import flat_weights
-from fedmask.sparse import decode_sparse
+from fedmask.methods.mpfl import client as mpfl
+from fedmask.nn.models import build_model
+from fedmask.wire.records import ReplyError
+from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.pruning import flat_weights
+from fedmask.wire.sparse import decode_sparse
 from strategies import MPFL
 
 

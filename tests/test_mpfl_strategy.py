@@ -6,10 +6,10 @@ import torch
 from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.models import build_model
-from fedmask.protocol import masked as masked_wire
-from fedmask.pruning import flat_weights
-from fedmask.sparse import KEPT_VALUES, encode_sparse
+from fedmask.nn.models import build_model
+from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.pruning import flat_weights
+from fedmask.wire.sparse import KEPT_VALUES, encode_sparse
 from strategies import MPFL
 from strategies.mpfl import consensus
 

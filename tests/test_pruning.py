@@ -1,4 +1,4 @@
-"""Tests for fedmask.pruning."""
+"""Tests for fedmask.nn.pruning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmask.pruning import (
+from fedmask.nn.pruning import (
     apply_flat_mask,
     flat_weights,
     keep_largest,

@@ -9,11 +9,11 @@ import torch
 from conftest import LoopbackGrid
 from flwr.app import ArrayRecord
 
-from fedmask import checkpoint
+from fedmask.server import checkpoint
 from fedmask.client.settings import LocalSettings
-from fedmask.models import build_model, seeded_init
-from fedmask.results import arrays_sha256
-from fedmask.rounds import run_rounds
+from fedmask.nn.models import build_model, seeded_init
+from fedmask.server.results import arrays_sha256
+from fedmask.server.rounds import run_rounds
 from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
 
 NODES = [11, 12, 13]

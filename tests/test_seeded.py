@@ -1,4 +1,4 @@
-"""Tests for fedmask.seeded: announcing and rebuilding seeded frozen networks."""
+"""Tests for fedmask.nn.seeded: announcing and rebuilding seeded frozen networks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from flwr.app import ConfigRecord
 from flwr.common.serde import config_record_from_proto, config_record_to_proto
 from torch import nn
 
-from fedmask.models import cnn, weight_hash
-from fedmask.seeded import HASH, INIT, SEED, SeededNet, WeightHashError
+from fedmask.nn.models import cnn, weight_hash
+from fedmask.nn.seeded import HASH, INIT, SEED, SeededNet, WeightHashError
 
 
 def _model(num_classes: int = 10, torch_seed: int = 0) -> nn.Module:

@@ -13,11 +13,11 @@ from conftest import MPFL_SMALL, ROOT, SMALL, small_simulation
 
 from flwr.app import ArrayRecord
 
-from fedmask import checkpoint
+from fedmask.server import checkpoint
 from fedmask.config import ConfigError, parse
 from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
-from fedmask.models import build_model
-from fedmask.server import _resume
+from fedmask.nn.models import build_model
+from fedmask.server.app import _resume
 from strategies import FedAvg
 
 FAULTY_CLIENT = '''"""fedmask's ClientApp with two broken nodes: partition 0 raises on every train

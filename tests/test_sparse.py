@@ -5,8 +5,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedmask.codec import CodecError
-from fedmask.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
+from fedmask.wire.bits import CodecError
+from fedmask.wire.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
 
 NAMES = ["conv.weight", "fc.weight"]
 

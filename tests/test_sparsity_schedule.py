@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedmask.sparsity_schedule import check_schedule, cubic_sparsity, scheduled_sparsity
+from fedmask.methods.fedsparsify.schedule import check_schedule, cubic_sparsity, scheduled_sparsity
 
 
 def test_cubic_values_at_start_middle_and_end():

@@ -5,11 +5,11 @@ import torch
 from conftest import FakeGrid, tiny_client_data
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from fedmask.client import ssfl
+from fedmask.methods.ssfl import client as ssfl
 from fedmask.client.settings import LocalSettings
-from fedmask.models import build_model
-from fedmask.protocol import ssfl as wire
-from fedmask.pruning import flat_weights, snip_scores
+from fedmask.nn.models import build_model
+from fedmask.methods.ssfl import wire as wire
+from fedmask.nn.pruning import flat_weights, snip_scores
 from strategies import SSFL
 
 

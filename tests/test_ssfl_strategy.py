@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedmask.models import build_model
-from fedmask.protocol import masked as masked_wire
-from fedmask.protocol import ssfl as wire
-from fedmask.pruning import flat_weights, keep_largest
+from fedmask.nn.models import build_model
+from fedmask.methods.masked import wire as masked_wire
+from fedmask.methods.ssfl import wire as wire
+from fedmask.nn.pruning import flat_weights, keep_largest
 from strategies import SSFL
 from strategies.ssfl import aggregate_saliency
 

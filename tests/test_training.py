@@ -1,4 +1,4 @@
-"""Tests for fedmask.training: optimisers, the training loop and evaluation."""
+"""Tests for fedmask.nn.training: optimisers, the training loop and evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask.training import OPTIMIZERS, evaluate, evaluate_metrics, make_optimizer, train
+from fedmask.nn.training import OPTIMIZERS, evaluate, evaluate_metrics, make_optimizer, train
 
 
 def _separable(n: int = 200, seed: int = 0) -> TensorDataset:
@@ -154,7 +154,7 @@ def test_evaluate_empty_loader() -> None:
 
 
 def test_evaluate_metrics_adds_sampled_figures_only_when_asked() -> None:
-    from fedmask.masking import BernoulliSupermask, attach
+    from fedmask.nn.supermask import BernoulliSupermask, attach
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 2, bias=False))

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedmask.client.settings import LocalSettings
-from fedmask.models import build_model, seeded_init
-from fedmask.protocol import MAX_EXAMPLES, ReplyError
-from fedmask.results import arrays_sha256
-from fedmask.validation import accept, check_reply, mean_metrics, payload_bytes, reply_limit
+from fedmask.nn.models import build_model, seeded_init
+from fedmask.wire.records import MAX_EXAMPLES, ReplyError
+from fedmask.server.results import arrays_sha256
+from fedmask.server.validation import accept, check_reply, mean_metrics, payload_bytes, reply_limit
 from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
 
 NODES = [31, 32]

@@ -3,5 +3,5 @@
 Each method module offers ``train(msg, model, data)`` and
 ``evaluate(msg, model, data)`` returning the reply Message. `model` is any
 ``torch.nn.Module`` with Conv/Linear layers (architecture only: weights come
-from the message); `data` is a :class:`fedmask.data.ClientData`.
+from the message); `data` is a :class:`fedmask.data.datasets.ClientData`.
 """

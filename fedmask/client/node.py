@@ -10,11 +10,16 @@ import torch
 from flwr.app import Context, Message
 
 from fedmask import config as run_config
-from fedmask.client import fedavg, fedpm, fedsparsify, hidenseek, mpfl, ssfl
-from fedmask.data import DATASETS, ClientData, client_data
-from fedmask.device_data import device_data
-from fedmask.models import build_model
-from fedmask.protocol import CLIENT_SECONDS, CONFIG, METRICS
+from fedmask.methods.fedavg import client as fedavg
+from fedmask.methods.fedpm import client as fedpm
+from fedmask.methods.fedsparsify import client as fedsparsify
+from fedmask.methods.hidenseek import client as hidenseek
+from fedmask.methods.mpfl import client as mpfl
+from fedmask.methods.ssfl import client as ssfl
+from fedmask.data.datasets import DATASETS, ClientData, client_data
+from fedmask.data.device import device_data
+from fedmask.nn.models import build_model
+from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS
 
 HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
                                    "ssfl": ssfl, "fedsparsify": fedsparsify, "fedavg": fedavg}

@@ -9,9 +9,9 @@ from flwr.app import ConfigRecord, Message
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedmask import training
+from fedmask.nn import training
 
-from fedmask.protocol import CONFIG
+from fedmask.wire.records import CONFIG
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmask.client import fedpm, hidenseek  # fedmask: the client side of each method
-from fedmask.data import ClientData
+from fedmask.data.datasets import ClientData
 from quickstart_fedmask.task import Net, load_data
 from quickstart_fedmask.task import test as test_fn
 from quickstart_fedmask.task import train as train_fn

@@ -1,0 +1,78 @@
+"""HideNseek wire contract.
+
+Down (train and evaluate): ``masks`` ArrayRecord with ``prune-mask`` (N bits,
+packed) and, from round 2, ``sign-mask`` (the global sign of the K kept
+weights, packed; absent means all +1); ``config`` carries the seeded-net
+description, ``num-params`` N, ``num-kept`` K and the local settings.
+Up (train): ``signs`` ArrayRecord and the ``metrics`` MetricRecord with
+``num-examples``. With ``mask-coding = "packed"`` the record holds
+``sign-mask`` (the client's K sign bits, packed); with ``"entropy"`` it holds
+``sign-flips``: the K bits "differs from the global sign", range-coded as
+i.i.d. bits (:mod:`fedmask.wire.entropy`), which is short once the global mask
+has settled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from torch import nn
+
+from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.wire.coding import decode_mask, encode_mask
+from fedmask.nn.supermask import SignSupermask
+from fedmask.wire.records import NUM_PARAMS, ReplyError, array, attach_flat, read_flat, reply_array
+
+MASKS, SIGNS = "masks", "signs"
+PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
+UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
+NUM_KEPT = "num-kept"
+
+
+def encode_masks(prune: np.ndarray, signs: np.ndarray | None) -> ArrayRecord:
+    """The ``masks`` record: packed prune mask and (unless None) packed signs."""
+    record = ArrayRecord({PRUNE_MASK: Array(pack_mask(prune))})
+    if signs is not None:
+        record[SIGN_MASK] = Array(pack_mask(signs))
+    return record
+
+
+def decode_masks(record: ArrayRecord, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Unpack (prune mask of N bits, signs of K bits; all +1 when absent)."""
+    num_params, num_kept = int(config[NUM_PARAMS]), int(config[NUM_KEPT])
+    prune = unpack_mask(array(record, PRUNE_MASK), num_params, PRUNE_MASK)
+    if int(prune.sum()) != num_kept:
+        raise ReplyError(PRUNE_MASK, f"keeps {int(prune.sum())} weights, expected {num_kept}")
+    if SIGN_MASK not in record:
+        return prune, np.ones(num_kept, dtype=bool)
+    return prune, unpack_mask(array(record, SIGN_MASK), num_kept, SIGN_MASK)
+
+
+def encode_signs(signs: np.ndarray, global_signs: np.ndarray, coding: str
+                 ) -> dict[str, ArrayRecord]:
+    """The uplink arrays: the K sign bits packed, or their flips entropy coded."""
+    bits = signs if coding == "packed" else signs != global_signs
+    return {SIGNS: ArrayRecord({UPLINK_KEYS[coding]: Array(encode_mask(bits, coding))})}
+
+
+def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndarray:
+    """A client's K sign bits from its reply; raise ReplyError/CodecError."""
+    key = UPLINK_KEYS[coding]
+    payload = reply_array(msg, SIGNS, key)
+    bits = decode_mask(payload, global_signs.size, coding, field=key)
+    return bits if coding == "packed" else bits != global_signs
+
+
+def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray) -> nn.Module:
+    """Attach sign supermasks ``w * P * sign(s)`` to the seeded `model` (in place).
+
+    Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions.
+    """
+    full = np.ones(prune.size, dtype=np.float32)
+    full[prune] = np.where(signs, 1.0, -1.0)
+    return attach_flat(model, SignSupermask, prune, full)
+
+
+def read_signs(model: nn.Module, prune: np.ndarray) -> np.ndarray:
+    """The current sign bits (True = +1) of the K kept positions of `model`."""
+    return read_flat(model, SignSupermask.signs)[prune]

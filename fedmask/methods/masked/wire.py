@@ -1,0 +1,97 @@
+"""Wire contract of masked FedAvg (MPFL's phase 2, SSFL): weights under a fixed mask.
+
+Every message's ``config`` carries the seeded-net description (the initial
+weights ``w0`` are rebuilt from the seed), ``num-params`` N, ``phase``,
+``num-kept`` (weights the mask keeps), ``mask-digest`` and the local settings.
+Down: the ``weights`` ArrayRecord in the sparse format of :mod:`fedmask.wire.sparse`
+(kept values + dense small tensors) and, for a node that does not hold the mask
+yet, ``mask`` (N bits, packed). The node keeps the mask in its Flower
+``context.state`` (it survives between rounds in simulation and on SuperNodes)
+and checks it against ``mask-digest``. Up: ``weights``, sparse, against the same
+mask. A node without the mask refuses the round and the server sends it again.
+A method whose clients prune (MPFL's votes, local FedSparsify) adds the
+``client-mask`` ArrayRecord: the client's mask (a subset of the global one) at
+the positions the global mask keeps, coded as ``mask-coding`` says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from torch import Tensor
+
+from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.wire.sparse import KEPT_VALUES, decode_sparse
+from fedmask.wire.coding import decode_mask, encode_mask
+from fedmask.wire.records import CONFIG, NUM_PARAMS, ReplyError, array, reply_array
+
+WEIGHTS, MASK, CLIENT_MASK = "weights", "mask", "client-mask"
+PHASE, NUM_KEPT, MASK_DIGEST = "phase", "num-kept", "mask-digest"
+STATE_KEY = "masked-fedavg"  # context.state ArrayRecord holding the mask
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """Short SHA-256 of the packed mask: names it in every config."""
+    return hashlib.sha256(pack_mask(mask).tobytes()).hexdigest()[:16]
+
+
+def mask_array(mask: np.ndarray) -> Array:
+    """The mask as an Array (packed)."""
+    return Array(pack_mask(mask))
+
+
+def decode_mask_record(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
+    """The mask a record carries; checks N and the announced number kept."""
+    mask = unpack_mask(array(record, MASK), int(config[NUM_PARAMS]), MASK)
+    if int(mask.sum()) != int(config[NUM_KEPT]):
+        raise ReplyError(MASK, f"keeps {int(mask.sum())}, expected {config[NUM_KEPT]}")
+    return mask
+
+
+def held_mask(msg: Message, state: RecordDict) -> np.ndarray:
+    """The mask for a message: from the message (then kept in `state`) or from
+    `state`; its digest must equal the config's ``mask-digest``."""
+    config = msg.content.config_records[CONFIG]
+    record = msg.content.array_records[WEIGHTS]
+    if MASK in record:
+        mask = decode_mask_record(record, config)
+        state[STATE_KEY] = ArrayRecord({MASK: mask_array(mask)})
+    elif STATE_KEY in state.array_records:
+        mask = unpack_mask(state.array_records[STATE_KEY][MASK].numpy(),
+                           int(config[NUM_PARAMS]), MASK)
+    else:
+        raise ReplyError(MASK, "this node does not hold the mask")
+    if mask_digest(mask) != str(config[MASK_DIGEST]):
+        raise ReplyError(MASK_DIGEST, "the held mask is not the server's")
+    return mask
+
+
+def decode_weights(msg: Message, mask: np.ndarray, reference: dict[str, Tensor],
+                   names: list[str]) -> dict[str, Tensor]:
+    """A reply's ``weights`` under `mask` as a state dict like `reference`; the record
+    must hold exactly the kept values and the dense tensors. Raise ReplyError/CodecError."""
+    if WEIGHTS not in msg.content.array_records:
+        raise ReplyError(WEIGHTS, "missing ArrayRecord")
+    record = msg.content.array_records[WEIGHTS]
+    unknown = sorted(set(record) - {KEPT_VALUES, *(set(reference) - set(names))})
+    if unknown:
+        raise ReplyError(WEIGHTS, f"unexpected arrays {unknown}")
+    return decode_sparse(record, mask, reference, names)
+
+
+def encode_client_mask(client_mask: np.ndarray, mask: np.ndarray, coding: str
+                       ) -> dict[str, ArrayRecord]:
+    """The ``client-mask`` record: `client_mask` at the positions `mask` keeps."""
+    payload = Array(encode_mask(client_mask[mask], coding))
+    return {CLIENT_MASK: ArrayRecord({CLIENT_MASK: payload})}
+
+
+def decode_client_mask(msg: Message, mask: np.ndarray, coding: str) -> np.ndarray:
+    """A client's full mask (False outside `mask`); raise ReplyError/CodecError."""
+    payload = reply_array(msg, CLIENT_MASK, CLIENT_MASK)
+    bits = decode_mask(payload, int(mask.sum()), coding, field=CLIENT_MASK)
+    full = np.zeros_like(mask)
+    full[mask] = bits
+    return full

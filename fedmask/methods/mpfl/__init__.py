@@ -1,0 +1,1 @@
+"""fedmask.methods.mpfl."""

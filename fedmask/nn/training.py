@@ -1,0 +1,79 @@
+"""Local training and evaluation loops shared by every method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedmask.nn.supermask import fixed_samples
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with momentum (default) or Adam over `params`."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
+
+
+def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
+          optimizer: str = "sgd", momentum: float = 0.9,
+          after_step: Callable[[], None] | None = None) -> float:
+    """Train the parameters of `model` that require grad; return the mean loss.
+
+    `after_step` runs after every optimiser step (e.g. to re-apply a mask).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, optimizer, lr, momentum)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item() * len(y)
+            count += len(y)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """Return (mean cross-entropy loss, accuracy) of `model` on `loader`."""
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        count += len(y)
+    if count == 0:
+        raise ValueError("evaluate: the loader holds no examples")
+    return loss / count, correct / count
+
+
+def evaluate_metrics(model: nn.Module, loader: DataLoader, samples: int = 0) -> dict[str, float]:
+    """``loss`` and ``accuracy`` of `model`; with `samples` > 0 also ``sampled-loss``
+    and ``sampled-accuracy``, the means over that many masks sampled from its
+    Bernoulli supermasks (one mask per pass over `loader`)."""
+    loss, accuracy = evaluate(model, loader)
+    metrics = {"loss": loss, "accuracy": accuracy}
+    if samples > 0:
+        passes = []
+        for _ in range(samples):
+            with fixed_samples(model):
+                passes.append(evaluate(model, loader))
+        metrics["sampled-loss"] = sum(p[0] for p in passes) / samples
+        metrics["sampled-accuracy"] = sum(p[1] for p in passes) / samples
+    return metrics

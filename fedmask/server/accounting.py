@@ -1,0 +1,129 @@
+"""Bytes on the wire, measured from the Flower messages really sent and received.
+
+Flower 1.41 ships a message as a header (metadata protobuf), an object tree,
+and one serialized object per record/array. :func:`message_bytes` adds up
+exactly those serialized pieces. :class:`MeasuringGrid` wraps the ServerApp's
+grid and records the size of every message pushed to (down) or pulled from
+(up) each node, without changing what is sent. It also waits for replies with a
+short poll: Flower's own ``send_and_receive`` sleeps 3 s between pulls, which
+made every round of a small run last at least 6 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+from flwr.app.message.message import remove_content_from_message
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    get_object_tree,
+)
+
+from fedmask.wire.records import CLIENT_SECONDS, METRICS
+
+# Seconds between pulls for replies: the first wait, doubled up to the longest.
+FIRST_POLL_S, LONGEST_POLL_S = 0.02, 0.5
+
+
+def message_bytes(msg: Message) -> int:
+    """Serialized size of `msg`: header + object tree + every object's bytes."""
+    header = message_to_proto(remove_content_from_message(msg)).ByteSize()
+    if msg.has_error():
+        return header
+    tree = get_object_tree(msg).ByteSize()
+    objects = sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
+    return header + tree + objects
+
+
+def client_seconds(msg: Message) -> float:
+    """A reply's ``client-s`` metric (0.0 when absent or not a number)."""
+    if msg.has_error() or METRICS not in msg.content.metric_records:
+        return 0.0
+    value = msg.content.metric_records[METRICS].get(CLIENT_SECONDS, 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+@dataclass
+class Transfer:
+    """One message on the wire."""
+
+    node_id: int
+    direction: str  # "up" (node -> server) or "down" (server -> node)
+    message_type: str
+    num_bytes: int
+    failed: bool = False
+    client_s: float = 0.0  # a reply's `client-s`: seconds the ClientApp spent on it
+
+
+@dataclass
+class Ledger:
+    """Transfers recorded since the last :meth:`drain`."""
+
+    transfers: list[Transfer] = field(default_factory=list)
+
+    def add(self, msg: Message, direction: str) -> None:
+        node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
+        self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
+                                       message_bytes(msg), msg.has_error(),
+                                       client_seconds(msg)))
+
+    def drain(self) -> list[Transfer]:
+        """Return and forget the transfers recorded so far."""
+        out, self.transfers = self.transfers, []
+        return out
+
+
+class MeasuringGrid(Grid):
+    """A :class:`flwr.serverapp.Grid` that measures every message it carries."""
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+        self.ledger = Ledger()
+
+    def set_run(self, run) -> None:  # noqa: ANN001 - Flower's Run type
+        self.inner.set_run(run)
+
+    @property
+    def run(self):  # noqa: ANN201
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        for msg in messages:
+            self.ledger.add(msg, "down")
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self.inner.pull_messages(message_ids))
+        for msg in replies:
+            self.ledger.add(msg, "up")
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        """Push `messages`, then pull until every reply is in or `timeout` seconds
+        pass (None: wait for all), waiting FIRST_POLL_S doubling to LONGEST_POLL_S."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        wait = FIRST_POLL_S
+        while pending:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending -= {msg.metadata.reply_to_message_id for msg in pulled}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(wait)
+            wait = min(2 * wait, LONGEST_POLL_S)
+        return replies

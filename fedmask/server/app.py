@@ -1,0 +1,189 @@
+"""ServerApp body: build the chosen method's strategy, run it, write results.json."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from fedmask.server import checkpoint
+from fedmask import config as run_config
+from fedmask.server.accounting import MeasuringGrid
+from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
+from fedmask.client.settings import LocalSettings
+from fedmask.data.datasets import DATASETS, central_test
+from fedmask.nn.models import build_model, num_prunable, seeded_init
+from fedmask.server.results import RoundRecorder, arrays_sha256, write_json
+from fedmask.server.rounds import run_rounds
+from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
+
+Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
+
+
+def _sampling(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {"fraction_train": cfg["fraction-train"],
+            "fraction_evaluate": cfg["fraction-evaluate"],
+            "min_train_nodes": cfg["min-nodes"], "min_evaluate_nodes": cfg["min-nodes"],
+            "min_available_nodes": cfg["min-nodes"]}
+
+
+def _hidenseek(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    strategy = HideNseek(model, input_shape, cfg["seed"], cfg["init"], cfg["density"],
+                         cfg["synflow-iterations"], cfg["prune-scope"], cfg["mask-coding"],
+                         **_sampling(cfg))
+    density = strategy.signs.size / strategy.prune.size
+    return strategy, strategy.global_arrays(), strategy.global_model, density
+
+
+def _fedpm(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = FedPM(model, cfg["seed"], cfg["init"], cfg["prior-reset"],
+                     cfg["weighted-aggregation"], cfg["theta-format"], cfg["estimator"],
+                     cfg["eval-samples"], cfg["mask-coding"], **_sampling(cfg))
+    return strategy, strategy.global_arrays(), strategy.global_model, 1.0
+
+
+def _mpfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = MPFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["prune-rate"],
+                    cfg["prune-structure"], cfg["mask-coding"], **_sampling(cfg))
+    return (strategy, strategy.global_arrays(), strategy.global_model,
+            strategy.target / strategy.mask.size)
+
+
+def _ssfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = SSFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["saliency-batches"],
+                    cfg["saliency-format"], cfg["saliency-weighted"], **_sampling(cfg))
+    return strategy, ArrayRecord(), strategy.global_model, strategy.keep / strategy.mask.size
+
+
+def _fedsparsify(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    strategy = FedSparsify(model, cfg["num-server-rounds"], cfg["seed"], cfg["init"],
+                           cfg["fedsparsify-variant"], cfg["final-sparsity"], cfg["prune-start"],
+                           cfg["prune-every"], cfg["nnz-average"], cfg["mask-coding"],
+                           **_sampling(cfg))
+    return strategy, strategy.global_arrays(), strategy.global_model, 1.0 - cfg["final-sparsity"]
+
+
+def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
+    del input_shape
+    seeded_init(model, cfg["seed"], cfg["init"])
+
+    def global_model(arrays: ArrayRecord) -> nn.Module:
+        net = copy.deepcopy(model)
+        net.load_state_dict(arrays.to_torch_state_dict())
+        return net
+
+    return FedAvg(model, **_sampling(cfg)), ArrayRecord(model.state_dict()), global_model, 1.0
+
+
+SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
+                                           "mpfl": _mpfl, "ssfl": _ssfl,
+                                           "fedsparsify": _fedsparsify, "fedavg": _fedavg}
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
+    """Fail fast, naming ``min-nodes``, if fewer than `count` nodes connect in time."""
+    deadline = time.monotonic() + timeout_s
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"min-nodes: {connected} node(s) connected after {timeout_s:.0f} s, "
+                f"{count} required; start more SuperNodes or lower min-nodes")
+        time.sleep(1.0)
+
+
+def out_dir(cfg: dict[str, Any]) -> Path:
+    """Absolute output folder: `out-dir`, or ~/fedmask-results/<method>-<time>."""
+    if cfg["out-dir"]:
+        return Path(cfg["out-dir"]).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path.home() / "fedmask-results" / f"{cfg['method']}-{stamp}"
+
+
+def _initial_arrays(strategy: Strategy, arrays: ArrayRecord, grid: Grid,
+                   timeout: float) -> ArrayRecord:
+    """The arrays before round 1: a strategy with a ``prepare(grid, timeout)`` step runs
+    it and starts from what it returns (SSFL: its mask from the nodes' saliency)."""
+    prepare = getattr(strategy, "prepare", None)
+    return arrays if prepare is None else prepare(grid, timeout)
+
+
+def _resume(path: Path, cfg: dict[str, Any], strategy: Checkpointable,
+            recorder: RoundRecorder) -> tuple[int, ArrayRecord]:
+    """Restore strategy, results and RNGs from the checkpoint at `path`; return the
+    next round and the global arrays."""
+    if not path.exists():
+        raise run_config.ConfigError(f"resume: no checkpoint at {path}")
+    saved = checkpoint.load(path)
+    changed = sorted(k for k in cfg if k not in run_config.RESUME_FREE
+                     and saved.document["config"].get(k) != cfg[k])
+    if changed:
+        raise run_config.ConfigError(f"resume: the checkpoint at {path} was written with "
+                                     f"other values of {changed}")
+    strategy.load_state_dict(saved.strategy)
+    recorder.restore(saved.document["results"])
+    checkpoint.restore_rng(saved)
+    log(INFO, "[fedmask] resuming after round %d from %s", saved.server_round, path)
+    return saved.server_round + 1, saved.arrays
+
+
+def run(grid: Grid, context: Context) -> Path:
+    """Run the method `context.run_config` names (or resume it from its checkpoint);
+    return the results.json path."""
+    cfg = run_config.parse(context.run_config)
+    random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    spec = DATASETS[cfg["dataset"]]
+    model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
+    input_shape = (spec.in_channels, spec.image_size, spec.image_size)
+    strategy, arrays, global_model, density = SETUPS[cfg["method"]](cfg, model, input_shape)
+    folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
+    wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
+    measuring = MeasuringGrid(grid)
+    test = central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
+    samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
+    recorder = RoundRecorder(measuring.ledger, global_model, test, cfg["num-server-rounds"],
+                             samples)
+    log(INFO, "Starting %s strategy:", type(strategy).__name__)
+    strategy.summary()
+    first = 1
+    if cfg["resume"]:
+        first, arrays = _resume(folder / CHECKPOINT, cfg, strategy, recorder)
+    else:
+        arrays = _initial_arrays(strategy, arrays, measuring, timeout)
+        recorder.start(arrays)
+
+    def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
+                    evaluate_metrics: MetricRecord | None, aggregate_s: float) -> None:
+        recorder.record(server_round, arrays, train_metrics, evaluate_metrics,
+                        strategy.rejected.get(server_round, []), aggregate_s)
+        checkpoint.save(folder / CHECKPOINT, server_round, strategy.state_dict(), arrays,
+                        {"config": cfg, "results": recorder.state()})
+
+    settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
+                             cfg["momentum"], cfg["personal-epochs"]).to_config()
+    final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
+                       timeout, settings, settings, after_round)
+    header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
+              "num_params": num_prunable(model), "density": density, "seed": cfg["seed"],
+              "config": cfg, "resumed_after_round": first - 1,
+              "final_arrays_sha256": arrays_sha256(final)}
+    path = folder / "results.json"
+    write_json(path, recorder.results(header))
+    log(INFO, "[fedmask] results written to %s", path)
+    return path

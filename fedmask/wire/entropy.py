@@ -1,0 +1,116 @@
+"""Entropy coding of binary masks with constriction's range coder.
+
+A mask is coded against per-position keep probabilities that both sides hold
+(:func:`encode` with `probs`), or as i.i.d. bits whose ones-count travels in
+the header (`probs=None`). The payload is one ``uint8`` array::
+
+    digest (8 B, BLAKE2b of the packed mask) | [ones-count (4 B, iid only)] | stream
+
+The decoder recomputes the digest, so a corrupted or truncated stream raises
+:class:`~fedmask.wire.bits.CodecError` instead of yielding a wrong mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import constriction
+import numpy as np
+
+from fedmask.wire.bits import CodecError, pack_mask
+
+DIGEST_BYTES = 8
+_COUNT = np.dtype("<u4")
+_WORD = np.dtype("<u4")
+
+
+def _digest(bits: np.ndarray) -> np.ndarray:
+    """BLAKE2b digest of the packed mask, as uint8."""
+    digest = hashlib.blake2b(pack_mask(bits).tobytes(), digest_size=DIGEST_BYTES).digest()
+    return np.frombuffer(digest, dtype=np.uint8)
+
+
+def _model_probs(probs: np.ndarray | None, length: int, count: int) -> np.ndarray:
+    """Per-position probabilities of a 1: `probs`, or ``(count + 1/2) / (length + 1)``."""
+    if probs is None:
+        return np.full(length, (count + 0.5) / (length + 1), dtype=np.float64)
+    return np.asarray(probs, dtype=np.float64).reshape(-1)
+
+
+def _check_probs(probs: np.ndarray, length: int, field: str) -> None:
+    if probs.size != length:
+        raise CodecError(field, f"expected {length} probabilities, got {probs.size}")
+    if not np.all((probs >= 0.0) & (probs <= 1.0)):
+        raise CodecError(field, "probabilities must lie in [0, 1]")
+
+
+def _bernoulli() -> "constriction.stream.model.Bernoulli":
+    return constriction.stream.model.Bernoulli(perfect=False)
+
+
+def encode(bits: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
+    """Range-code the boolean mask `bits` against `probs` (or i.i.d. when None).
+
+    Returns the payload as a 1-D ``uint8`` array (see the module docstring).
+    """
+    bits = np.asarray(bits).reshape(-1)
+    if bits.dtype != np.bool_:
+        raise CodecError("mask", f"expected dtype bool, got {bits.dtype}")
+    count = int(bits.sum())
+    model = _model_probs(probs, bits.size, count)
+    _check_probs(model, bits.size, "probs")
+    header = [_digest(bits)]
+    if probs is None:
+        header.append(np.array([count], dtype=_COUNT).view(np.uint8))
+    encoder = constriction.stream.queue.RangeEncoder()
+    if bits.size:
+        encoder.encode(bits.astype(np.int32), _bernoulli(), model)
+    stream = encoder.get_compressed().astype(_WORD).view(np.uint8)
+    return np.concatenate([*header, stream])
+
+
+def _split(payload: np.ndarray, iid: bool, field: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """(digest, ones-count or -1, stream words) of a validated payload."""
+    if not isinstance(payload, np.ndarray) or payload.dtype != np.uint8 or payload.ndim != 1:
+        raise CodecError(field, "expected a 1-D uint8 array")
+    head = DIGEST_BYTES + (_COUNT.itemsize if iid else 0)
+    if payload.size < head or (payload.size - head) % _WORD.itemsize:
+        raise CodecError(field, f"payload of {payload.size} bytes is truncated")
+    count = int(payload[DIGEST_BYTES:head].view(_COUNT)[0]) if iid else -1
+    return payload[:DIGEST_BYTES], count, payload[head:].copy().view(_WORD)
+
+
+def decode(payload: np.ndarray, length: int, probs: np.ndarray | None = None,
+           field: str = "mask") -> np.ndarray:
+    """Decode a payload of :func:`encode` into `length` bits; raise CodecError.
+
+    `probs` must be the very probabilities the encoder used (None for i.i.d.).
+    """
+    digest, count, words = _split(payload, probs is None, field)
+    if probs is None and not 0 <= count <= length:
+        raise CodecError(field, f"ones-count {count} exceeds the length {length}")
+    model = _model_probs(probs, length, count)
+    _check_probs(model, length, field)
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(words)
+        bits = decoder.decode(_bernoulli(), model).astype(bool) if length else np.zeros(0, bool)
+    except (AssertionError, ValueError, RuntimeError) as err:
+        raise CodecError(field, f"invalid range-coded stream ({err})") from None
+    if not np.array_equal(_digest(bits), digest):
+        raise CodecError(field, "decoded mask does not match its digest (corrupted stream)")
+    return bits
+
+
+def information_bits(bits: np.ndarray, probs: np.ndarray | None = None) -> float:
+    """Ideal code length of `bits` in bits: ``-sum log2 P(bit)`` under the coder's model."""
+    bits = np.asarray(bits, dtype=bool).reshape(-1)
+    model = np.clip(_model_probs(probs, bits.size, int(bits.sum())), 1e-12, 1 - 1e-12)
+    return float(-np.log2(np.where(bits, model, 1.0 - model)).sum())
+
+
+def binary_entropy(p: float | np.ndarray) -> float | np.ndarray:
+    """``H(p)`` in bits (0 at p = 0 or 1)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-300, 1.0)
+    q = np.clip(1.0 - np.asarray(p), 1e-300, 1.0)
+    out = -(p * np.log2(p) + q * np.log2(q))
+    return float(out) if out.ndim == 0 else out

@@ -1,0 +1,210 @@
+"""Shared server side of masked FedAvg (MPFL's phase 2, SSFL; see protocol.masked).
+
+:class:`MaskedFedAvg` is Flower's FedAvg over ``w * mask`` with only kept
+values on the wire: the mask goes to each node once, and the n_k-weighted mean
+of the clients' masked weights keeps pruned positions at exactly zero. A
+subclass decides the mask; one with a search phase overrides :attr:`phase`
+(1 while searching), :meth:`search_arrays`, :meth:`decode_search` and
+:meth:`search_step`; one that changes the mask during training overrides
+:meth:`decode_update` and :meth:`update_global` and calls :meth:`set_mask`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+import torch
+from torch import Tensor, nn
+
+from fedmask.server.checkpoint import Checkpointable
+from fedmask.wire.coding import check_coding
+from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
+from fedmask.methods.masked import wire as wire
+from fedmask.nn.models import num_prunable
+from fedmask.nn.pruning import apply_flat_mask, prunable_names
+from fedmask.nn.seeded import SeededNet
+from fedmask.wire.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
+from fedmask.server.validation import ValidatedStrategy, mean_metrics
+
+
+def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    """The n_k-weighted mean ``sum_k (n_k / n) state_k`` of state dicts."""
+    total = sum(n for n, _ in decoded)
+    return {name: sum(state[name] * (n / total) for n, state in decoded)
+            for name in decoded[0][1]}
+
+
+class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
+    """FedAvg of a seeded net under a mask; see the module docstring. Replies are
+    validated (:mod:`fedmask.server.validation`); the mask, the weights and STATE are
+    checkpointed.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture shared with the clients; re-initialised in place from `seed`.
+    seed, init : int, str
+        Seed and init scheme of the initial weights ``w0``.
+    mask_coding : {"packed", "entropy"}
+        How masks a client sends (if any) are coded.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
+                 **kwargs: Any) -> None:
+        check_coding(mask_coding)
+        super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
+        self.model, self.names = model, prunable_names(model)
+        self.net = SeededNet.announce(model, seed, init)
+        self.mask_coding = mask_coding
+        self.mask = np.ones(num_prunable(model), dtype=bool)
+        self.weights: dict[str, Tensor] = {}
+        self.holders: set[int] = set()  # nodes known to hold the current mask
+        self.init_validation(model)
+
+    # --- what a subclass with a search phase provides --------------------------------
+    @property
+    def phase(self) -> int:
+        """1 while the mask is searched for, 2 during masked FedAvg."""
+        return 2
+
+    def search_arrays(self) -> ArrayRecord:
+        """Phase-1 arrays down (default: the current mask)."""
+        return ArrayRecord({wire.MASK: wire.mask_array(self.mask)})
+
+    def decode_search(self, msg: Message) -> Any:
+        """A phase-1 reply's payload."""
+        raise NotImplementedError
+
+    def search_step(self, decoded: list[tuple[int, Any]]) -> None:
+        """Update the mask from the phase-1 payloads."""
+        raise NotImplementedError
+
+    def wire_config(self) -> dict[str, Any]:
+        """Method-specific keys of the config sent down."""
+        return {}
+
+    # --- what a subclass that changes the mask during training provides ---------------
+    def decode_update(self, msg: Message) -> Any:
+        """A phase-2 reply's payload (default: its state dict under the global mask)."""
+        return wire.decode_weights(msg, self.mask, self.weights, self.names)
+
+    def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
+        """Phase 2: new global weights from the payloads (default: n_k-weighted mean)."""
+        del server_round
+        self.weights = average_states(decoded)
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Make `mask` the global mask and zero the weights outside it; if it changed,
+        every node must be sent it again."""
+        if not np.array_equal(mask, self.mask):
+            self.holders = set()
+        self.mask = mask
+        flat = flat_state(self.weights, self.names)
+        self.weights = replace_flat(self.weights, np.where(mask, flat, np.float32(0.0)),
+                                    self.names)
+
+    # --- masked FedAvg -----------------------------------------------------------------
+    def start_from_mask(self) -> None:
+        """Masked FedAvg starts from ``w0 * mask``; every node must be sent the mask."""
+        start = copy.deepcopy(self.model)
+        apply_flat_mask(start, self.mask)
+        self.weights, self.holders = start.state_dict(), set()
+
+    def global_arrays(self) -> ArrayRecord:
+        """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""
+        if self.phase == 1:
+            return self.search_arrays()
+        return encode_sparse(self.weights, self.mask, self.names)
+
+    def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
+        """`config` plus the seeded net, N, the phase, the mask's size and digest."""
+        config = ConfigRecord(dict(config or {}))
+        self.net.to_config(config)
+        config.update({NUM_PARAMS: self.mask.size, wire.NUM_KEPT: int(self.mask.sum()),
+                       wire.PHASE: self.phase, MASK_CODING: self.mask_coding,
+                       wire.MASK_DIGEST: wire.mask_digest(self.mask), **self.wire_config()})
+        return config
+
+    def _with_mask(self, messages: Iterable[Message]) -> list[Message]:
+        """Phase 2: add the mask to the messages of nodes not known to hold it."""
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if self.phase == 1 or node in self.holders:
+                out.append(msg)
+                continue
+            record = ArrayRecord(dict(msg.content.array_records[wire.WEIGHTS]))
+            record[wire.MASK] = wire.mask_array(self.mask)
+            content = RecordDict({wire.WEIGHTS: record,
+                                  CONFIG: msg.content.config_records[CONFIG]})
+            out.append(Message(content=content, message_type=msg.metadata.message_type,
+                               dst_node_id=node))
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send global_arrays() (and the mask to nodes that lack it)."""
+        return self._with_mask(super().configure_train(
+            server_round, self.global_arrays(), self.config(config), grid))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Send the global masked net for local evaluation."""
+        return self._with_mask(super().configure_evaluate(
+            server_round, self.global_arrays(), self.config(config), grid))
+
+    def _decode(self, msg: Message) -> tuple[int, Any]:
+        decode = self.decode_search if self.phase == 1 else self.decode_update
+        return num_examples(msg), decode(msg)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Phase 1: search_step(); phase 2: update_global()."""
+        replies, phase = list(replies), self.phase
+        accepted = self.accepted(server_round, replies, self._decode)
+        if phase == 2:
+            self.holders -= {m.metadata.src_node_id for m in replies}
+            self.holders |= {m.metadata.src_node_id for m, _ in accepted or []}
+        if accepted is None:
+            return None, None
+        decoded = [pair for _, pair in accepted]
+        if phase == 1:
+            self.search_step(decoded)
+        else:
+            self.update_global(server_round, decoded)
+        metrics = mean_metrics([m.content for m, _ in accepted], self.weighted_by_key)
+        metrics.update({"phase": phase, "density": float(self.mask.mean())})
+        return self.global_arrays(), metrics
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """STATE plus the mask and the global weights (``weights/<name>``)."""
+        state = super().state_dict()
+        state["mask"] = self.mask
+        state.update({f"weights/{k}": v.numpy() for k, v in self.weights.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; every node is sent the mask again."""
+        super().load_state_dict(state)
+        self.mask = state["mask"].copy()
+        self.weights = {k.split("/", 1)[1]: torch.from_numpy(v.copy())
+                        for k, v in state.items() if k.startswith("weights/")}
+        self.holders = set()
+
+    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global net that `arrays` describe (``w0 * mask``, or the masked weights)."""
+        model = copy.deepcopy(self.model)
+        if KEPT_VALUES in arrays:
+            model.load_state_dict(decode_sparse(arrays, self.mask, model.state_dict(),
+                                                self.names))
+        else:
+            apply_flat_mask(model, wire.decode_mask_record(arrays, self.config()))
+        return model

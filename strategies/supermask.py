@@ -1,0 +1,156 @@
+"""Shared server side of the mask-only methods (HideNseek, FedPM).
+
+:class:`SeededMaskStrategy` is a Flower FedAvg (its node sampling, evaluation
+aggregation and round loop) whose global model is a seeded frozen network plus
+masks. A subclass says what goes down (:meth:`global_arrays`), how a reply is
+decoded (:meth:`decode`), how the masks are summed (:meth:`start_sum`,
+:meth:`add_mask`: one reply at a time, so memory does not grow with the number
+of clients) and the sum applied (:meth:`commit`), and which bits the entropy
+coder codes (:meth:`coded_bits`), from which every round reports the empirical
+entropy of (up to ENTROPY_SAMPLE of) the masks received.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from fedmask.wire.entropy import binary_entropy, information_bits
+from fedmask.wire.coding import check_coding
+from fedmask.server.checkpoint import Checkpointable
+from fedmask.wire.records import MASK_CODING, NUM_PARAMS, num_examples
+from fedmask.nn.models import num_prunable
+from fedmask.nn.seeded import SeededNet
+from fedmask.server.validation import ValidatedStrategy, mean_metrics
+
+
+ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
+
+
+def add_where(total: np.ndarray, weight: int, bits: np.ndarray) -> None:
+    """``total += weight`` where the boolean `bits` are set, in place: one multiply
+    and one add, faster than the masked loop of ``np.add(..., where=bits)``."""
+    np.add(total, np.multiply(bits.view(np.uint8), weight, dtype=total.dtype), out=total)
+
+
+class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
+    """FedAvg whose model is ``seed + masks``; see the module docstring. Replies are
+    validated (:mod:`fedmask.server.validation`); the state in STATE is checkpointed.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture shared with the clients; re-initialised in place from `seed`.
+    seed, init : int, str
+        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``).
+    mask_coding : {"packed", "entropy"}
+        How clients code the masks they send (``fedmask.wire.coding``).
+    arrayrecord_key : str
+        Key of the ArrayRecord carried down.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
+    """
+
+    def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str,
+                 arrayrecord_key: str, **kwargs: Any) -> None:
+        check_coding(mask_coding)
+        super().__init__(arrayrecord_key=arrayrecord_key, **kwargs)
+        self.model, self.mask_coding = model, mask_coding
+        self.net = SeededNet.announce(model, seed, init)
+        self.num_params = num_prunable(model)
+        self.init_validation(model)
+
+    # --- what a subclass provides -------------------------------------------------
+    @abstractmethod
+    def global_arrays(self) -> ArrayRecord:
+        """The global masks as sent to evaluating clients."""
+
+    def train_arrays(self, server_round: int) -> ArrayRecord:
+        """The global masks as sent to training clients (default: global_arrays)."""
+        del server_round
+        return self.global_arrays()
+
+    def wire_config(self) -> dict[str, Any]:
+        """Method-specific keys of the ConfigRecord sent down."""
+        return {}
+
+    @abstractmethod
+    def decode(self, msg: Message) -> Any:
+        """The mask a training reply carries; raise ReplyError/CodecError."""
+
+    @abstractmethod
+    def start_sum(self) -> Any:
+        """An empty sum of masks."""
+
+    @abstractmethod
+    def add_mask(self, total: Any, num_examples: int, decoded: Any) -> None:
+        """Add one client's decoded mask to `total` (in place)."""
+
+    @abstractmethod
+    def commit(self, server_round: int, total: Any, count: int, examples: int) -> None:
+        """Update the global state from the sum of `count` masks of `examples` examples."""
+
+    @abstractmethod
+    def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The bits the entropy coder codes for `decoded`, and its model (None: i.i.d.)."""
+
+    @abstractmethod
+    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network that `arrays` describe, for evaluation."""
+
+    # --- shared protocol ----------------------------------------------------------
+    def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
+        """`config` plus the seeded-net description, N, the coding and wire_config()."""
+        config = ConfigRecord(dict(config or {}))
+        self.net.to_config(config)
+        config[NUM_PARAMS], config[MASK_CODING] = self.num_params, self.mask_coding
+        config.update(self.wire_config())
+        return config
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send train_arrays() with the seeded-net config."""
+        return super().configure_train(server_round, self.train_arrays(server_round),
+                                       self.config(config), grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Send global_arrays() for the clients' local evaluation."""
+        return super().configure_evaluate(server_round, self.global_arrays(),
+                                          self.config(config), grid)
+
+    def _decode(self, msg: Message) -> tuple[int, Any]:
+        return num_examples(msg), self.decode(msg)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
+        total, contents, examples, entropy = self.start_sum(), [], 0, []
+        for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
+            self.add_mask(total, n, decoded)
+            contents.append(msg.content)
+            examples += n
+            if len(entropy) < ENTROPY_SAMPLE:  # against the global state before the update
+                entropy.append(self._entropy_bits(decoded))
+        if not self.quorum(server_round, len(contents)):
+            return None, None
+        metrics = mean_metrics(contents, self.weighted_by_key)
+        model_bits, iid_bits = np.mean(entropy, axis=0) / self.num_params
+        metrics.update({"mask-entropy-bpp": float(model_bits),
+                        "mask-iid-entropy-bpp": float(iid_bits)})
+        self.commit(server_round, total, len(contents), examples)
+        return self.global_arrays(), metrics
+
+    def _entropy_bits(self, decoded: Any) -> tuple[float, float]:
+        """The coded bits' ideal code length under the coder's model, and their
+        i.i.d. entropy, in bits."""
+        bits, probs = self.coded_bits(decoded)
+        iid = binary_entropy(bits.mean()) * bits.size if bits.size else 0.0
+        return information_bits(bits, probs), iid
