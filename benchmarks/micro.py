@@ -96,7 +96,7 @@ def _replies(k: int, packed_size: int) -> list:
 def aggregation(n: int, ks: list[int]) -> list[dict[str, float]]:
     """Seconds and peak traced memory of HideNseek's aggregate_train for K replies."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(1000, n // 1000, bias=False))
-    strategy = HideNseek(model, (1000,), density=1.0, synflow_iterations=1,
+    strategy = HideNseek(model=model, input_shape=(1000,), density=1.0, synflow_iterations=1,
                          min_train_nodes=1)
     n = strategy.signs.size
     rows = []

@@ -155,12 +155,15 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
 
 def run_and_read(cmd: list[str], env: dict[str, str], out_dir: str | Path,
                  timeout: float | None = None) -> dict[str, Any]:
-    """Run a ``flwr run`` command line; return the results.json it wrote to `out_dir`.
+    """Run a ``flwr run`` command line; return the results.json it wrote to `out_dir`
+    (where the run's output is kept as ``run.log``).
 
     Raises RuntimeError with the run's output tail when it fails.
     """
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "run.log").write_text(done.stdout + done.stderr)
     results = Path(out_dir) / "results.json"
     if done.returncode != 0 or not results.exists():
         raise RuntimeError(f"flwr run failed ({done.returncode}):\n"

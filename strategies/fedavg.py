@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,12 +13,13 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
-from fedmask.server.checkpoint import Checkpointable
+from fedmask.nn.models import seeded_init
+from fedmask.server.validation import mean_metrics
 from fedmask.wire.records import METRICS, NUM_EXAMPLES, ReplyError, num_examples
-from fedmask.server.validation import ValidatedStrategy, mean_metrics
+from strategies.base import MethodStrategy, check_input_shape
 
 
-class FedAvg(ValidatedStrategy, Checkpointable, FlowerFedAvg):
+class FedAvg(MethodStrategy, FlowerFedAvg):
     """Flower's FedAvg, except that a reply whose ArrayRecord does not match the
     global model (keys, dtypes, shapes, finite values) or fails
     :mod:`fedmask.server.validation` is dropped instead of stopping the round (Flower's
@@ -26,21 +28,50 @@ class FedAvg(ValidatedStrategy, Checkpointable, FlowerFedAvg):
     Parameters
     ----------
     model : nn.Module
-        The global model's architecture (bounds the size of a reply).
+        The global model; re-initialised in place from `seed` (the initial arrays).
+    seed, init : int, str
+        Seed and init scheme of the initial weights (``auto``: Kaiming normal).
+    input_shape : tuple[int, ...], optional
+        Shape of one input example; when given, the model is checked against it.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+    METHOD = "fedavg"
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+                 input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_input_shape(model, input_shape)
+        self.model = seeded_init(model, seed, self.resolve_init(init))
         self.init_validation(model)
         self.reference = ArrayRecord(model.state_dict())
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The seeded model's state dict."""
+        return ArrayRecord(self.model.state_dict())
+
+    @property
+    def kept_fraction(self) -> float:
+        """Dense: every weight."""
+        return 1.0
+
+    def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The model with the weights `arrays` carry."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return model
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Flower's, remembering `arrays` as the shape of a valid reply."""
         self.reference = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays, self.with_method(config), grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Flower's, with the method named for the client API."""
+        return super().configure_evaluate(server_round, arrays, self.with_method(config), grid)
 
     def _decode(self, msg: Message) -> ArrayRecord:
         records = msg.content.array_records

@@ -20,7 +20,7 @@ class FedPM(SeededMaskStrategy):
 
     Each position's keep probability is the mean of a Beta posterior:
     ``alpha = 1 + sum_k w_k m_k``, ``beta = 1 + sum_k w_k (1 - m_k)`` with
-    ``w_k = 1`` (or ``K n_k / sum_j n_j`` when `weighted`), accumulated since
+    ``w_k = 1`` (or ``K n_k / sum_j n_j`` when `weighted_aggregation`), accumulated since
     the last prior reset.
 
     Parameters
@@ -28,11 +28,15 @@ class FedPM(SeededMaskStrategy):
     model : nn.Module
         Architecture shared with the clients; re-initialised in place from `seed`.
     seed, init : int, str
-        Seed and init scheme of the frozen weights (signed constant by default).
+        Seed and init scheme of the frozen weights (``auto``: signed constant).
+    mask_coding : {"packed", "entropy"}
+        How clients code their sampled mask (entropy: against the global theta).
+    input_shape : tuple[int, ...], optional
+        Shape of one input example; when given, the model is checked against it.
     prior_reset : int
         Reset the posterior to Beta(1, 1) every `prior_reset` rounds (1: every
         round; 0: never).
-    weighted : bool
+    weighted_aggregation : bool
         Weight each client's mask by its number of training examples.
     theta_format : {"uint8", "float32"}
         How theta goes down (see ``fedmask.methods.fedpm.wire``).
@@ -40,25 +44,27 @@ class FedPM(SeededMaskStrategy):
         Clients' gradient estimator (``fedmask.nn.supermask.BernoulliSupermask``).
     eval_samples : int
         Sampled masks whose mean accuracy clients report next to the thresholded one.
-    mask_coding : {"packed", "entropy"}
-        How clients code their sampled mask (entropy: against the global theta).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
     STATE = ("alpha", "beta", "wire_theta")  # checkpointed (fedmask.server.checkpoint)
 
-    def __init__(self, model: nn.Module, seed: int = 0, init: str = "signed-constant",
-                 prior_reset: int = 1, weighted: bool = False, theta_format: str = "uint8",
-                 estimator: str = "ste", eval_samples: int = 3, mask_coding: str = "packed",
+    METHOD = "fedpm"
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+                 mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
+                 prior_reset: int = 1, weighted_aggregation: bool = False,
+                 theta_format: str = "uint8", estimator: str = "ste", eval_samples: int = 3,
                  **kwargs: Any) -> None:
         if theta_format not in wire.THETA_DTYPES:
             raise ValueError(f"{wire.THETA_FORMAT}: {theta_format!r} is not one of "
                              f"{list(wire.THETA_DTYPES)}")
         if prior_reset < 0:
             raise ValueError(f"prior-reset: must be >= 0, got {prior_reset}")
-        super().__init__(model, seed, init, mask_coding, wire.THETA, **kwargs)
-        self.prior_reset, self.weighted = prior_reset, weighted
+        super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
+                         arrayrecord_key=wire.THETA, input_shape=input_shape, **kwargs)
+        self.prior_reset, self.weighted_aggregation = prior_reset, weighted_aggregation
         self.theta_format, self.estimator, self.eval_samples = theta_format, estimator, eval_samples
         self.alpha = np.ones(self.num_params)
         self.beta = np.ones(self.num_params)
@@ -100,19 +106,25 @@ class FedPM(SeededMaskStrategy):
 
     def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
         """Add the client's weight (n_k, or 1) where its mask keeps."""
-        add_where(total, num_examples if self.weighted else 1, decoded)
+        add_where(total, num_examples if self.weighted_aggregation else 1, decoded)
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Add the masks to the Beta posterior (reset first when due), each weighted
         ``count * n_k / examples`` (or 1); theta = the posterior mean."""
         if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
             self.alpha, self.beta = np.ones(self.num_params), np.ones(self.num_params)
-        ones = total * (count / examples) if self.weighted else total
+        ones = total * (count / examples) if self.weighted_aggregation else total
         self.alpha += ones
         self.beta += count - ones
         self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
 
-    def global_model(self, arrays: ArrayRecord) -> nn.Module:
-        """The global network (Bernoulli supermasks at the theta `arrays` carry)."""
+    @property
+    def kept_fraction(self) -> float:
+        """Every weight may be kept: FedPM's masks are not pruned to a density."""
+        return 1.0
+
+    def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network (Bernoulli supermasks at the theta `arrays` carry;
+        thresholded at 0.5 in eval mode)."""
         theta = wire.decode_theta(arrays, self.config(ConfigRecord()))
         return wire.mask_net(copy.deepcopy(self.model), theta, self.estimator)

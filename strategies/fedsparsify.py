@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 from torch import Tensor, nn
 
 from strategies.masked_fedavg import MaskedFedAvg, average_states
@@ -45,7 +46,8 @@ class FedSparsify(MaskedFedAvg):
     """Server side of FedSparsify (sampling and evaluation as Flower's FedAvg).
 
     After round ``t`` the global model has the sparsity of the cubic schedule
-    (:mod:`fedmask.methods.fedsparsify.schedule`), reaching `final_sparsity` at `prune_end`.
+    (:mod:`fedmask.methods.fedsparsify.schedule`), reaching `final_sparsity` at the
+    last round.
     ``global``: the server prunes the n_k-weighted mean by global magnitude.
     ``local``: each client prunes its trained model to the round's sparsity and
     sends its mask; :func:`majority_merge` builds the new global model. Pruned
@@ -53,11 +55,13 @@ class FedSparsify(MaskedFedAvg):
 
     Parameters
     ----------
-    model, seed, init
-        As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
-    prune_end : int
-        Round at which `final_sparsity` is reached (the run's last round).
-    variant : {"global", "local"}
+    model, seed, init, mask_coding, input_shape
+        As for :class:`~strategies.masked_fedavg.MaskedFedAvg` (`mask_coding`: how
+        the local variant's masks go up).
+    num_server_rounds : int, optional
+        The run's last round, where `final_sparsity` is reached; None: the
+        `num_rounds` that :meth:`start` is given.
+    fedsparsify_variant : {"global", "local"}
         Who prunes: the server, or every client before the majority merge.
     final_sparsity : float
         Fraction of prunable weights pruned at `prune_end`, in [0, 1).
@@ -65,24 +69,55 @@ class FedSparsify(MaskedFedAvg):
         First pruning round (its sparsity is 0) and the period between pruning rounds.
     nnz_average : bool
         Local variant: average each kept position only over the clients that kept it.
-    mask_coding : {"packed", "entropy"}
-        Local variant: how the clients' masks go up.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    def __init__(self, model: nn.Module, prune_end: int, seed: int = 0,
-                 init: str = "kaiming-normal", variant: str = "global",
+    METHOD = "fedsparsify"
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+                 mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
+                 num_server_rounds: int | None = None, fedsparsify_variant: str = "global",
                  final_sparsity: float = 0.9, prune_start: int = 1, prune_every: int = 1,
-                 nnz_average: bool = False, mask_coding: str = "packed", **kwargs: Any) -> None:
-        if variant not in wire.VARIANTS:
-            raise ValueError(f"{wire.VARIANT}: {variant!r} is not one of {list(wire.VARIANTS)}")
-        check_schedule(prune_start, prune_end, prune_every, final_sparsity)
-        super().__init__(model, seed, init, mask_coding, **kwargs)
-        self.variant, self.nnz_average = variant, nnz_average
-        self.schedule = (prune_start, prune_end, prune_every, final_sparsity)
+                 nnz_average: bool = False, **kwargs: Any) -> None:
+        if fedsparsify_variant not in wire.VARIANTS:
+            raise ValueError(f"{wire.VARIANT}: {fedsparsify_variant!r} is not one of "
+                             f"{list(wire.VARIANTS)}")
+        super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
+                         input_shape=input_shape, **kwargs)
+        self.variant, self.nnz_average = fedsparsify_variant, nnz_average
+        self.pruning = (prune_start, prune_every, final_sparsity)
+        check_schedule(prune_start, num_server_rounds or prune_start, prune_every,
+                       final_sparsity)
+        self.num_server_rounds = num_server_rounds
         self.server_round = 0
         self.start_from_mask()  # dense w0
+
+    @property
+    def schedule(self) -> tuple[int, int, int, float]:
+        """(prune start, last round, prune every, final sparsity) of the cubic schedule."""
+        if self.num_server_rounds is None:
+            raise ValueError("num_server_rounds: unknown until start(num_rounds=...) "
+                             "or the constructor gives it")
+        start, every, final = self.pruning
+        return start, self.num_server_rounds, every, final
+
+    @property
+    def kept_fraction(self) -> float:
+        """The density after the last round."""
+        return 1.0 - self.pruning[2]
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
+              num_rounds: int = 3, *args: Any, **kwargs: Any) -> Result:
+        """Flower's start; the schedule ends at `num_rounds` unless the constructor
+        fixed ``num_server_rounds`` (then the two must agree)."""
+        if self.num_server_rounds not in (None, num_rounds):
+            raise ValueError(f"num_rounds: {num_rounds} differs from num_server_rounds = "
+                             f"{self.num_server_rounds}, where the schedule ends")
+        start, every, final = self.pruning
+        check_schedule(start, num_rounds, every, final)
+        self.num_server_rounds = num_rounds
+        return super().start(grid, initial_arrays, num_rounds, *args, **kwargs)
 
     def summary(self) -> None:
         """Log the set-up, then FedAvg's sampling summary."""

@@ -14,7 +14,17 @@ from torch import nn
 from fedmask.wire.bits import flatten_masks
 from strategies.supermask import SeededMaskStrategy, add_where
 from fedmask.methods.hidenseek import wire as wire
-from fedmask.nn.pruning import prunable_names, synflow_mask
+from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
+
+
+def linear_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """``(in_features,)`` of a model whose first prunable layer is Linear; else
+    ValueError asking for ``input_shape``."""
+    first = next((m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)), None)
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    raise ValueError("input_shape: HideNseek needs the shape of one input example, "
+                     "e.g. input_shape=(1, 28, 28), for its data-free SynFlow pruning")
 
 
 class HideNseek(SeededMaskStrategy):
@@ -25,32 +35,41 @@ class HideNseek(SeededMaskStrategy):
     model : nn.Module
         Architecture shared with the clients; re-initialised in place from `seed`.
     input_shape : tuple[int, ...]
-        Shape of one input example (C, H, W), for data-free SynFlow.
+        Shape of one input example (C, H, W), for data-free SynFlow; may be
+        omitted when the model starts with a Linear layer.
     seed, init : int, str
-        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``).
+        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``;
+        ``auto``: Kaiming normal).
     density : float
         Fraction of prunable weights SynFlow keeps, in (0, 1].
+    mask_coding : str
+        ``"packed"`` sign bits or ``"entropy"``-coded flips up (``fedmask.wire.coding``).
     synflow_iterations : int
         Pruning iterations T of SynFlow.
     prune_scope : str
         ``"global"`` or ``"layer"`` thresholding.
-    mask_coding : str
-        ``"packed"`` sign bits or ``"entropy"``-coded flips up (``fedmask.wire.coding``).
+    personal_epochs : int
+        Fine-tuning epochs of the clients' personalised evaluation (0: off).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
     STATE = ("signs",)  # checkpointed (fedmask.server.checkpoint)
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
-                 init: str = "kaiming-normal", density: float = 0.5,
-                 synflow_iterations: int = 100, prune_scope: str = "global",
-                 mask_coding: str = "packed", **kwargs: Any) -> None:
-        super().__init__(model, seed, init, mask_coding, wire.MASKS, **kwargs)
-        masks = synflow_mask(model, density, input_shape, synflow_iterations, prune_scope)
+    METHOD = "hidenseek"
+
+    def __init__(self, *, model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                 seed: int = 0, init: str = "auto", density: float = 0.5,
+                 mask_coding: str = "packed", synflow_iterations: int = 100,
+                 prune_scope: str = "global", personal_epochs: int = 1,
+                 **kwargs: Any) -> None:
+        shape = input_shape or linear_input_shape(model)
+        super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
+                         arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
+        masks = synflow_mask(model, density, shape, synflow_iterations, prune_scope)
         self.prune = flatten_masks(masks, prunable_names(model))
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
-        self.synflow_iterations = synflow_iterations
+        self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
 
     def summary(self) -> None:
         """Log the pruning result, then FedAvg's sampling summary."""
@@ -94,7 +113,16 @@ class HideNseek(SeededMaskStrategy):
         votes = 2 * total - examples
         self.signs = np.where(votes == 0, self.signs, votes > 0)
 
-    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+    @property
+    def kept_fraction(self) -> float:
+        """The density SynFlow reached."""
+        return self.signs.size / self.prune.size
+
+    def method_config(self) -> dict[str, Any]:
+        """The clients' personalised fine-tuning epochs."""
+        return {"personal-epochs": self.personal_epochs}
+
+    def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global network ``w * P * g`` that `arrays` describe, for evaluation."""
         prune, signs = wire.decode_masks(arrays, self.config(ConfigRecord()))
         return wire.sign_net(copy.deepcopy(self.model), prune, signs)

@@ -22,15 +22,15 @@ from flwr.serverapp.strategy import FedAvg
 import torch
 from torch import Tensor, nn
 
-from fedmask.server.checkpoint import Checkpointable
-from fedmask.wire.coding import check_coding
-from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
-from fedmask.methods.masked import wire as wire
+from fedmask.methods.masked import wire
 from fedmask.nn.models import num_prunable
 from fedmask.nn.pruning import apply_flat_mask, prunable_names
 from fedmask.nn.seeded import SeededNet
+from fedmask.server.validation import mean_metrics
+from fedmask.wire.coding import check_coding
+from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.wire.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
-from fedmask.server.validation import ValidatedStrategy, mean_metrics
+from strategies.base import MethodStrategy, check_input_shape
 
 
 def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
@@ -40,7 +40,7 @@ def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Te
             for name in decoded[0][1]}
 
 
-class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
+class MaskedFedAvg(MethodStrategy, FedAvg):
     """FedAvg of a seeded net under a mask; see the module docstring. Replies are
     validated (:mod:`fedmask.server.validation`); the mask, the weights and STATE are
     checkpointed.
@@ -50,19 +50,22 @@ class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
     model : nn.Module
         Architecture shared with the clients; re-initialised in place from `seed`.
     seed, init : int, str
-        Seed and init scheme of the initial weights ``w0``.
+        Seed and init scheme of the initial weights ``w0`` (``auto``: Kaiming normal).
     mask_coding : {"packed", "entropy"}
         How masks a client sends (if any) are coded.
+    input_shape : tuple[int, ...], optional
+        Shape of one input example; when given, the model is checked against it.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
-                 **kwargs: Any) -> None:
+    def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
+                 input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         check_coding(mask_coding)
         super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
+        check_input_shape(model, input_shape)
         self.model, self.names = model, prunable_names(model)
-        self.net = SeededNet.announce(model, seed, init)
+        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.mask_coding = mask_coding
         self.mask = np.ones(num_prunable(model), dtype=bool)
         self.weights: dict[str, Tensor] = {}
@@ -118,6 +121,10 @@ class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
         apply_flat_mask(start, self.mask)
         self.weights, self.holders = start.state_dict(), set()
 
+    def initial_arrays(self) -> ArrayRecord:
+        """The global arrays before round 1."""
+        return self.global_arrays()
+
     def global_arrays(self) -> ArrayRecord:
         """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""
         if self.phase == 1:
@@ -126,7 +133,7 @@ class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
 
     def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
         """`config` plus the seeded net, N, the phase, the mask's size and digest."""
-        config = ConfigRecord(dict(config or {}))
+        config = self.with_method(config)
         self.net.to_config(config)
         config.update({NUM_PARAMS: self.mask.size, wire.NUM_KEPT: int(self.mask.sum()),
                        wire.PHASE: self.phase, MASK_CODING: self.mask_coding,
@@ -199,7 +206,7 @@ class MaskedFedAvg(ValidatedStrategy, Checkpointable, FedAvg):
                         for k, v in state.items() if k.startswith("weights/")}
         self.holders = set()
 
-    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+    def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global net that `arrays` describe (``w0 * mask``, or the masked weights)."""
         model = copy.deepcopy(self.model)
         if KEPT_VALUES in arrays:

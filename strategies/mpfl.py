@@ -38,32 +38,34 @@ class MPFL(MaskedFedAvg):
 
     Parameters
     ----------
-    model, seed, init
-        As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
+    model, seed, init, mask_coding, input_shape
+        As for :class:`~strategies.masked_fedavg.MaskedFedAvg` (`mask_coding`: how
+        the clients' votes go up).
     density : float
         Target fraction of prunable weights kept, in (0, 1].
     prune_rate : float
         Fraction of its kept weights each client prunes per vote round, in (0, 1).
     prune_structure : {"unstructured", "filter"}
         Client pruning by weight magnitude or by output-filter L2 norm.
-    mask_coding : {"packed", "entropy"}
-        How the clients' masks go up.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
     STATE = ("iteration",)  # checkpointed (fedmask.server.checkpoint)
 
-    def __init__(self, model: nn.Module, seed: int = 0, init: str = "kaiming-normal",
-                 density: float = 0.2, prune_rate: float = 0.2,
-                 prune_structure: str = "unstructured", mask_coding: str = "packed",
-                 **kwargs: Any) -> None:
+    METHOD = "mpfl"
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+                 density: float = 0.5, mask_coding: str = "packed",
+                 input_shape: tuple[int, ...] | None = None, prune_rate: float = 0.2,
+                 prune_structure: str = "unstructured", **kwargs: Any) -> None:
         if not 0.0 < prune_rate < 1.0:
             raise ValueError(f"{wire.PRUNE_RATE}: must be in (0, 1), got {prune_rate}")
         if prune_structure not in PRUNE_STRUCTURES:
             raise ValueError(f"{wire.PRUNE_STRUCTURE}: {prune_structure!r} is not one of "
                              f"{list(PRUNE_STRUCTURES)}")
-        super().__init__(model, seed, init, mask_coding, **kwargs)
+        super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
+                         input_shape=input_shape, **kwargs)
         self.magnitude = np.abs(flat_weights(model))
         self.target = round(density * self.mask.size)
         self.prune_rate, self.prune_structure, self.iteration = prune_rate, prune_structure, 0
@@ -74,6 +76,11 @@ class MPFL(MaskedFedAvg):
     def phase(self) -> int:
         """1 while the mask search goes on, 2 once C has reached the target density."""
         return 1 if int(self.mask.sum()) > self.target else 2
+
+    @property
+    def kept_fraction(self) -> float:
+        """The target density of the consensus mask."""
+        return self.target / self.mask.size
 
     def vote_rounds(self) -> int:
         """Number of phase-1 rounds: ``ceil(log d / log(1 - p))``."""

@@ -9,7 +9,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 from torch import nn
 
 from strategies.masked_fedavg import MaskedFedAvg
@@ -27,13 +26,14 @@ def aggregate_saliency(saliencies: list[tuple[int, np.ndarray]], weighted: bool)
 class SSFL(MaskedFedAvg):
     """Server side of SSFL (sampling and evaluation as Flower's FedAvg).
 
-    Before round 1, :meth:`start` asks every connected node for SNIP saliency
-    (a ``query`` message), aggregates it and keeps the global top ``d*N``
-    positions; every round is then masked FedAvg (``strategies.masked_fedavg``).
+    Before round 1, :meth:`prepare` (run by :meth:`start`) asks every connected
+    node for SNIP saliency (a ``query`` message), aggregates it and keeps the
+    global top ``d*N`` positions; every round is then masked FedAvg
+    (``strategies.masked_fedavg``).
 
     Parameters
     ----------
-    model, seed, init
+    model, seed, init, input_shape
         As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
     density : float
         Fraction of prunable weights kept, in (0, 1].
@@ -41,25 +41,27 @@ class SSFL(MaskedFedAvg):
         Local batches each client's SNIP gradient is summed over.
     saliency_format : {"float16", "float32"}
         Precision of the saliency sent up.
-    weighted : bool
+    saliency_weighted : bool
         Weight each client's saliency by its examples (else the plain mean).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    def __init__(self, model: nn.Module, seed: int = 0, init: str = "kaiming-normal",
-                 density: float = 0.5, saliency_batches: int = 1,
-                 saliency_format: str = "float16", weighted: bool = True,
-                 **kwargs: Any) -> None:
+    METHOD = "ssfl"
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+                 density: float = 0.5, input_shape: tuple[int, ...] | None = None,
+                 saliency_batches: int = 1, saliency_format: str = "float16",
+                 saliency_weighted: bool = True, **kwargs: Any) -> None:
         if saliency_format not in wire.SALIENCY_DTYPES:
             raise ValueError(f"{wire.SALIENCY_FORMAT}: {saliency_format!r} is not one of "
                              f"{list(wire.SALIENCY_DTYPES)}")
         if saliency_batches < 1:
             raise ValueError(f"{wire.SALIENCY_BATCHES}: must be >= 1, got {saliency_batches}")
-        super().__init__(model, seed, init, **kwargs)
+        super().__init__(model=model, seed=seed, init=init, input_shape=input_shape, **kwargs)
         self.keep = round(density * self.mask.size)
         self.saliency_batches, self.saliency_format = saliency_batches, saliency_format
-        self.weighted = weighted
+        self.saliency_weighted = saliency_weighted
         self.start_from_mask()  # all weights, until find_mask()
 
     def summary(self) -> None:
@@ -67,14 +69,14 @@ class SSFL(MaskedFedAvg):
         log(INFO, "\t├──> SSFL: %d weights, density %.3f from SNIP on %d batch(es), "
             "saliency up as %s, %s mean, seed %d", self.mask.size, self.keep / self.mask.size,
             self.saliency_batches, self.saliency_format,
-            "n_k-weighted" if self.weighted else "plain", self.net.seed)
+            "n_k-weighted" if self.saliency_weighted else "plain", self.net.seed)
         super().summary()
 
     def find_mask(self, grid: Grid, timeout: float) -> None:
         """Ask every connected node for saliency; keep the global top ``d*N``."""
-        config = ConfigRecord({wire.SALIENCY_BATCHES: self.saliency_batches,
-                               wire.SALIENCY_FORMAT: self.saliency_format,
-                               NUM_PARAMS: self.mask.size})
+        config = self.with_method(ConfigRecord({wire.SALIENCY_BATCHES: self.saliency_batches,
+                                                wire.SALIENCY_FORMAT: self.saliency_format,
+                                                NUM_PARAMS: self.mask.size}))
         self.net.to_config(config)
         nodes = list(grid.get_node_ids())
         messages = [Message(content=RecordDict({CONFIG: config}),
@@ -84,23 +86,24 @@ class SSFL(MaskedFedAvg):
         if accepted is None:
             raise RuntimeError("SSFL: too few nodes returned a valid saliency to build the mask")
         saliencies = [pair for _, pair in accepted]
-        scores = aggregate_saliency(saliencies, self.weighted)
+        scores = aggregate_saliency(saliencies, self.saliency_weighted)
         self.mask = keep_largest(scores, np.ones(scores.size, dtype=bool), self.keep)
         self.start_from_mask()
         log(INFO, "SSFL: mask from the saliency of %d of %d nodes keeps %d of %d weights",
             len(saliencies), len(nodes), self.keep, self.mask.size)
 
-    def prepare(self, grid: Grid, timeout: float) -> ArrayRecord:
-        """The step before round 1: find_mask(); return the arrays round 1 starts from."""
+    @property
+    def kept_fraction(self) -> float:
+        """The density of the saliency mask."""
+        return self.keep / self.mask.size
+
+    def prepare(self, grid: Grid, timeout: float, initial_arrays: ArrayRecord | None
+                ) -> ArrayRecord:
+        """The step before round 1: find_mask(); round 1 starts from ``w0 * mask``
+        (`initial_arrays`, which cannot hold the mask yet, is not used)."""
+        del initial_arrays
         self.find_mask(grid, timeout)
         return self.global_arrays()
 
     def _decode_saliency(self, msg: Message) -> tuple[int, np.ndarray]:
         return num_examples(msg), wire.decode_saliency(msg, self.mask.size, self.saliency_format)
-
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, **kwargs: Any) -> Result:
-        """find_mask(), then Flower's round loop from ``w0 * mask`` (`initial_arrays`
-        is replaced by it)."""
-        del initial_arrays
-        return super().start(grid, self.prepare(grid, timeout), num_rounds, timeout, **kwargs)

@@ -22,13 +22,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from fedmask.wire.entropy import binary_entropy, information_bits
-from fedmask.wire.coding import check_coding
-from fedmask.server.checkpoint import Checkpointable
-from fedmask.wire.records import MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.nn.models import num_prunable
 from fedmask.nn.seeded import SeededNet
-from fedmask.server.validation import ValidatedStrategy, mean_metrics
+from fedmask.server.validation import mean_metrics
+from fedmask.wire.coding import check_coding
+from fedmask.wire.entropy import binary_entropy, information_bits
+from fedmask.wire.records import MASK_CODING, NUM_PARAMS, num_examples
+from strategies.base import MethodStrategy, check_input_shape
 
 
 ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
@@ -40,7 +40,7 @@ def add_where(total: np.ndarray, weight: int, bits: np.ndarray) -> None:
     np.add(total, np.multiply(bits.view(np.uint8), weight, dtype=total.dtype), out=total)
 
 
-class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
+class SeededMaskStrategy(MethodStrategy, FedAvg):
     """FedAvg whose model is ``seed + masks``; see the module docstring. Replies are
     validated (:mod:`fedmask.server.validation`); the state in STATE is checkpointed.
 
@@ -49,21 +49,26 @@ class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
     model : nn.Module
         Architecture shared with the clients; re-initialised in place from `seed`.
     seed, init : int, str
-        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``).
+        Seed and init scheme of the frozen weights (see ``fedmask.nn.models``;
+        ``auto``: the method's default).
     mask_coding : {"packed", "entropy"}
         How clients code the masks they send (``fedmask.wire.coding``).
     arrayrecord_key : str
         Key of the ArrayRecord carried down.
+    input_shape : tuple[int, ...], optional
+        Shape of one input example; when given, the model is checked against it.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    def __init__(self, model: nn.Module, seed: int, init: str, mask_coding: str,
-                 arrayrecord_key: str, **kwargs: Any) -> None:
+    def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str,
+                 arrayrecord_key: str, input_shape: tuple[int, ...] | None = None,
+                 **kwargs: Any) -> None:
         check_coding(mask_coding)
         super().__init__(arrayrecord_key=arrayrecord_key, **kwargs)
+        check_input_shape(model, input_shape)
         self.model, self.mask_coding = model, mask_coding
-        self.net = SeededNet.announce(model, seed, init)
+        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.num_params = num_prunable(model)
         self.init_validation(model)
 
@@ -101,14 +106,14 @@ class SeededMaskStrategy(ValidatedStrategy, Checkpointable, FedAvg):
     def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """The bits the entropy coder codes for `decoded`, and its model (None: i.i.d.)."""
 
-    @abstractmethod
-    def global_model(self, arrays: ArrayRecord) -> nn.Module:
-        """The global network that `arrays` describe, for evaluation."""
-
     # --- shared protocol ----------------------------------------------------------
+    def initial_arrays(self) -> ArrayRecord:
+        """The global masks before round 1."""
+        return self.global_arrays()
+
     def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
         """`config` plus the seeded-net description, N, the coding and wire_config()."""
-        config = ConfigRecord(dict(config or {}))
+        config = self.with_method(config)
         self.net.to_config(config)
         config[NUM_PARAMS], config[MASK_CODING] = self.num_params, self.mask_coding
         config.update(self.wire_config())

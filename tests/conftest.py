@@ -15,7 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmask.client.settings import LocalSettings
-from fedmask.client.node import HANDLERS, STATEFUL
+from fedmask.client import node as client_node
 from fedmask.data.datasets import ClientData
 from fedmask.launch import run_simulation, simulation_superlink
 from fedmask.nn.models import build_model
@@ -32,6 +32,14 @@ import compare  # noqa: E402 - benchmarks/compare.py
 SMOKE = compare.PROFILES["smoke"]
 SMALL = {**SMOKE["run_config"], "data-root": DATA_ROOT, "num-server-rounds": SMOKE["rounds"]}
 SMALL_NODES = SMOKE["num_supernodes"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
+    ``integration``; the rest are unit tests (``pytest -m "not integration"``)."""
+    for item in items:
+        if {"superlink", "smoke", "deployment"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +134,12 @@ class FakeGrid:
 
 
 class LoopbackGrid(FakeGrid):
-    """A Grid whose nodes are answered in-process by `method`'s client handlers
-    (``fedmask.client.node.HANDLERS``), each node with its own state and seeded torch."""
+    """A Grid whose nodes are answered in-process by fedmask's client handlers
+    (``fedmask.client.node``), each node with its own state and seeded torch."""
 
     def __init__(self, method: str, nodes: list[int]) -> None:
         super().__init__(nodes)
-        self.handlers, self.stateful = HANDLERS[method], method in STATEFUL
+        self.method = method
         self.states = {node: RecordDict() for node in nodes}
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
@@ -141,9 +149,9 @@ class LoopbackGrid(FakeGrid):
             msg.metadata.__dict__["_message_id"] = f"m{node}"
             server_round = int(msg.content.config_records["config"].get("server-round", 0))
             torch.manual_seed(1000 * server_round + node)
-            handler = getattr(self.handlers, msg.metadata.message_type)
-            state = {"state": self.states[node]} if self.stateful else {}
-            reply = handler(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), **state)
+            handler = client_node.HANDLERS[msg.metadata.message_type]
+            reply = handler(msg, build_model("cnn", 10, 1, 12), tiny_client_data(),
+                            self.states[node])
             replies.append(make_message(_metadata(node, msg.metadata.message_type),
                                         content=reply.content))
         return replies

@@ -1,19 +1,134 @@
-"""The example Flower project (examples/quickstart-fedmask) runs each strategy with `flwr run`."""
+"""The example Flower project (examples/quickstart-fedmask): a project in Flower's
+quickstart conventions (its own Net, dict-batch loaders, train and test, its own
+torch.save) switched between every fedmask method."""
 
+import sys
+
+import numpy as np
 import pytest
-from conftest import DATA_ROOT, ROOT
+import torch
+from conftest import DATA_ROOT, ROOT, _metadata
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app.message.message import make_message
 
+import strategies
 from fedmask.launch import run_simulation
+from fedmask.nn import training
+from fedmask.nn.models import num_prunable
+from fedmask.server.accounting import message_bytes
 
 EXAMPLE = ROOT / "examples" / "quickstart-fedmask"
+sys.path.insert(0, str(EXAMPLE))
+from quickstart_fedmask import client_app, task  # noqa: E402 - the example's package
+
+METHODS = ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify", "fedavg"]
+RUN = {"data-path": DATA_ROOT, "train-limit": 600, "fraction-train": 1.0,
+       "fraction-evaluate": 1.0, "batch-size": 32, "local-epochs": 1, "lr": 0.01,
+       "out-dir": ""}
+ROUNDS = {"mpfl": 6}  # MPFL votes 4 rounds (density 0.5, prune rate 0.2) before it trains
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "hidenseek"])
-def test_example_runs_with_its_own_model_and_data(superlink, tmp_path, strategy):
-    config = {"strategy": strategy, "data-path": DATA_ROOT, "num-server-rounds": 2,
-              "train-limit": 1000, "fraction-evaluate": 1.0, "out-dir": str(tmp_path)}
-    results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=600)
-    assert results["strategy"] == strategy
-    rounds = results["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert rounds[-1]["accuracy"] > 0.2  # chance is 0.1: the project's Net learned
+def framing(reply: Message) -> int:
+    """Bound on Flower's bytes around a reply's payload: message header and object
+    tree, and each array's npy header and tree entry."""
+    arrays = sum(len(record) for record in reply.content.array_records.values())
+    return 1600 + 700 * arrays
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, method):
+    rounds = ROUNDS.get(method, 3)
+    config = {**RUN, "strategy": method, "num-server-rounds": rounds, "out-dir": str(tmp_path)}
+    results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
+    assert [r["round"] for r in results] == list(range(rounds + 1))
+    assert results[-1]["accuracy"] > 0.3  # chance is 0.1
+    log = (tmp_path / "run.log").read_text()
+    assert "dropping reply" not in log and " failed: " not in log
+    assert [f"round {r}: 2 valid replies, 0 dropped" in log for r in range(1, rounds + 1)] \
+        == [True] * rounds
+    model = task.Net()  # the example's own torch.save, loaded into a fresh Net
+    model.load_state_dict(torch.load(tmp_path / "final_model.pt"))
+    _, accuracy = task.test(model, task.load_centralized_dataset(DATA_ROOT), torch.device("cpu"))
+    assert accuracy == results[-1]["accuracy"]
+
+
+class ExampleGrid:
+    """Two nodes answered in-process by the example's own ClientApp functions, as
+    Flower would (an exception becomes an error reply); records every reply's size."""
+
+    def __init__(self) -> None:
+        self.states = {1: RecordDict(), 2: RecordDict()}
+        self.sizes: list[tuple[str, int, int]] = []  # kind, bytes, framing bound
+        self.errors: list[tuple[int, str]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.states)
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            msg.metadata.__dict__["_message_id"] = f"m{node}-{len(self.sizes)}"
+            context = Context(1, node, {"partition-id": node - 1, "num-partitions": 2},
+                              self.states[node], {**RUN, "num-server-rounds": 1})
+            handler = getattr(client_app, kind)
+            try:
+                reply = make_message(_metadata(node, kind), content=handler(msg, context).content)
+            except Exception as err:  # noqa: BLE001 - Flower turns it into an error reply
+                self.errors.append((node, str(err)))
+                reply = make_message(_metadata(node, kind), error=Error(1, str(err)))
+            self.sizes.append((kind, message_bytes(reply), 0 if reply.has_error() else framing(reply)))
+            replies.append(reply)
+        return replies
+
+
+def _strategy(method: str):
+    return strategies.make(method, model=task.Net(), input_shape=(1, 28, 28),
+                           fraction_evaluate=0.0, min_evaluate_nodes=0)
+
+
+def _payload(method: str, strategy) -> int:
+    """Bytes of what `method` promises to send in a round-1 train reply."""
+    n, dense = num_prunable(task.Net()), 4 * (6 + 16 + 120 + 84 + 10)  # biases
+    if method == "hidenseek":
+        return -(-strategy.signs.size // 8)
+    if method == "ssfl":
+        return 4 * strategy.keep + dense
+    return -(-n // 8) if method in ("fedpm", "mpfl") else 4 * n + dense
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_example_uplink_is_what_each_method_promises(method, monkeypatch):
+    calls = []
+    monkeypatch.setattr(client_app, "train_fn",
+                        lambda *args: calls.append(args[2:4]) or task.train(*args))
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("fedmask's loop ran"))
+    grid, strategy = ExampleGrid(), _strategy(method)
+    strategy.start(grid=grid, num_rounds=1, train_config=ConfigRecord({"local-epochs": 1}))
+    assert grid.errors == []
+    assert calls == [(1, strategy.method.defaults["lr"])] * 2  # the project's loop, both nodes
+    train = [(size, bound) for kind, size, bound in grid.sizes if kind == "train"]
+    payload = _payload(method, strategy)
+    assert len(train) == 2
+    assert all(payload <= size <= payload + bound for size, bound in train), (payload, train)
+
+
+def test_a_node_that_loses_its_state_gets_the_mask_again():
+    grid = ExampleGrid()
+    strategy = strategies.make("ssfl", model=task.Net(), input_shape=(1, 28, 28),
+                               fraction_evaluate=0.0, min_evaluate_nodes=0, min_train_nodes=1)
+    arrays = strategy.prepare(grid, 60, None)
+    config = strategy.default_config()
+    valid = []
+    for server_round in (1, 2, 3):
+        if server_round == 2:
+            grid.states[2] = RecordDict()  # node 2 restarted: a fresh context.state
+        replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, config,
+                                                                 grid))
+        new, _ = strategy.aggregate_train(server_round, replies)
+        assert new is not None  # no round without valid replies
+        arrays = new
+        valid.append(sum(not r.has_error() for r in replies))
+    assert valid == [2, 1, 2]  # round 3: the mask went to node 2 again and it trained
+    assert [node for node, _ in grid.errors] == [2] and "does not hold the mask" in grid.errors[0][1]
+    assert np.isfinite(strategy.global_model(arrays)(torch.zeros(1, 1, 28, 28)).detach()).all()

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from conftest import FakeGrid, tiny_client_data
 
-from fedmask.methods.fedpm import client as fedpm
+from fedmask.client import node as fedpm
+from fedmask.methods.fedpm import client as fedpm_hooks
 from fedmask.client.settings import LocalSettings
 from fedmask.nn.supermask import BernoulliSupermask, frozen_weight, supermasks
 from fedmask.nn.models import build_model
@@ -17,7 +18,7 @@ from strategies import FedPM
 
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
-    return FedPM(build_model("cnn", 10, 1, 12), seed=1, mask_coding=request.param,
+    return FedPM(model=build_model("cnn", 10, 1, 12), seed=1, mask_coding=request.param,
                  min_train_nodes=1)
 
 
@@ -30,7 +31,7 @@ def _received(strategy, kind="train") -> Message:
 
 
 def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply):
-    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data())
+    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
     mask = wire.decode_sample(reply, strategy.theta, strategy.mask_coding)
     assert mask.dtype == bool and mask.size == strategy.num_params
     assert 0.3 < mask.mean() < 0.7  # sampled from probabilities that started at 0.5
@@ -41,7 +42,7 @@ def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply
 
 def test_training_moves_scores_and_never_the_frozen_weights(strategy):
     model = build_model("cnn", 10, 1, 12)
-    fedpm.train(_received(strategy), model, tiny_client_data())
+    fedpm.train(_received(strategy), model, tiny_client_data(), RecordDict())
     reference = dict(strategy.model.named_parameters())
     masks = supermasks(model)
     assert masks and all(isinstance(m, BernoulliSupermask) for m in masks.values())
@@ -54,7 +55,7 @@ def test_training_moves_scores_and_never_the_frozen_weights(strategy):
 def test_scores_start_from_the_global_theta(strategy):
     strategy.wire_theta = wire.quantise(np.linspace(0.01, 0.99, strategy.num_params), "uint8")
     model = build_model("cnn", 10, 1, 12)
-    net, theta = fedpm._global_net(_received(strategy), model)
+    net, theta = fedpm_hooks._global_net(_received(strategy), model)
     np.testing.assert_allclose(theta, strategy.theta)
     got = np.concatenate([m.theta().detach().numpy().ravel() for m in supermasks(net).values()])
     np.testing.assert_allclose(got, strategy.theta, rtol=1e-5)
@@ -62,12 +63,12 @@ def test_scores_start_from_the_global_theta(strategy):
 
 def test_client_with_a_different_model_is_refused(strategy):
     with pytest.raises(WeightHashError, match="weight-hash"):
-        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), tiny_client_data())
+        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), tiny_client_data(), RecordDict())
 
 
 def test_evaluate_reports_thresholded_and_sampled_accuracy(strategy):
     reply = fedpm.evaluate(_received(strategy, "evaluate"), build_model("cnn", 10, 1, 12),
-                           tiny_client_data())
+                           tiny_client_data(), RecordDict())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64
     for key in ("accuracy", "sampled-accuracy"):

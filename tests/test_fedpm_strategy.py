@@ -14,7 +14,7 @@ from strategies import FedPM
 
 def _strategy(**kwargs) -> FedPM:
     kwargs.setdefault("theta_format", "float32")
-    return FedPM(build_model("cnn", 10, 1, 12), seed=5, **{"min_train_nodes": 1, **kwargs})
+    return FedPM(model=build_model("cnn", 10, 1, 12), seed=5, **{"min_train_nodes": 1, **kwargs})
 
 
 def _masks(strategy: FedPM, columns: list[list[int]]) -> list[np.ndarray]:
@@ -72,7 +72,7 @@ def test_reset_every_two_rounds_forgets_at_round_three(replies):
 
 
 def test_weighted_aggregation_uses_num_examples(replies):
-    strategy = _strategy(weighted=True)
+    strategy = _strategy(weighted_aggregation=True)
     strategy.aggregate_train(1, replies(strategy, _masks(strategy, ROUND_1), [10, 5, 5]))
     # weights 3 * n_k / 20 = 1.5, 0.75, 0.75
     np.testing.assert_allclose(strategy.theta[:3], [4 / 5, 2.5 / 5, 1 / 5], rtol=1e-6)
@@ -115,7 +115,7 @@ def test_malformed_reply_is_dropped_and_round_goes_on(replies, client_reply, bad
 
 
 def test_messages_down_carry_seed_theta_and_settings():
-    strategy = FedPM(build_model("cnn", 10, 1, 12), seed=5, eval_samples=4,
+    strategy = FedPM(model=build_model("cnn", 10, 1, 12), seed=5, eval_samples=4,
                      mask_coding="entropy")
     grid = FakeGrid([11, 12])
     sent = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), grid))
@@ -139,14 +139,14 @@ def test_messages_down_carry_seed_theta_and_settings():
 ])
 def test_bad_options_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        FedPM(build_model("cnn", 10, 1, 12), **kwargs)
+        FedPM(model=build_model("cnn", 10, 1, 12), **kwargs)
 
 
-def test_global_model_thresholds_theta():
+def test_evaluation_model_thresholds_theta():
     strategy = _strategy()
     theta = np.full(strategy.num_params, 0.9, np.float32)
     theta[::3] = 0.2
-    model = strategy.global_model(wire.encode_theta(theta)).eval()
+    model = strategy.evaluation_model(wire.encode_theta(theta)).eval()
     first = model[0].weight  # effective weight w * (theta > 0.5) in eval mode
     frozen = model[0].parametrizations.weight.original
     keep = torch.from_numpy(theta[:first.numel()] > 0.5).reshape(first.shape)

@@ -5,7 +5,7 @@ import pytest
 from flwr.app import RecordDict
 from conftest import sent_messages, tiny_client_data
 
-from fedmask.methods.fedsparsify import client as fedsparsify
+from fedmask.client import node as fedsparsify
 from fedmask.nn.models import build_model
 from fedmask.methods.masked import wire as masked_wire
 from fedmask.nn.pruning import flat_weights
@@ -16,7 +16,7 @@ from strategies import FedSparsify
 @pytest.mark.parametrize("variant, coding", [("global", "packed"), ("local", "packed"),
                                              ("local", "entropy")])
 def test_rounds_end_to_end_reach_the_final_sparsity(variant, coding, client_reply):
-    strategy = FedSparsify(build_model("cnn", 10, 1, 12), prune_end=3, seed=5, variant=variant,
+    strategy = FedSparsify(model=build_model("cnn", 10, 1, 12), num_server_rounds=3, seed=5, fedsparsify_variant=variant,
                            final_sparsity=0.8, mask_coding=coding)
     states = {21: RecordDict(), 22: RecordDict()}
     for server_round in (1, 2, 3):

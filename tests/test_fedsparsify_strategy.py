@@ -38,7 +38,7 @@ def test_majority_merge_hand_computed():
 
 
 def _strategy(**kwargs) -> FedSparsify:
-    return FedSparsify(build_model("cnn", 10, 1, 12), **{"prune_end": 4, "seed": 3,
+    return FedSparsify(model=build_model("cnn", 10, 1, 12), **{"num_server_rounds": 4, "seed": 3,
                                                            "min_train_nodes": 1, **kwargs})
 
 
@@ -81,7 +81,7 @@ def test_global_variant_prunes_the_mean_by_magnitude_to_the_schedule(client_repl
 
 
 def test_the_mask_goes_down_again_only_when_it_changed(client_reply):
-    strategy = _strategy(prune_every=2, prune_end=5)  # prunes at 1 (to 0), 3, 5
+    strategy = _strategy(prune_every=2, num_server_rounds=5)  # prunes at 1 (to 0), 3, 5
     grid = FakeGrid([1, 2])
     for server_round, resent in [(1, True), (2, False), (3, False), (4, True)]:
         messages = list(strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(),
@@ -95,7 +95,7 @@ def test_the_mask_goes_down_again_only_when_it_changed(client_reply):
 
 
 def test_local_variant_merges_the_clients_masks(client_reply):
-    strategy = _strategy(variant="local", nnz_average=True)
+    strategy = _strategy(fedsparsify_variant="local", nnz_average=True)
     config = {m.metadata.dst_node_id: m.content.config_records["config"] for m in
               strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2, 3]))}
     target = config[1][wire.TARGET_KEPT]
@@ -116,7 +116,7 @@ def test_local_variant_merges_the_clients_masks(client_reply):
 
 
 def test_local_reply_keeping_the_wrong_count_is_dropped(client_reply):
-    strategy = _strategy(variant="local")
+    strategy = _strategy(fedsparsify_variant="local")
     list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2])))
     assert strategy.aggregate_train(2, [_reply(client_reply, strategy, strategy.weights)]) \
         == (None, None)  # kept everything, not the round's target
@@ -125,7 +125,7 @@ def test_local_reply_keeping_the_wrong_count_is_dropped(client_reply):
 
 @pytest.mark.parametrize("variant", ["global", "local"])
 def test_malformed_replies_are_dropped(client_reply, variant):
-    strategy = _strategy(variant=variant)
+    strategy = _strategy(fedsparsify_variant=variant)
     weights = {name: value.clone() for name, value in strategy.weights.items()}
     bad = client_reply(RecordDict({
         masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
@@ -138,7 +138,7 @@ def test_malformed_replies_are_dropped(client_reply, variant):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"variant": "both"}, "fedsparsify-variant"), ({"prune_start": 5}, "prune-start"),
+    ({"fedsparsify_variant": "both"}, "fedsparsify-variant"), ({"prune_start": 5}, "prune-start"),
     ({"prune_every": 0}, "prune-every"), ({"final_sparsity": 1.0}, "final-sparsity"),
     ({"mask_coding": "zip"}, "mask-coding"),
 ])

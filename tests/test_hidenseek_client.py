@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from conftest import FakeGrid, tiny_client_data
 
-from fedmask.methods.hidenseek import client as hidenseek
+from fedmask.client import node as hidenseek
 from fedmask.client.settings import LocalSettings
 from fedmask.wire.entropy import binary_entropy
 from fedmask.nn.supermask import frozen_weight, supermasks
@@ -18,7 +18,7 @@ from strategies import HideNseek
 
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
-    return HideNseek(build_model("cnn", 10, 1, 12), (1, 12, 12), seed=1, synflow_iterations=5,
+    return HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1, synflow_iterations=5,
                      mask_coding=request.param, min_train_nodes=1)
 
 
@@ -37,7 +37,7 @@ def _messages(strategy, kind="train", server_round=1):
 
 def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, client_reply):
     msg = _messages(strategy)[0]
-    reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
+    reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
     bits = wire.decode_signs(reply, strategy.signs, strategy.mask_coding)
     assert wire.UPLINK_KEYS[strategy.mask_coding] in reply.content.array_records[wire.SIGNS]
     assert bits.dtype == bool and bits.size == strategy.signs.size
@@ -54,12 +54,12 @@ def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, clien
 def test_client_with_a_different_model_is_refused(strategy):
     msg = _messages(strategy)[0]
     with pytest.raises(WeightHashError, match="weight-hash"):
-        hidenseek.train(msg, build_model("conv4", 10, 1, 12), tiny_client_data())
+        hidenseek.train(msg, build_model("conv4", 10, 1, 12), tiny_client_data(), RecordDict())
 
 
 def test_evaluate_reports_local_and_personalised_accuracy(strategy):
     msg = _messages(strategy, "evaluate")[0]
-    reply = hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
+    reply = hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["personal-accuracy"] <= 1.0
@@ -69,7 +69,7 @@ def test_evaluate_reports_local_and_personalised_accuracy(strategy):
 def test_frozen_weights_stay_seed_weights_after_training(strategy):
     msg = _messages(strategy)[0]
     model = build_model("cnn", 10, 1, 12)
-    hidenseek.train(msg, model, tiny_client_data())
+    hidenseek.train(msg, model, tiny_client_data(), RecordDict())
     reference = dict(strategy.model.named_parameters())
     for name in supermasks(model):
         assert torch.equal(frozen_weight(model, name), reference[name])

@@ -13,7 +13,7 @@ from strategies import HideNseek
 
 def _strategy(density: float = 0.5) -> HideNseek:
     model = build_model("cnn", 10, 1, 12)
-    return HideNseek(model, (1, 12, 12), seed=3, density=density, synflow_iterations=5,
+    return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density, synflow_iterations=5,
                      min_train_nodes=1)
 
 

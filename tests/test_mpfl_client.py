@@ -6,7 +6,7 @@ import torch
 from conftest import sent_messages, tiny_client_data
 from flwr.app import RecordDict
 
-from fedmask.methods.mpfl import client as mpfl
+from fedmask.client import node as mpfl
 from fedmask.nn.models import build_model
 from fedmask.wire.records import ReplyError
 from fedmask.methods.masked import wire as masked_wire
@@ -17,7 +17,7 @@ from strategies import MPFL
 
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
-    return MPFL(build_model("cnn", 10, 1, 12), seed=4, density=0.3, prune_rate=0.5,
+    return MPFL(model=build_model("cnn", 10, 1, 12), seed=4, density=0.3, prune_rate=0.5,
                 mask_coding=request.param)
 
 
@@ -33,7 +33,7 @@ def test_two_phases_end_to_end_with_exact_zeros(strategy, client_reply):
         kept_before = int(strategy.mask.sum())
         replies = []
         for msg in sent_messages(strategy, server_round):
-            reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
+            reply = mpfl.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
             own = masked_wire.decode_client_mask(reply, strategy.mask, strategy.mask_coding)
             assert own.sum() == round(0.5 * kept_before) and not own[~strategy.mask].any()
             replies.append(_received(reply, client_reply, msg.metadata.dst_node_id))
@@ -70,7 +70,7 @@ def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_rep
 
 def test_evaluate_in_both_phases(strategy):
     reply = mpfl.evaluate(sent_messages(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1, 12),
-                          tiny_client_data())
+                          tiny_client_data(), RecordDict())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
 

@@ -30,7 +30,7 @@ def test_consensus_hand_computed():
 
 def _strategy(**kwargs) -> MPFL:
     kwargs = {"density": 0.25, "prune_rate": 0.5, **kwargs}
-    return MPFL(build_model("cnn", 10, 1, 12), seed=2, **{"min_train_nodes": 1, **kwargs})
+    return MPFL(model=build_model("cnn", 10, 1, 12), seed=2, **{"min_train_nodes": 1, **kwargs})
 
 
 def _vote_reply(client_reply, strategy, own, n=10, node=1):

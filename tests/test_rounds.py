@@ -24,12 +24,12 @@ def _setup(method):
     model = build_model("cnn", 10, 1, 12)
     common = {"seed": 7, "min_train_nodes": 2, "fraction_evaluate": 0.34}  # one evaluates
     strategy = {
-        "hidenseek": lambda: HideNseek(model, (1, 12, 12), synflow_iterations=3, **common),
-        "fedpm": lambda: FedPM(model, **common),
-        "mpfl": lambda: MPFL(model, density=0.5, prune_rate=0.3, **common),
-        "ssfl": lambda: SSFL(model, density=0.5, **common),
-        "fedsparsify": lambda: FedSparsify(model, 3, variant="local", **common),
-        "fedavg": lambda: FedAvg(model, min_train_nodes=2, fraction_evaluate=0.34),
+        "hidenseek": lambda: HideNseek(model=model, input_shape=(1, 12, 12), synflow_iterations=3, **common),
+        "fedpm": lambda: FedPM(model=model, **common),
+        "mpfl": lambda: MPFL(model=model, density=0.5, prune_rate=0.3, **common),
+        "ssfl": lambda: SSFL(model=model, density=0.5, **common),
+        "fedsparsify": lambda: FedSparsify(model=model, num_server_rounds=3, fedsparsify_variant="local", **common),
+        "fedavg": lambda: FedAvg(model=model, min_train_nodes=2, fraction_evaluate=0.34),
     }[method]()
     if method == "fedavg":
         seeded_init(model, 7, "kaiming-normal")

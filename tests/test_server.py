@@ -125,7 +125,7 @@ def test_resume_needs_out_dir():
 
 def test_resume_refuses_a_missing_checkpoint_or_another_config(tmp_path):
     cfg = parse({"out-dir": str(tmp_path), "resume": True, "num-server-rounds": 4})
-    strategy = FedAvg(build_model("cnn", 10, 1, 12))
+    strategy = FedAvg(model=build_model("cnn", 10, 1, 12))
     with pytest.raises(ConfigError, match="resume: no checkpoint"):
         _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
     checkpoint.save(tmp_path / checkpoint.CHECKPOINT, 2, {}, ArrayRecord(),

@@ -5,7 +5,7 @@ import torch
 from conftest import FakeGrid, tiny_client_data
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from fedmask.methods.ssfl import client as ssfl
+from fedmask.client import node as ssfl
 from fedmask.client.settings import LocalSettings
 from fedmask.nn.models import build_model
 from fedmask.methods.ssfl import wire as wire
@@ -19,13 +19,13 @@ def _as_received(msg: Message) -> Message:
 
 
 def test_query_answers_the_snip_saliency_of_the_seeded_net(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2, min_train_nodes=1)
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2, min_train_nodes=1)
     captured = {}
 
     class Grid(FakeGrid):
         def send_and_receive(self, messages, timeout=None):
             msg = _as_received(list(messages)[0])
-            reply = ssfl.query(msg, build_model("cnn", 10, 1, 12), tiny_client_data())
+            reply = ssfl.query(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
             captured["reply"] = reply
             return [client_reply(reply.content, node=7, message_type=MessageType.QUERY)]
 
@@ -40,7 +40,7 @@ def test_query_answers_the_snip_saliency_of_the_seeded_net(client_reply):
 
 
 def test_masked_training_keeps_pruned_weights_at_zero(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=5, density=0.5, min_train_nodes=1,
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, density=0.5, min_train_nodes=1,
                     min_available_nodes=1)
     strategy.mask = np.random.default_rng(0).random(strategy.mask.size) < 0.5
     strategy.keep = int(strategy.mask.sum())

@@ -50,7 +50,7 @@ def _answer(values, n):
 
 
 def test_find_mask_queries_every_node_and_drops_bad_answers(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=3, density=0.25, min_train_nodes=1)
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=3, density=0.25, min_train_nodes=1)
     n = strategy.mask.size
     good = np.zeros(n, np.float16)
     good[-strategy.keep:] = 1.0  # this client finds the last positions salient
@@ -72,14 +72,14 @@ def test_find_mask_queries_every_node_and_drops_bad_answers(client_reply):
 
 
 def test_no_valid_saliency_stops_the_run(client_reply):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=3)
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=3)
     with pytest.raises(RuntimeError, match="saliency"):
         strategy.find_mask(_QueryGrid(client_reply, {1: None}), timeout=5)
 
 
 @pytest.mark.parametrize("bad", [np.full(3, np.nan, np.float16), -np.ones(3, np.float16)])
 def test_nan_or_negative_saliency_is_refused(client_reply, bad):
-    strategy = SSFL(build_model("cnn", 10, 1, 12), seed=3)
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=3)
     values = np.ones(strategy.mask.size, np.float16)
     values[:3] = bad
     reply = client_reply(_answer(values, 5), message_type="query")
@@ -92,4 +92,4 @@ def test_nan_or_negative_saliency_is_refused(client_reply, bad):
 ])
 def test_bad_options_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SSFL(build_model("cnn", 10, 1, 12), **kwargs)
+        SSFL(model=build_model("cnn", 10, 1, 12), **kwargs)

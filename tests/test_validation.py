@@ -75,7 +75,7 @@ def test_mean_metrics_keeps_only_the_keys_every_reply_has():
 
 def test_quorum_keeps_the_previous_state(client_reply):
     model = build_model("cnn", 10, 1, 12)
-    strategy = FedAvg(model, min_train_nodes=2)
+    strategy = FedAvg(model=model, min_train_nodes=2)
     good = client_reply(_content({"arrays": ArrayRecord(model.state_dict())}))
     assert strategy.aggregate_train(1, [good]) == (None, None)  # 1 valid < 2
     arrays, _ = strategy.aggregate_train(1, [good, client_reply(good.content, node=2)])
@@ -85,19 +85,19 @@ def test_quorum_keeps_the_previous_state(client_reply):
 # --- property-based: adversarial replies to every strategy ----------------------------
 def _fedavg(model):
     seeded_init(model, 1, "kaiming-normal")
-    return FedAvg(model, min_train_nodes=1)
+    return FedAvg(model=model, min_train_nodes=1)
 
 
 FACTORIES = {
-    "hidenseek": lambda m: HideNseek(m, (1, 12, 12), seed=1, synflow_iterations=2,
+    "hidenseek": lambda m: HideNseek(model=m, input_shape=(1, 12, 12), seed=1, synflow_iterations=2,
                                      min_train_nodes=1),
-    "hidenseek-entropy": lambda m: HideNseek(m, (1, 12, 12), seed=1, synflow_iterations=2,
+    "hidenseek-entropy": lambda m: HideNseek(model=m, input_shape=(1, 12, 12), seed=1, synflow_iterations=2,
                                              mask_coding="entropy", min_train_nodes=1),
-    "fedpm": lambda m: FedPM(m, seed=1, mask_coding="entropy", min_train_nodes=1),
-    "mpfl": lambda m: MPFL(m, seed=1, density=0.5, min_train_nodes=1),
-    "ssfl": lambda m: SSFL(m, seed=1, density=0.5, min_train_nodes=1),
-    "fedsparsify": lambda m: FedSparsify(m, 3, seed=1, min_train_nodes=1),
-    "fedsparsify-local": lambda m: FedSparsify(m, 3, seed=1, variant="local", min_train_nodes=1),
+    "fedpm": lambda m: FedPM(model=m, seed=1, mask_coding="entropy", min_train_nodes=1),
+    "mpfl": lambda m: MPFL(model=m, seed=1, density=0.5, min_train_nodes=1),
+    "ssfl": lambda m: SSFL(model=m, seed=1, density=0.5, min_train_nodes=1),
+    "fedsparsify": lambda m: FedSparsify(model=m, num_server_rounds=3, seed=1, min_train_nodes=1),
+    "fedsparsify-local": lambda m: FedSparsify(model=m, num_server_rounds=3, seed=1, fedsparsify_variant="local", min_train_nodes=1),
     "fedavg": _fedavg,
 }
 HANDLERS = {"hidenseek-entropy": "hidenseek", "fedsparsify-local": "fedsparsify"}

@@ -1,7 +1,100 @@
-"""Client side of every method: one function per Flower message.
+"""The client side of every fedmask method, around the user's own training loop.
 
-Each method module offers ``train(msg, model, data)`` and
-``evaluate(msg, model, data)`` returning the reply Message. `model` is any
-``torch.nn.Module`` with Conv/Linear layers (architecture only: weights come
-from the message); `data` is a :class:`fedmask.data.datasets.ClientData`.
+A fedmask strategy names its method in every message (``fedmask-method``), so
+one ClientApp serves all six. On a train message::
+
+    net = fedmask.client.train_module(msg, Net(), context.state)
+    loss = train(net, trainloader, epochs, lr, device)       # the project's own loop
+    return fedmask.client.train_reply(msg, net, len(trainloader.dataset), {"train_loss": loss})
+
+``net.parameters()`` are exactly what the method trains (supermask scores, or
+the weights of a masked net whose pruned positions the parametrisation holds
+at zero). On an evaluate message, :func:`eval_module` gives a plain module
+(masks folded into ordinary weights, eval mode) for the project's own
+``test()``. SSFL's saliency query is answered by :func:`query_reply`.
+:func:`fedmask.client.app.client_app` builds a whole ClientApp from these.
 """
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from torch import nn
+
+from fedmask.methods import METHOD_KEY, Method, get_method
+from fedmask.methods.fedavg.client import ARRAYS
+from fedmask.nn.batches import as_pairs
+from fedmask.nn.supermask import fold
+from fedmask.wire.records import CONFIG, NUM_EXAMPLES, Encoder, reply
+
+_ENCODERS: weakref.WeakKeyDictionary[nn.Module, tuple[str, Encoder]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _with_examples(num_examples: int, metrics: Mapping[str, float] | None
+                   ) -> dict[str, float | int]:
+    """``num-examples`` first, then `metrics` (which cannot override it)."""
+    out: dict[str, float | int] = {NUM_EXAMPLES: int(num_examples), **(metrics or {})}
+    out[NUM_EXAMPLES] = int(num_examples)
+    return out
+
+
+def method_of(msg: Message) -> Method:
+    """The fedmask method a message belongs to (``fedmask-method`` in its config;
+    a message of Flower's own FedAvg, with its ``arrays`` record, is ``fedavg``)."""
+    config = msg.content.config_records.get(CONFIG)
+    if config is not None and METHOD_KEY in config:
+        return get_method(str(config[METHOD_KEY]))
+    if ARRAYS in msg.content.array_records:
+        return get_method("fedavg")
+    raise ValueError(f"{CONFIG}: the message names no fedmask method ({METHOD_KEY!r}); "
+                     "is the ServerApp running a fedmask strategy?")
+
+
+def train_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """`model` (a fresh instance of the project's class) set up for this round's
+    training: train its ``parameters()`` with any loop, then call :func:`train_reply`.
+
+    `state` is the node's ``context.state``: masked methods keep their mask there."""
+    net, encode = method_of(msg).client_module().train_module(msg, model, state)
+    _ENCODERS[net] = (msg.metadata.message_id, encode)
+    return net
+
+
+def train_reply(msg: Message, model: nn.Module, num_examples: int,
+                metrics: Mapping[str, float] | None = None) -> Message:
+    """The reply to train message `msg`: what the method sends of the trained `model`
+    (the module :func:`train_module` returned), `num_examples` and `metrics`."""
+    pending = _ENCODERS.pop(model, None)
+    if pending is None or pending[0] != msg.metadata.message_id:
+        raise ValueError("model: not the module fedmask.client.train_module returned "
+                         "for this message")
+    arrays = pending[1](model.cpu())
+    return reply(msg, _with_examples(num_examples, metrics), arrays)
+
+
+def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """The global model of evaluate message `msg` as a plain module: `model`'s
+    class with ordinary weights (masks folded in), eval mode."""
+    return fold(method_of(msg).client_module().eval_module(msg, model, state))
+
+
+def eval_reply(msg: Message, num_examples: int, metrics: Mapping[str, float]) -> Message:
+    """The reply to evaluate message `msg`: `metrics` and `num_examples`."""
+    return reply(msg, _with_examples(num_examples, metrics))
+
+
+def query_reply(msg: Message, model: nn.Module, trainloader: Iterable[Any],
+                state: RecordDict, num_examples: int | None = None) -> Message:
+    """The reply to a query message (SSFL's saliency before round 1), computed on
+    `trainloader`'s batches (tuples or dicts, see :mod:`fedmask.nn.batches`);
+    `num_examples` defaults to the size of the loader's dataset."""
+    hooks = method_of(msg).client_module()
+    if not hasattr(hooks, "query"):
+        raise ValueError(f"{method_of(msg).name} sends no query messages")
+    count = len(getattr(trainloader, "dataset")) if num_examples is None else num_examples
+    return reply(msg, {NUM_EXAMPLES: int(count)},
+                 hooks.query(msg, model, as_pairs(trainloader), state))

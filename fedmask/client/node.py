@@ -1,29 +1,25 @@
-"""ClientApp body: this node's data and model, then the method's handler."""
+"""fedmask's own ClientApp body: this node's data and model, fedmask's training
+loop, and the method's hooks (the same ones :mod:`fedmask.client` offers users)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from types import ModuleType
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
+from torch import nn
 
 from fedmask import config as run_config
-from fedmask.methods.fedavg import client as fedavg
-from fedmask.methods.fedpm import client as fedpm
-from fedmask.methods.fedsparsify import client as fedsparsify
-from fedmask.methods.hidenseek import client as hidenseek
-from fedmask.methods.mpfl import client as mpfl
-from fedmask.methods.ssfl import client as ssfl
+from fedmask.client import method_of, query_reply, train_module, train_reply
+from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import DATASETS, ClientData, client_data
 from fedmask.data.device import device_data
+from fedmask.nn import training
 from fedmask.nn.models import build_model
-from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS
+from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, reply
 
-HANDLERS: dict[str, ModuleType] = {"hidenseek": hidenseek, "fedpm": fedpm, "mpfl": mpfl,
-                                   "ssfl": ssfl, "fedsparsify": fedsparsify, "fedavg": fedavg}
-STATEFUL = ("mpfl", "ssfl", "fedsparsify")  # handlers that keep node state between rounds (context.state)
+EVAL_SAMPLES, PERSONAL_EPOCHS = "eval-samples", "personal-epochs"
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:
@@ -47,6 +43,37 @@ def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
                        cfg["seed"], *common), partition
 
 
+def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
+    """Train the method's module with fedmask's loop; reply with what the method sends."""
+    settings = LocalSettings.from_message(msg)
+    net = train_module(msg, model, state)
+    loss = settings.fit(net, data.train, settings.local_epochs)
+    return train_reply(msg, net, data.num_train, {"train-loss": loss})
+
+
+def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
+    """Local test loss and accuracy of the global model; FedPM adds the mean over
+    `eval-samples` sampled masks, HideNseek the accuracy after `personal-epochs`
+    of fine-tuning."""
+    config = msg.content.config_records[CONFIG]
+    net = method_of(msg).client_module().eval_module(msg, model, state)
+    samples = int(config.get(EVAL_SAMPLES, 0))
+    metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test, samples)}
+    settings = LocalSettings.from_message(msg)
+    if method_of(msg).personalised and settings.personal_epochs > 0:
+        settings.fit(net, data.train, settings.personal_epochs)
+        metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
+    return reply(msg, metrics)
+
+
+def query(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
+    """Answer a query (SSFL's saliency) on this node's training data."""
+    return query_reply(msg, model, data.train, state, data.num_train)
+
+
+HANDLERS = {"train": train, "evaluate": evaluate, "query": query}
+
+
 def handle(msg: Message, context: Context, phase: str) -> Message:
     """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method;
     the reply's metrics gain ``client-s``, the seconds the handler took."""
@@ -56,8 +83,7 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = int(msg.content.config_records[CONFIG].get("server-round", 0))
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
-    state = {"state": context.state} if cfg["method"] in STATEFUL else {}
     start = time.perf_counter()
-    reply = getattr(HANDLERS[cfg["method"]], phase)(msg, model, data, **state)
-    reply.content.metric_records[METRICS][CLIENT_SECONDS] = time.perf_counter() - start
-    return reply
+    answer = HANDLERS[phase](msg, model, data, context.state)
+    answer.content.metric_records[METRICS][CLIENT_SECONDS] = time.perf_counter() - start
+    return answer

@@ -150,6 +150,27 @@ class BernoulliSupermask(nn.Module):
         return torch.bernoulli(self.theta()).bool()
 
 
+class FixedMask(nn.Module):
+    """Parametrisation ``w -> w * mask`` of a trainable weight: pruned positions read
+    as zero and get zero gradient, whatever loop or optimiser trains the weight.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        The weight (its shape and dtype).
+    mask : torch.Tensor
+        Boolean tensor shaped like `weight`; False positions are pruned.
+    """
+
+    def __init__(self, weight: Tensor, mask: Tensor):
+        super().__init__()
+        _check_like("mask", mask, weight)
+        self.register_buffer("mask", mask.to(weight.dtype))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.mask
+
+
 _SUPERMASKS = (SignSupermask, BernoulliSupermask)
 
 
@@ -177,9 +198,11 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def attach(
-    model: nn.Module, make: Callable[[str, Tensor], nn.Module], names: Sequence[str]
+    model: nn.Module, make: Callable[[str, Tensor], nn.Module], names: Sequence[str],
+    freeze: bool = True,
 ) -> None:
-    """Parametrise each named parameter with ``make(name, param)`` and freeze the original.
+    """Parametrise each named parameter with ``make(name, param)``; freeze the
+    original unless `freeze` is False.
 
     Parameters
     ----------
@@ -189,6 +212,8 @@ def attach(
         Builds the parametrisation for a parameter name and its current value.
     names : Sequence[str]
         Parameter names such as ``"features.0.weight"``.
+    freeze : bool
+        Stop gradients to the original tensors (supermasks train only their scores).
 
     Raises
     ------
@@ -201,7 +226,19 @@ def attach(
             raise KeyError(f"unknown parameter {name!r}")
         module, attr = _owner(model, name)
         parametrize.register_parametrization(module, attr, make(name, params[name]))
-        module.parametrizations[attr].original.requires_grad_(False)
+        module.parametrizations[attr].original.requires_grad_(not freeze)
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """`model` (in place) as a plain network: every parametrisation replaced by the
+    tensor it computes in eval mode (FedPM: the thresholded mask), every parameter
+    trainable, eval mode. A fresh instance of the same class loads its state dict."""
+    model.eval()
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    return model.requires_grad_(True)
 
 
 def supermasks(model: nn.Module) -> dict[str, nn.Module]:

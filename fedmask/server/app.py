@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import time
-from collections.abc import Callable
 from datetime import datetime
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedmask.server import checkpoint
 from fedmask import config as run_config
-from fedmask.server.accounting import MeasuringGrid
-from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
 from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import DATASETS, central_test
-from fedmask.nn.models import build_model, num_prunable, seeded_init
+from fedmask.methods import REGISTRY
+from fedmask.nn.models import build_model, num_prunable
+from fedmask.server import checkpoint
+from fedmask.server.accounting import MeasuringGrid
+from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
 from fedmask.server.results import RoundRecorder, arrays_sha256, write_json
 from fedmask.server.rounds import run_rounds
-from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
 
-Setup = tuple[Strategy, ArrayRecord, Callable[[ArrayRecord], nn.Module], float]
+if TYPE_CHECKING:  # strategies are imported through the method registry, never here
+    from strategies.base import MethodStrategy
 
 
 def _sampling(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -39,61 +37,14 @@ def _sampling(cfg: dict[str, Any]) -> dict[str, Any]:
             "min_available_nodes": cfg["min-nodes"]}
 
 
-def _hidenseek(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    strategy = HideNseek(model, input_shape, cfg["seed"], cfg["init"], cfg["density"],
-                         cfg["synflow-iterations"], cfg["prune-scope"], cfg["mask-coding"],
-                         **_sampling(cfg))
-    density = strategy.signs.size / strategy.prune.size
-    return strategy, strategy.global_arrays(), strategy.global_model, density
-
-
-def _fedpm(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    del input_shape
-    strategy = FedPM(model, cfg["seed"], cfg["init"], cfg["prior-reset"],
-                     cfg["weighted-aggregation"], cfg["theta-format"], cfg["estimator"],
-                     cfg["eval-samples"], cfg["mask-coding"], **_sampling(cfg))
-    return strategy, strategy.global_arrays(), strategy.global_model, 1.0
-
-
-def _mpfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    del input_shape
-    strategy = MPFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["prune-rate"],
-                    cfg["prune-structure"], cfg["mask-coding"], **_sampling(cfg))
-    return (strategy, strategy.global_arrays(), strategy.global_model,
-            strategy.target / strategy.mask.size)
-
-
-def _ssfl(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    del input_shape
-    strategy = SSFL(model, cfg["seed"], cfg["init"], cfg["density"], cfg["saliency-batches"],
-                    cfg["saliency-format"], cfg["saliency-weighted"], **_sampling(cfg))
-    return strategy, ArrayRecord(), strategy.global_model, strategy.keep / strategy.mask.size
-
-
-def _fedsparsify(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    del input_shape
-    strategy = FedSparsify(model, cfg["num-server-rounds"], cfg["seed"], cfg["init"],
-                           cfg["fedsparsify-variant"], cfg["final-sparsity"], cfg["prune-start"],
-                           cfg["prune-every"], cfg["nnz-average"], cfg["mask-coding"],
-                           **_sampling(cfg))
-    return strategy, strategy.global_arrays(), strategy.global_model, 1.0 - cfg["final-sparsity"]
-
-
-def _fedavg(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]) -> Setup:
-    del input_shape
-    seeded_init(model, cfg["seed"], cfg["init"])
-
-    def global_model(arrays: ArrayRecord) -> nn.Module:
-        net = copy.deepcopy(model)
-        net.load_state_dict(arrays.to_torch_state_dict())
-        return net
-
-    return FedAvg(model, **_sampling(cfg)), ArrayRecord(model.state_dict()), global_model, 1.0
-
-
-SETUPS: dict[str, Callable[..., Setup]] = {"hidenseek": _hidenseek, "fedpm": _fedpm,
-                                           "mpfl": _mpfl, "ssfl": _ssfl,
-                                           "fedsparsify": _fedsparsify, "fedavg": _fedavg}
+def build_strategy(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...]
+                   ) -> MethodStrategy:
+    """The configured method's strategy, its arguments taken from the run config."""
+    method = REGISTRY[cfg["method"]]
+    strategy: MethodStrategy = method.strategy_class()(
+        model=model, input_shape=input_shape, seed=cfg["seed"], init=cfg["init"],
+        **method.strategy_arguments(cfg), **_sampling(cfg))
+    return strategy
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
@@ -113,14 +64,6 @@ def out_dir(cfg: dict[str, Any]) -> Path:
         return Path(cfg["out-dir"]).expanduser().resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path.home() / "fedmask-results" / f"{cfg['method']}-{stamp}"
-
-
-def _initial_arrays(strategy: Strategy, arrays: ArrayRecord, grid: Grid,
-                   timeout: float) -> ArrayRecord:
-    """The arrays before round 1: a strategy with a ``prepare(grid, timeout)`` step runs
-    it and starts from what it returns (SSFL: its mask from the nodes' saliency)."""
-    prepare = getattr(strategy, "prepare", None)
-    return arrays if prepare is None else prepare(grid, timeout)
 
 
 def _resume(path: Path, cfg: dict[str, Any], strategy: Checkpointable,
@@ -151,21 +94,21 @@ def run(grid: Grid, context: Context) -> Path:
     spec = DATASETS[cfg["dataset"]]
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
-    strategy, arrays, global_model, density = SETUPS[cfg["method"]](cfg, model, input_shape)
+    strategy = build_strategy(cfg, model, input_shape)
     folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
     test = central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
     samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
-    recorder = RoundRecorder(measuring.ledger, global_model, test, cfg["num-server-rounds"],
-                             samples)
+    recorder = RoundRecorder(measuring.ledger, strategy.evaluation_model, test,
+                             cfg["num-server-rounds"], samples)
     log(INFO, "Starting %s strategy:", type(strategy).__name__)
     strategy.summary()
     first = 1
     if cfg["resume"]:
         first, arrays = _resume(folder / CHECKPOINT, cfg, strategy, recorder)
     else:
-        arrays = _initial_arrays(strategy, arrays, measuring, timeout)
+        arrays = strategy.prepare(measuring, timeout, None)
         recorder.start(arrays)
 
     def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
@@ -180,7 +123,7 @@ def run(grid: Grid, context: Context) -> Path:
     final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
                        timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
-              "num_params": num_prunable(model), "density": density, "seed": cfg["seed"],
+              "num_params": num_prunable(model), "density": strategy.kept_fraction, "seed": cfg["seed"],
               "config": cfg, "resumed_after_round": first - 1,
               "final_arrays_sha256": arrays_sha256(final)}
     path = folder / "results.json"

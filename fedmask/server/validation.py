@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any, TypeVar
 
 from flwr.app import Message, MetricRecord, RecordDict
@@ -142,7 +142,9 @@ class ValidatedStrategy:
         return decode_each(screen(replies, self.reply_limit, rejected), decode, rejected)
 
     def quorum(self, server_round: int, count: int) -> bool:
-        """Whether `count` valid replies are enough; logs it when they are not."""
+        """Whether `count` valid replies are enough; logs the count and the verdict."""
+        dropped = len(self.rejected.get(server_round, []))
+        log(INFO, "round %d: %d valid replies, %d dropped", server_round, count, dropped)
         if count < self.min_train_nodes:
             log(WARNING, "round %d: %d valid replies, fewer than min-train-nodes = %d: "
                 "the global state stays as it was", server_round, count, self.min_train_nodes)

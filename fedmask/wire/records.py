@@ -22,6 +22,10 @@ MAX_EXAMPLES = 10**9  # bound on a reply's declared num-examples
 CLIENT_SECONDS = "client-s"  # metric: seconds the ClientApp spent on a message
 
 
+Encoder = Callable[[nn.Module], dict[str, ArrayRecord]]  # trained module -> reply arrays
+TrainModule = tuple[nn.Module, Encoder]  # what a method's ``train_module`` hook returns
+
+
 class ReplyError(ValueError):
     """A client's reply is malformed; `field` names the offending key."""
 
@@ -48,18 +52,20 @@ def reply_array(msg: Message, record: str, key: str) -> np.ndarray:
     return found[key].numpy()
 
 
-def attach_flat(model: nn.Module, make: Callable[..., nn.Module], *flats: np.ndarray
-                ) -> nn.Module:
+def attach_flat(model: nn.Module, make: Callable[..., nn.Module], *flats: np.ndarray,
+                freeze: bool = True) -> nn.Module:
     """Attach ``make(weight, *chunks)`` to every prunable weight of `model` (in place).
 
     Each flat array of `flats` covers all prunable weights in
     :func:`~fedmask.nn.pruning.prunable_names` order and is split per weight.
+    With `freeze` (supermasks) the weights stop training; without it (a fixed
+    pruning mask) they go on training under the parametrisation.
     """
     names = prunable_names(model)
     params = dict(model.named_parameters())
     shapes = {name: tuple(params[name].shape) for name in names}
     chunks = [split_flat(flat, shapes) for flat in flats]
-    attach(model, lambda name, w: make(w, *(c[name] for c in chunks)), names)
+    attach(model, lambda name, w: make(w, *(c[name] for c in chunks)), names, freeze)
     return model
 
 

@@ -1,57 +1,73 @@
-"""quickstart_fedmask: a Flower / PyTorch ClientApp that can run a fedmask method."""
+"""quickstart_fedmask: A Flower / PyTorch app."""
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmask.client import fedpm, hidenseek  # fedmask: the client side of each method
-from fedmask.data.datasets import ClientData
+import fedmask.client
+
 from quickstart_fedmask.task import Net, load_data
 from quickstart_fedmask.task import test as test_fn
 from quickstart_fedmask.task import train as train_fn
 
-FEDMASK_CLIENTS = {"hidenseek": hidenseek, "fedpm": fedpm}
-
+# Flower ClientApp
 app = ClientApp()
 
 
-def _data(context: Context) -> ClientData:
-    """This node's loaders (partition from the node config, data path from either config)."""
-    data_path = context.node_config.get("data-path") or context.run_config["data-path"]
-    trainloader, valloader = load_data(
-        int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]),
-        int(context.run_config["batch-size"]), str(data_path),
-        int(context.run_config["train-limit"]))
-    return ClientData(trainloader, valloader, len(trainloader.dataset), len(valloader.dataset))
+def _loaders(context: Context):
+    """This node's partition of the data."""
+    return load_data(context.node_config["partition-id"], context.node_config["num-partitions"],
+                     context.run_config["batch-size"], context.run_config["data-path"],
+                     context.run_config["train-limit"])
 
 
 @app.train()
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context):
     """Train the model on local data."""
-    data = _data(context)
-    method = context.run_config["strategy"]
-    if method in FEDMASK_CLIENTS:  # fedmask: one call, the project's own model and data
-        return FEDMASK_CLIENTS[method].train(msg, Net(), data)
 
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    train_loss = train_fn(model, data.train, int(context.run_config["local-epochs"]),
-                          float(msg.content["config"]["lr"]))
-    metrics = MetricRecord({"train_loss": train_loss, "num-examples": data.num_train})
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+    # Load the model and initialize it with the received weights
+    model = fedmask.client.train_module(msg, Net(), context.state)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+    # Load the data
+    trainloader, _ = _loaders(context)
+
+    # Call the training function
+    train_loss = train_fn(
+        model,
+        trainloader,
+        context.run_config["local-epochs"],
+        msg.content["config"]["lr"],
+        device,
+    )
+
+    # Construct and return reply Message
+    metrics = {"train_loss": train_loss}
+    return fedmask.client.train_reply(msg, model, len(trainloader.dataset), metrics)
 
 
 @app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+def evaluate(msg: Message, context: Context):
     """Evaluate the model on local data."""
-    data = _data(context)
-    method = context.run_config["strategy"]
-    if method in FEDMASK_CLIENTS:  # fedmask: one call
-        return FEDMASK_CLIENTS[method].evaluate(msg, Net(), data)
 
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    eval_loss, eval_acc = test_fn(model, data.test)
-    metrics = MetricRecord({"eval_loss": eval_loss, "eval_acc": eval_acc,
-                            "num-examples": data.num_test})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    # Load the model and initialize it with the received weights
+    model = fedmask.client.eval_module(msg, Net(), context.state)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+    # Load the data
+    _, valloader = _loaders(context)
+
+    # Call the evaluation function
+    eval_loss, eval_acc = test_fn(model, valloader, device)
+
+    # Construct and return reply Message
+    metrics = {"eval_loss": eval_loss, "eval_acc": eval_acc,
+               "num-examples": len(valloader.dataset)}
+    metric_record = MetricRecord(metrics)
+    content = RecordDict({"metrics": metric_record})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context):  # SSFL's saliency, before round 1
+    return fedmask.client.query_reply(msg, Net(), _loaders(context)[0], context.state)

@@ -1,59 +1,57 @@
-"""quickstart_fedmask: a Flower / PyTorch ServerApp that can run a fedmask strategy."""
+"""quickstart_fedmask: A Flower / PyTorch app."""
 
 import json
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+import strategies
 
-from fedmask.config import METHOD_DEFAULTS  # fedmask: each method's optimiser and lr
-from quickstart_fedmask.task import Net, load_centralized
+from quickstart_fedmask.task import Net, load_centralized_dataset
 from quickstart_fedmask.task import test as test_fn
-from strategies import FedPM, HideNseek  # fedmask: the server side of each method
 
+# Create ServerApp
 app = ServerApp()
-
-
-def _strategy(method: str, context: Context):  # noqa: ANN202
-    """The strategy, its initial arrays, its train config, and arrays -> model."""
-    sampling = {"fraction_train": context.run_config["fraction-train"],
-                "fraction_evaluate": context.run_config["fraction-evaluate"]}
-    if method == "fedavg":
-        def to_model(arrays: ArrayRecord) -> Net:
-            model = Net()
-            model.load_state_dict(arrays.to_torch_state_dict())
-            return model
-        train_config = ConfigRecord({"lr": context.run_config["learning-rate"]})
-        return FedAvg(**sampling), ArrayRecord(Net().state_dict()), train_config, to_model
-    # fedmask: a seeded random Net plus masks; clients rebuild it from the seed
-    if method == "hidenseek":
-        strategy = HideNseek(Net(), input_shape=(1, 28, 28), density=0.5, **sampling)
-    else:
-        strategy = FedPM(Net(), **sampling)
-    defaults = METHOD_DEFAULTS[method]
-    train_config = ConfigRecord({"lr": defaults["lr"], "optimizer": defaults["optimizer"],
-                                 "local-epochs": context.run_config["local-epochs"]})
-    return strategy, strategy.global_arrays(), train_config, strategy.global_model
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the configured strategy; write the central accuracy per round."""
-    method = str(context.run_config["strategy"])
-    strategy, arrays, train_config, to_model = _strategy(method, context)
-    testloader = load_centralized(str(context.run_config["data-path"]))
-    history: list[dict[str, float]] = []
+    """Main entry point for the ServerApp."""
+
+    # Read run config
+    fraction_train: float = context.run_config["fraction-train"]
+    num_rounds: int = context.run_config["num-server-rounds"]
+    lr: float = context.run_config["lr"]
+    out_dir = Path(context.run_config["out-dir"] or ".").expanduser()
+    testloader = load_centralized_dataset(context.run_config["data-path"])
+    history = []
+
+    # Initialize the strategy (any fedmask method) and load its global model
+    strategy = strategies.make(context.run_config["strategy"], model=Net(),
+                               input_shape=(1, 28, 28), fraction_train=fraction_train,
+                               fraction_evaluate=context.run_config["fraction-evaluate"])
+    arrays = strategy.initial_arrays()
 
     def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, accuracy = test_fn(to_model(arrays), testloader)
+        """Evaluate the global model on the central test set."""
+        model = strategy.global_model(arrays)
+        loss, accuracy = test_fn(model, testloader, torch.device("cpu"))
         history.append({"round": server_round, "loss": loss, "accuracy": accuracy})
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
 
-    strategy.start(grid=grid, initial_arrays=arrays, train_config=train_config,
-                   evaluate_config=train_config,
-                   num_rounds=int(context.run_config["num-server-rounds"]),
-                   evaluate_fn=global_evaluate)
-    out = Path(str(context.run_config["out-dir"]) or ".").expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"strategy": method, "rounds": history}))
+    # Start strategy, run FedAvg for `num_rounds`
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=arrays,
+        train_config=ConfigRecord({"lr": lr}),
+        num_rounds=num_rounds,
+        evaluate_fn=global_evaluate,
+    )
+
+    # Save final model to disk
+    print("\nSaving final model to disk...")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_dict = strategy.global_model(result.arrays).state_dict()
+    torch.save(state_dict, out_dir / "final_model.pt")
+    (out_dir / "results.json").write_text(json.dumps({"rounds": history}))

@@ -1,6 +1,7 @@
-"""quickstart_fedmask: the project's own model, data and train/test code.
+"""quickstart_fedmask: A Flower / PyTorch app.
 
-Nothing here depends on fedmask: this is what an existing Flower project has.
+The project's own model, data and train/test code, in the conventions of Flower's
+``quickstart-pytorch``; nothing here knows about fedmask.
 """
 
 import gzip
@@ -8,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 
 class Net(nn.Module):
-    """LeNet-style CNN, as in Flower's PyTorch quickstart (with biases)."""
+    """Model (simple CNN adapted from 'PyTorch: A 60 Minute Blitz')"""
 
-    def __init__(self) -> None:
+    def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 6, 5)
         self.pool = nn.MaxPool2d(2, 2)
@@ -25,17 +26,37 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, 10)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
         x = self.pool(F.relu(self.conv1(x)))
         x = self.pool(F.relu(self.conv2(x)))
-        x = x.flatten(1)
+        x = x.view(-1, 16 * 4 * 4)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
 
 
-def _idx(path: Path) -> np.ndarray:
-    """Read an IDX file (images or labels) from its .gz archive."""
+class ImageFolderSplit(Dataset):
+    """FashionMNIST images and labels read from a local folder, as dict samples
+    ``{"img": tensor, "label": int}`` like a Hugging Face dataset gives them."""
+
+    def __init__(self, data_path: str, split: str, indices=None):
+        raw = Path(data_path).expanduser() / "FashionMNIST" / "raw"
+        prefix = "train" if split == "train" else "t10k"
+        images = _read_idx(raw / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte.gz")
+        keep = np.arange(len(labels)) if indices is None else indices
+        self.images = (torch.from_numpy(images[keep]).float().unsqueeze(1) / 255.0 - 0.5) / 0.5
+        self.labels = torch.from_numpy(labels[keep].astype(np.int64))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"img": self.images[i], "label": self.labels[i]}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX array (images or labels) from its .gz file."""
     with gzip.open(path, "rb") as f:
         data = f.read()
     dims = data[3]
@@ -43,57 +64,57 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def _split(data_path: str, prefix: str) -> TensorDataset:
-    raw = Path(data_path).expanduser() / "FashionMNIST" / "raw"
-    images = _idx(raw / f"{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    labels = _idx(raw / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-    x = (torch.from_numpy(images).unsqueeze(1) - 0.2860) / 0.3530
-    return TensorDataset(x, torch.from_numpy(labels))
-
-
 def load_data(partition_id: int, num_partitions: int, batch_size: int, data_path: str,
-              train_limit: int = 0) -> tuple[DataLoader, DataLoader]:
-    """This client's IID share of FashionMNIST: 80% train, 20% test loaders."""
-    full = _split(data_path, "train")
-    order = np.random.default_rng(42).permutation(len(full))
-    part = np.array_split(order, num_partitions)[partition_id]
-    cut = int(0.8 * len(part))
-    train_idx, test_idx = part[:cut], part[cut:]
-    if train_limit:
-        train_idx = train_idx[:train_limit]
-    train = TensorDataset(*full[torch.from_numpy(train_idx)])
-    test = TensorDataset(*full[torch.from_numpy(test_idx)])
-    return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=256)
+              train_limit: int = 0):
+    """Load this partition of FashionMNIST: 80% train, 20% test."""
+    order = np.random.default_rng(42).permutation(60000)
+    partition = np.array_split(order, num_partitions)[partition_id]
+    cut = int(0.8 * len(partition))
+    train_idx = partition[:cut][:train_limit] if train_limit else partition[:cut]
+    trainloader = DataLoader(ImageFolderSplit(data_path, "train", train_idx),
+                             batch_size=batch_size, shuffle=True)
+    testloader = DataLoader(ImageFolderSplit(data_path, "train", partition[cut:]),
+                            batch_size=batch_size)
+    return trainloader, testloader
 
 
-def load_centralized(data_path: str) -> DataLoader:
+def load_centralized_dataset(data_path: str):
     """The FashionMNIST test split, for the server's evaluation."""
-    return DataLoader(_split(data_path, "t10k"), batch_size=256)
+    return DataLoader(ImageFolderSplit(data_path, "test"), batch_size=128)
 
 
-def train(net: nn.Module, loader: DataLoader, epochs: int, lr: float) -> float:
-    """Plain SGD training; returns the mean loss."""
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+def train(net, trainloader, epochs, lr, device):
+    """Train the model on the training set."""
+    net.to(device)  # move model to GPU if available
+    criterion = torch.nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
-    total, count = 0.0, 0
+    running_loss = 0.0
     for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(net(x), y)
+        for batch in trainloader:
+            images = batch["img"].to(device)
+            labels = batch["label"].to(device)
+            optimizer.zero_grad()
+            loss = criterion(net(images), labels)
             loss.backward()
-            opt.step()
-            total, count = total + loss.item() * len(y), count + len(y)
-    return total / max(count, 1)
+            optimizer.step()
+            running_loss += loss.item()
+    avg_trainloss = running_loss / (epochs * len(trainloader))
+    return avg_trainloss
 
 
-@torch.no_grad()
-def test(net: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """(mean loss, accuracy) on `loader`."""
-    net.eval()
-    loss, correct, count = 0.0, 0, 0
-    for x, y in loader:
-        out = net(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        count += len(y)
-    return loss / count, correct / count
+def test(net, testloader, device):
+    """Validate the model on the test set."""
+    net.to(device)
+    criterion = torch.nn.CrossEntropyLoss()
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for batch in testloader:
+            images = batch["img"].to(device)
+            labels = batch["label"].to(device)
+            outputs = net(images)
+            loss += criterion(outputs, labels).item()
+            correct += (torch.max(outputs.data, 1)[1] == labels).sum().item()
+    accuracy = correct / len(testloader.dataset)
+    loss = loss / len(testloader)
+    return loss, accuracy

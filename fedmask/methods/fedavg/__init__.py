@@ -1,1 +1,12 @@
-"""fedmask.methods.fedavg."""
+"""Dense FedAvg, the reference for accuracy and bytes: Flower's FedAvg with every
+reply validated. Client side: :mod:`.client`; server side:
+:class:`strategies.fedavg.FedAvg`."""
+
+from fedmask.methods import Method
+
+METHOD = Method(
+    name="fedavg",
+    strategy="strategies.fedavg:FedAvg",
+    client="fedmask.methods.fedavg.client",
+    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+)

@@ -1,1 +1,27 @@
-"""fedmask.methods.fedpm."""
+"""FedPM: a Bernoulli supermask over frozen signed-constant weights, Beta-posterior
+aggregation. Wire contract: :mod:`.wire`; client side: :mod:`.client`; server
+side: :class:`strategies.fedpm.FedPM`."""
+
+from fedmask.methods import Method
+from fedmask.methods.fedpm.wire import THETA_DTYPES
+from fedmask.nn.supermask import ESTIMATORS
+from fedmask.options import choice, flag, non_negative
+
+METHOD = Method(
+    name="fedpm",
+    strategy="strategies.fedpm:FedPM",
+    client="fedmask.methods.fedpm.client",
+    options={
+        "estimator": choice("ste", ESTIMATORS, "FedPM: gradient estimator of the scores"),
+        "prior-reset": non_negative(1, "FedPM: reset the Beta posterior every this many "
+                                       "rounds (0 = never)"),
+        "weighted-aggregation": flag(False, "FedPM: weight each mask by its client's examples"),
+        "theta-format": choice("uint8", THETA_DTYPES, "FedPM: theta down as 8-bit codes "
+                                                      "or float32"),
+        "eval-samples": non_negative(3, "FedPM: also report the mean accuracy over this many "
+                                        "sampled masks"),
+    },
+    arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation",
+               "theta-format", "eval-samples"),
+    defaults={"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
+)

@@ -1,17 +1,14 @@
-"""FedPM client: train keep probabilities over the frozen seeded net, send one sample."""
+"""FedPM client hooks: keep probabilities over the frozen seeded net, one sample up."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from torch import nn
 
-from fedmask.nn import training
-from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import ClientData
-from fedmask.wire.records import CONFIG, MASK_CODING, NUM_EXAMPLES, reply
-from fedmask.methods.fedpm import wire as wire
+from fedmask.methods.fedpm import wire
 from fedmask.nn.seeded import SeededNet
+from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 
 def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray]:
@@ -22,19 +19,18 @@ def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray]:
     return wire.mask_net(model, theta, str(config.get(wire.ESTIMATOR, "ste"))), theta
 
 
-def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
-    """Train the scores from the global theta; reply with one sampled mask."""
-    settings = LocalSettings.from_message(msg)
+def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
+    """Bernoulli supermasks with trainable scores from the global theta (a fresh mask
+    sampled every forward pass in training mode), and the encoder of the reply:
+    one mask sampled from the trained probabilities."""
+    del state  # FedPM nodes hold nothing between rounds
     net, theta = _global_net(msg, model)
-    loss = settings.fit(net, data.train, settings.local_epochs)
     coding = str(msg.content.config_records[CONFIG].get(MASK_CODING, "packed"))
-    return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
-                 wire.encode_sample(wire.sample_mask(net), theta, coding))
+    return net, lambda trained: wire.encode_sample(wire.sample_mask(trained), theta, coding)
 
 
-def evaluate(msg: Message, model: nn.Module, data: ClientData) -> Message:
-    """Local test accuracy of the thresholded global mask and of sampled masks."""
-    net, _ = _global_net(msg, model)
-    samples = int(msg.content.config_records[CONFIG].get(wire.EVAL_SAMPLES, 0))
-    metrics = training.evaluate_metrics(net, data.test, samples)
-    return reply(msg, {NUM_EXAMPLES: data.num_test, **metrics})
+def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """The global network, thresholded mask ``theta > 0.5`` in eval mode (sampled
+    masks in training mode or under :func:`fedmask.nn.supermask.fixed_samples`)."""
+    del state
+    return _global_net(msg, model)[0].eval()

@@ -74,6 +74,7 @@ def decode_sample(msg: Message, theta: np.ndarray, coding: str) -> np.ndarray:
 def mask_net(model: nn.Module, theta: np.ndarray, estimator: str = "ste") -> nn.Module:
     """Attach Bernoulli supermasks with keep probabilities `theta` to `model` (in place)."""
     theta32 = theta.astype(np.float32)
+    model.requires_grad_(False)  # only the scores train
     return attach_flat(model, lambda w, t: BernoulliSupermask(t, estimator), theta32)
 
 

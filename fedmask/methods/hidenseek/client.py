@@ -1,19 +1,17 @@
-"""HideNseek client: train a sign supermask over the seeded, server-pruned net."""
+"""HideNseek client hooks: a sign supermask over the seeded, server-pruned net."""
 
 from __future__ import annotations
 
-from flwr.app import Message
+import numpy as np
+from flwr.app import Message, RecordDict
 from torch import nn
 
-from fedmask.nn import training
-from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import ClientData
-from fedmask.wire.records import CONFIG, MASK_CODING, NUM_EXAMPLES, reply
-from fedmask.methods.hidenseek import wire as wire
+from fedmask.methods.hidenseek import wire
 from fedmask.nn.seeded import SeededNet
+from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 
-def _global_net(msg: Message, model: nn.Module):  # noqa: ANN202
+def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, np.ndarray]:
     """Rebuild the seeded weights, check the hash, attach P and the global signs."""
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
@@ -21,22 +19,17 @@ def _global_net(msg: Message, model: nn.Module):  # noqa: ANN202
     return wire.sign_net(model, prune, signs), prune, signs
 
 
-def train(msg: Message, model: nn.Module, data: ClientData) -> Message:
-    """Optimise the scores from the global signs; reply with K sign bits (coded)."""
-    settings = LocalSettings.from_message(msg)
+def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
+    """``w * P * sign(s)`` with trainable scores from the global signs, and the
+    encoder of the reply: the K sign bits, packed or entropy-coded flips."""
+    del state  # HideNseek nodes hold nothing between rounds
     net, prune, global_signs = _global_net(msg, model)
-    loss = settings.fit(net, data.train, settings.local_epochs)
     coding = str(msg.content.config_records[CONFIG].get(MASK_CODING, "packed"))
-    return reply(msg, {NUM_EXAMPLES: data.num_train, "train-loss": loss},
-                 wire.encode_signs(wire.read_signs(net, prune), global_signs, coding))
+    return net, lambda trained: wire.encode_signs(wire.read_signs(trained, prune),
+                                                  global_signs, coding)
 
 
-def evaluate(msg: Message, model: nn.Module, data: ClientData) -> Message:
-    """Local test accuracy of the global net, then personalised accuracy."""
-    settings = LocalSettings.from_message(msg)
-    net, _, _ = _global_net(msg, model)
-    metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test)}
-    if settings.personal_epochs > 0:
-        settings.fit(net, data.train, settings.personal_epochs)
-        metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
-    return reply(msg, metrics)
+def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """The global network ``w * P * g`` (eval mode)."""
+    del state
+    return _global_net(msg, model)[0].eval()

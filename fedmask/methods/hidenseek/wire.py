@@ -70,6 +70,7 @@ def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray) -> nn.Modul
     """
     full = np.ones(prune.size, dtype=np.float32)
     full[prune] = np.where(signs, 1.0, -1.0)
+    model.requires_grad_(False)  # only the scores train
     return attach_flat(model, SignSupermask, prune, full)
 
 

@@ -1,1 +1,23 @@
-"""fedmask.methods.ssfl."""
+"""SSFL: clients' SNIP saliency aggregated into one global mask, then sparse FedAvg.
+Wire contract: :mod:`.wire`; client side: :mod:`.client`; server side:
+:class:`strategies.ssfl.SSFL`."""
+
+from fedmask.methods import Method
+from fedmask.methods.ssfl.wire import SALIENCY_DTYPES
+from fedmask.options import choice, flag, positive
+
+METHOD = Method(
+    name="ssfl",
+    strategy="strategies.ssfl:SSFL",
+    client="fedmask.methods.ssfl.client",
+    options={
+        "saliency-batches": positive(1, "SSFL: local batches each client's SNIP gradient "
+                                        "sums over"),
+        "saliency-format": choice("float16", SALIENCY_DTYPES,
+                                  "SSFL: precision of the saliency sent up"),
+        "saliency-weighted": flag(True, "SSFL: weight each client's saliency by its examples"),
+    },
+    arguments=("density", "saliency-batches", "saliency-format", "saliency-weighted"),
+    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    stateful=True,
+)

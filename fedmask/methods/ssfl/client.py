@@ -1,32 +1,32 @@
-"""SSFL client: SNIP saliency of the seeded net on local data, then masked FedAvg."""
+"""SSFL client hooks: SNIP saliency of the seeded net on local data (the query
+before round 1), then masked FedAvg."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Message, RecordDict
-from torch import nn
+from flwr.app import ArrayRecord, Message, RecordDict
+from torch import Tensor, nn
 
 from fedmask.methods.masked import client as masked
-from fedmask.data.datasets import ClientData
-from fedmask.wire.records import CONFIG, NUM_EXAMPLES, reply
-from fedmask.methods.ssfl import wire as wire
+from fedmask.methods.ssfl import wire
 from fedmask.nn.pruning import prunable_names, snip_scores
 from fedmask.nn.seeded import SeededNet
+from fedmask.wire.records import CONFIG
 
-train, evaluate = masked.train, masked.evaluate
+train_module, eval_module = masked.train_module, masked.eval_module
 
 
-def query(msg: Message, model: nn.Module, data: ClientData,
-          state: RecordDict | None = None) -> Message:
-    """SNIP saliency ``|g * w|`` of the seeded net on `saliency-batches` local batches
-    (no node state needed: `state` is accepted like the other handlers')."""
+def query(msg: Message, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+          state: RecordDict) -> dict[str, ArrayRecord]:
+    """SNIP saliency ``|g * w|`` of the seeded net on the first `saliency-batches`
+    ``(inputs, targets)`` batches (no node state needed)."""
     del state
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
-    scores = snip_scores(model, itertools.islice(data.train, int(config[wire.SALIENCY_BATCHES])))
+    scores = snip_scores(model, itertools.islice(batches, int(config[wire.SALIENCY_BATCHES])))
     saliency = np.concatenate([scores[n].detach().cpu().numpy().reshape(-1)
                                for n in prunable_names(model)])
-    return reply(msg, {NUM_EXAMPLES: data.num_train},
-                 wire.encode_saliency(saliency, str(config[wire.SALIENCY_FORMAT])))
+    return wire.encode_saliency(saliency, str(config[wire.SALIENCY_FORMAT]))

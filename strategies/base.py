@@ -1,0 +1,115 @@
+"""What every fedmask strategy adds to Flower's FedAvg: one shape for all six.
+
+:class:`MethodStrategy` is mixed in before Flower's ``FedAvg``. It gives every
+strategy its initial arrays, its method's default train and evaluate config
+(values the caller passes win), ``global_model(arrays)`` as a plain module, a
+``start()`` that behaves like Flower's (a method's steps before round 1 run
+inside it), the check of the model against ``input_shape``, and reply
+validation (:mod:`fedmask.server.validation`) and checkpointing.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from torch import nn
+
+from fedmask.methods import METHOD_KEY, Method, get_method
+from fedmask.nn.supermask import fold
+from fedmask.server.checkpoint import Checkpointable
+from fedmask.server.validation import ValidatedStrategy
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def check_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> None:
+    """Raise ValueError naming ``input_shape`` if `model` cannot take one batch of it."""
+    if input_shape is None:
+        return
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *input_shape))
+    except Exception as err:  # noqa: BLE001 - any failure means the shape does not fit
+        raise ValueError(f"input_shape: the model does not take inputs of shape "
+                         f"{tuple(input_shape)}: {err}") from err
+    finally:
+        model.train(training)
+
+
+class MethodStrategy(ValidatedStrategy, Checkpointable):
+    """Mixin of every fedmask strategy; a subclass names its method in ``METHOD``."""
+
+    METHOD = ""
+
+    @property
+    def method(self) -> Method:
+        """This strategy's method declaration (:mod:`fedmask.methods`)."""
+        return get_method(self.METHOD)
+
+    def resolve_init(self, init: str) -> str:
+        """`init`, with ``auto`` resolved to the method's default scheme."""
+        return str(self.method.defaults["init"]) if init == "auto" else init
+
+    def with_method(self, config: ConfigRecord | None) -> ConfigRecord:
+        """A copy of `config` naming this strategy's method, for the client API."""
+        return ConfigRecord({**dict(config or {}), METHOD_KEY: self.METHOD})
+
+    # --- what a subclass provides ------------------------------------------------------
+    @abstractmethod
+    def initial_arrays(self) -> ArrayRecord:
+        """The global arrays before round 1."""
+
+    @abstractmethod
+    def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network `arrays` describe, as the method evaluates it
+        (supermask parametrisations may still be attached)."""
+
+    @property
+    @abstractmethod
+    def kept_fraction(self) -> float:
+        """Fraction of the prunable weights the final model keeps."""
+
+    def method_config(self) -> dict[str, Any]:
+        """Method-specific keys of the default train and evaluate config."""
+        return {}
+
+    def prepare(self, grid: Grid, timeout: float, initial_arrays: ArrayRecord | None
+                ) -> ArrayRecord:
+        """The step before round 1; return the arrays round 1 starts from
+        (default: `initial_arrays`, else :meth:`initial_arrays`)."""
+        del grid, timeout
+        return self.initial_arrays() if initial_arrays is None else initial_arrays
+
+    # --- shared ------------------------------------------------------------------------
+    def default_config(self, config: ConfigRecord | None = None) -> ConfigRecord:
+        """The method's default ``optimizer``, ``lr`` and method_config(), then
+        `config` (the caller's values win)."""
+        defaults = {"optimizer": self.method.defaults["optimizer"],
+                    "lr": self.method.defaults["lr"], **self.method_config()}
+        return ConfigRecord({**defaults, **dict(config or {})})
+
+    def global_model(self, arrays: ArrayRecord) -> nn.Module:
+        """The global network `arrays` describe as a plain module of the model's
+        class (masks folded into its weights), eval mode: a fresh instance of that
+        class can ``load_state_dict`` its state dict."""
+        return fold(self.evaluation_model(arrays))
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
+              num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: EvaluateFn | None = None) -> Result:
+        """Flower's ``Strategy.start``, after :meth:`prepare`; `initial_arrays`
+        defaults to :meth:`initial_arrays`, the configs to :meth:`default_config`
+        plus what the caller passes."""
+        arrays = self.prepare(grid, timeout, initial_arrays)
+        return super().start(grid, arrays, num_rounds, timeout,  # type: ignore[misc]
+                             self.default_config(train_config),
+                             self.default_config(evaluate_config), evaluate_fn)
