@@ -36,20 +36,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmask.server import checkpoint
 from fedmask.launch import exit_on_sigterm, parse_pairs, run_simulation, simulation_superlink
+from fedmask.methods import REGISTRY
+from fedmask.server import checkpoint
 
 MB = 1e6
-# The run-config each entry adds to the profile's.
-ENTRIES: dict[str, dict[str, Any]] = {
-    "fedavg": {"method": "fedavg"},
-    "hidenseek": {"method": "hidenseek"},
-    "fedpm": {"method": "fedpm", "mask-coding": "entropy"},
-    "mpfl": {"method": "mpfl", "density": 0.2},
-    "ssfl": {"method": "ssfl", "density": 0.5},
-    "fedsparsify-global": {"method": "fedsparsify", "fedsparsify-variant": "global"},
-    "fedsparsify-local": {"method": "fedsparsify", "fedsparsify-variant": "local"},
-}
+# Each registered method is an entry (FedAvg first: the baseline of the ratios), with
+# the settings it is benchmarked at; a method with VARIANTS gets one entry per variant.
+TUNING: dict[str, dict[str, Any]] = {"fedpm": {"mask-coding": "entropy"},
+                                     "mpfl": {"density": 0.2}, "ssfl": {"density": 0.5}}
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "fedsparsify": {variant: {"fedsparsify-variant": variant} for variant in ("global", "local")}}
+
+
+def _entries() -> dict[str, dict[str, Any]]:
+    """The run-config each entry adds to the profile's."""
+    entries = {}
+    for method in ["fedavg", *(name for name in REGISTRY if name != "fedavg")]:
+        for variant, extra in VARIANTS.get(method, {"": {}}).items():
+            name = f"{method}-{variant}" if variant else method
+            entries[name] = {"method": method, **TUNING.get(method, {}), **extra}
+    return entries
+
+
+ENTRIES = _entries()
 SGD_ENTRIES = ("fedavg", "mpfl", "ssfl", "fedsparsify-global", "fedsparsify-local")
 # Each profile: rounds, clients, the run-config common to all entries and, optionally,
 # per-entry additions (entry_config).
@@ -241,7 +251,8 @@ def report(profile: str, runs: dict[str, EntryRun], rounds: int, nodes: int,
     out.with_suffix(".json").write_text(json.dumps(
         {"profile": profile, "rounds": rounds, "num_supernodes": nodes,
          "total_s": sum(run_s.values()),
-         "run_config": run_config, "entry_config": {e: run.results["config"] for e, run in runs.items()},
+         "run_config": run_config, "entry_config": {e: run.results["config"] for e,
+                                                    run in runs.items()},
          "summary": rows, "per_round": figures}, indent=2))
     out.with_suffix(".md").write_text(table)
     plot(figures, f"{profile}: {run_config.get('dataset')}, {nodes} clients",

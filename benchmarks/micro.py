@@ -37,12 +37,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask.wire import entropy
 from fedmask.client.settings import LocalSettings
-from fedmask.wire.bits import pack_mask, unpack_mask
-from fedmask.nn.models import build_model
 from fedmask.methods.fedpm import wire as fedpm
 from fedmask.methods.hidenseek import wire as hidenseek
+from fedmask.nn.models import build_model
+from fedmask.wire import entropy
+from fedmask.wire.bits import pack_mask, unpack_mask
 from strategies import HideNseek
 
 MB_POSITIONS = 8_000_000  # one MB of packed mask
@@ -103,7 +103,7 @@ def aggregation(n: int, ks: list[int]) -> list[dict[str, float]]:
     for k in ks:
         replies = _replies(k, (n + 7) // 8)
         payloads = [next(iter(r.content.array_records[hidenseek.SIGNS].values())) for r in replies]
-        read = _best(lambda: [p.numpy() for p in payloads], 3)  # deserialize each once
+        read = _best(lambda: [p.numpy() for p in payloads], 3)  # noqa: B023 - called here
         fresh = copy.deepcopy(strategy)
         tracemalloc.start()
         start = time.perf_counter()
@@ -130,11 +130,13 @@ def client_steps(steps: int = 30) -> dict[str, float]:
     nets = {
         "dense": (copy.deepcopy(model), LocalSettings(lr=0.05, optimizer="sgd")),
         "sign_mask": (hidenseek.sign_net(copy.deepcopy(model), np.ones(n, bool),
-                                         np.ones(n, bool)), LocalSettings(lr=0.01, optimizer="adam")),
+                                         np.ones(n, bool)),
+                      LocalSettings(lr=0.01, optimizer="adam")),
         "binary_mask": (fedpm.mask_net(copy.deepcopy(model), np.full(n, 0.5)),
                         LocalSettings(lr=0.1, optimizer="adam")),
     }
-    seconds = {name: median(_best(lambda: settings.fit(net, loader, 1), 1) for _ in range(3))
+    seconds = {name: median(_best(lambda: settings.fit(net, loader, 1), 1)  # noqa: B023
+                            for _ in range(3))
                / steps for name, (net, settings) in nets.items()}
     return {**{f"{k}_step_s": v for k, v in seconds.items()},
             "sign_vs_dense": seconds["sign_mask"] / seconds["dense"],

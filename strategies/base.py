@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
 
 from fedmask.methods import METHOD_KEY, Method, get_method
@@ -43,7 +43,7 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> 
         model.train(training)
 
 
-class MethodStrategy(ValidatedStrategy, Checkpointable):
+class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     """Mixin of every fedmask strategy; a subclass names its method in ``METHOD``."""
 
     METHOD = ""
@@ -101,7 +101,7 @@ class MethodStrategy(ValidatedStrategy, Checkpointable):
         class can ``load_state_dict`` its state dict."""
         return fold(self.evaluation_model(arrays))
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
               num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
@@ -110,6 +110,6 @@ class MethodStrategy(ValidatedStrategy, Checkpointable):
         defaults to :meth:`initial_arrays`, the configs to :meth:`default_config`
         plus what the caller passes."""
         arrays = self.prepare(grid, timeout, initial_arrays)
-        return super().start(grid, arrays, num_rounds, timeout,  # type: ignore[misc]
+        return super().start(grid, arrays, num_rounds, timeout,
                              self.default_config(train_config),
                              self.default_config(evaluate_config), evaluate_fn)

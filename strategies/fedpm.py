@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from torch import nn
 
-from strategies.supermask import SeededMaskStrategy, add_where
 from fedmask.methods.fedpm import wire as wire
+from strategies.supermask import SeededMaskStrategy, add_where
 
 
 class FedPM(SeededMaskStrategy):

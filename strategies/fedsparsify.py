@@ -13,13 +13,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from torch import Tensor, nn
 
-from strategies.masked_fedavg import MaskedFedAvg, average_states
-from fedmask.wire.records import ReplyError
 from fedmask.methods.fedsparsify import wire as wire
+from fedmask.methods.fedsparsify.schedule import check_schedule, scheduled_sparsity
 from fedmask.methods.masked.wire import CLIENT_MASK, decode_client_mask, decode_weights
 from fedmask.nn.pruning import keep_largest
+from fedmask.wire.records import ReplyError
 from fedmask.wire.sparse import flat_state, replace_flat
-from fedmask.methods.fedsparsify.schedule import check_schedule, scheduled_sparsity
+from strategies.masked_fedavg import MaskedFedAvg, average_states
 
 Update = tuple[int, np.ndarray, np.ndarray]  # n_k, client mask, flat values (0 where pruned)
 
@@ -107,7 +107,7 @@ class FedSparsify(MaskedFedAvg):
         """The density after the last round."""
         return 1.0 - self.pruning[2]
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
               num_rounds: int = 3, *args: Any, **kwargs: Any) -> Result:
         """Flower's start; the schedule ends at `num_rounds` unless the constructor
         fixed ``num_server_rounds`` (then the two must agree)."""

@@ -11,10 +11,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.wire.bits import flatten_masks
-from strategies.supermask import SeededMaskStrategy, add_where
 from fedmask.methods.hidenseek import wire as wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
+from fedmask.wire.bits import flatten_masks
+from strategies.supermask import SeededMaskStrategy, add_where
 
 
 def linear_input_shape(model: nn.Module) -> tuple[int, ...]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-import torch
 from torch import Tensor, nn
 
 from fedmask.methods.masked import wire
@@ -36,7 +36,7 @@ from strategies.base import MethodStrategy, check_input_shape
 def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
     """The n_k-weighted mean ``sum_k (n_k / n) state_k`` of state dicts."""
     total = sum(n for n, _ in decoded)
-    return {name: sum(state[name] * (n / total) for n, state in decoded)
+    return {name: cast(Tensor, sum(state[name] * (n / total) for n, state in decoded))
             for name in decoded[0][1]}
 
 

@@ -11,10 +11,10 @@ from flwr.app import Message
 from flwr.common.logger import log
 from torch import nn
 
-from strategies.masked_fedavg import MaskedFedAvg
-from fedmask.methods.mpfl import wire as wire
 from fedmask.methods.masked.wire import decode_client_mask
+from fedmask.methods.mpfl import wire as wire
 from fedmask.nn.pruning import PRUNE_STRUCTURES, flat_weights
+from strategies.masked_fedavg import MaskedFedAvg
 
 
 def consensus(votes: np.ndarray, magnitude: np.ndarray, current: np.ndarray,

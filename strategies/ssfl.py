@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from logging import INFO
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -11,16 +11,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from strategies.masked_fedavg import MaskedFedAvg
-from fedmask.wire.records import CONFIG, NUM_PARAMS, num_examples
 from fedmask.methods.ssfl import wire as wire
 from fedmask.nn.pruning import keep_largest
+from fedmask.wire.records import CONFIG, NUM_PARAMS, num_examples
+from strategies.masked_fedavg import MaskedFedAvg
 
 
 def aggregate_saliency(saliencies: list[tuple[int, np.ndarray]], weighted: bool) -> np.ndarray:
     """``sum_k (n_k / n) s_k`` (or the plain mean when not `weighted`)."""
     total = sum(n for n, _ in saliencies)
-    return sum((n / total if weighted else 1 / len(saliencies)) * s for n, s in saliencies)
+    return cast(np.ndarray, sum((n / total if weighted else 1 / len(saliencies)) * s
+                                for n, s in saliencies))
 
 
 class SSFL(MaskedFedAvg):

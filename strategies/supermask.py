@@ -30,7 +30,6 @@ from fedmask.wire.entropy import binary_entropy, information_bits
 from fedmask.wire.records import MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
-
 ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
 
 
@@ -137,7 +136,8 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
-        total, contents, examples, entropy = self.start_sum(), [], 0, []
+        total, contents, examples = self.start_sum(), [], 0
+        entropy: list[tuple[float, float]] = []
         for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
             self.add_mask(total, n, decoded)
             contents.append(msg.content)
@@ -158,4 +158,4 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         i.i.d. entropy, in bits."""
         bits, probs = self.coded_bits(decoded)
         iid = binary_entropy(bits.mean()) * bits.size if bits.size else 0.0
-        return information_bits(bits, probs), iid
+        return information_bits(bits, probs), float(iid)

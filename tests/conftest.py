@@ -11,11 +11,10 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
-
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask.client.settings import LocalSettings
 from fedmask.client import node as client_node
+from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import ClientData
 from fedmask.launch import run_simulation, simulation_superlink
 from fedmask.nn.models import build_model

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from compare import ENTRIES, PROFILES, ROUND_FIELDS, entry_configs, main, report
 from conftest import DATA_ROOT, SMALL_NODES, SMOKE
 

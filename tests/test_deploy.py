@@ -9,9 +9,10 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, SMALL, SMALL_NODES
 
 from fedmask.launch import BIN, flower_env, free_port, overrides, run_and_read
+
+from conftest import ROOT, SMALL, SMALL_NODES
 
 DEPLOY = str(ROOT / "deploy" / "local.sh")
 

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_ROOT
 from PIL import Image
 
 from fedmask.data.device import device_data
+
+from conftest import DATA_ROOT
 
 
 def _image_folder(root, classes=("0", "3"), per_class=5):

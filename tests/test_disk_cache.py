@@ -26,7 +26,8 @@ def test_computed_once_then_read_back(tmp_path):
     second = disk_cache.fetch(tmp_path, ("k", 1, 0.5, True), compute)
     assert compute.calls == 1 and _equal(first, second) and _equal(first, Counting()())
     assert second["b"].dtype == np.uint8
-    assert list((tmp_path / "arrays").iterdir()) == [disk_cache.entry_path(tmp_path, ("k", 1, 0.5, True))]
+    assert list((tmp_path / "arrays").iterdir()) == [disk_cache.entry_path(tmp_path, ("k", 1, 0.5,
+                                                                                      True))]
 
 
 def test_another_key_is_another_entry(tmp_path):

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from fedmask.wire import entropy
-from fedmask.wire.bits import CodecError, flatten_masks
 from fedmask.nn.models import build_model, seeded_init
 from fedmask.nn.pruning import prunable_names, synflow_mask
+from fedmask.wire import entropy
+from fedmask.wire.bits import CodecError, flatten_masks
 
 N = 100_000
 

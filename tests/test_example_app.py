@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_ROOT, ROOT, _metadata
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message.message import make_message
 
@@ -16,6 +15,8 @@ from fedmask.launch import run_simulation
 from fedmask.nn import training
 from fedmask.nn.models import num_prunable
 from fedmask.server.accounting import message_bytes
+
+from conftest import DATA_ROOT, ROOT, _metadata
 
 EXAMPLE = ROOT / "examples" / "quickstart-fedmask"
 sys.path.insert(0, str(EXAMPLE))
@@ -26,6 +27,7 @@ RUN = {"data-path": DATA_ROOT, "train-limit": 600, "fraction-train": 1.0,
        "fraction-evaluate": 1.0, "batch-size": 32, "local-epochs": 1, "lr": 0.01,
        "out-dir": ""}
 ROUNDS = {"mpfl": 6}  # MPFL votes 4 rounds (density 0.5, prune rate 0.2) before it trains
+LR = {"fedpm": 0.1}  # FedPM's scores need a larger step than the project's 0.01
 
 
 def framing(reply: Message) -> int:
@@ -38,7 +40,8 @@ def framing(reply: Message) -> int:
 @pytest.mark.parametrize("method", METHODS)
 def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, method):
     rounds = ROUNDS.get(method, 3)
-    config = {**RUN, "strategy": method, "num-server-rounds": rounds, "out-dir": str(tmp_path)}
+    config = {**RUN, "strategy": method, "num-server-rounds": rounds, "out-dir": str(tmp_path),
+              "lr": LR.get(method, RUN["lr"])}
     results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
     assert [r["round"] for r in results] == list(range(rounds + 1))
     assert results[-1]["accuracy"] > 0.3  # chance is 0.1
@@ -77,7 +80,8 @@ class ExampleGrid:
             except Exception as err:  # noqa: BLE001 - Flower turns it into an error reply
                 self.errors.append((node, str(err)))
                 reply = make_message(_metadata(node, kind), error=Error(1, str(err)))
-            self.sizes.append((kind, message_bytes(reply), 0 if reply.has_error() else framing(reply)))
+            self.sizes.append((kind, message_bytes(reply),
+                               0 if reply.has_error() else framing(reply)))
             replies.append(reply)
         return replies
 
@@ -130,5 +134,6 @@ def test_a_node_that_loses_its_state_gets_the_mask_again():
         arrays = new
         valid.append(sum(not r.has_error() for r in replies))
     assert valid == [2, 1, 2]  # round 3: the mask went to node 2 again and it trained
-    assert [node for node, _ in grid.errors] == [2] and "does not hold the mask" in grid.errors[0][1]
+    assert [node for node,
+            _ in grid.errors] == [2] and "does not hold the mask" in grid.errors[0][1]
     assert np.isfinite(strategy.global_model(arrays)(torch.zeros(1, 1, 28, 28)).detach()).all()

@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, RecordDict
-from conftest import FakeGrid, tiny_client_data
 
 from fedmask.client import node as fedpm
-from fedmask.methods.fedpm import client as fedpm_hooks
 from fedmask.client.settings import LocalSettings
-from fedmask.nn.supermask import BernoulliSupermask, frozen_weight, supermasks
-from fedmask.nn.models import build_model
+from fedmask.methods.fedpm import client as fedpm_hooks
 from fedmask.methods.fedpm import wire as wire
+from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
+from fedmask.nn.supermask import BernoulliSupermask, frozen_weight, supermasks
 from strategies import FedPM
+
+from conftest import FakeGrid, tiny_client_data
 
 
 @pytest.fixture(params=["packed", "entropy"])
@@ -31,7 +32,8 @@ def _received(strategy, kind="train") -> Message:
 
 
 def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply):
-    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
+    reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data(),
+                        RecordDict())
     mask = wire.decode_sample(reply, strategy.theta, strategy.mask_coding)
     assert mask.dtype == bool and mask.size == strategy.num_params
     assert 0.3 < mask.mean() < 0.7  # sampled from probabilities that started at 0.5
@@ -63,7 +65,8 @@ def test_scores_start_from_the_global_theta(strategy):
 
 def test_client_with_a_different_model_is_refused(strategy):
     with pytest.raises(WeightHashError, match="weight-hash"):
-        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), tiny_client_data(), RecordDict())
+        fedpm.train(_received(strategy), build_model("conv4", 10, 1, 12), tiny_client_data(),
+                    RecordDict())
 
 
 def test_evaluate_reports_thresholded_and_sampled_accuracy(strategy):

@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
-from conftest import FakeGrid
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.wire.entropy import information_bits
-from fedmask.nn.models import build_model
 from fedmask.methods.fedpm import wire as wire
+from fedmask.nn.models import build_model
+from fedmask.wire.entropy import information_bits
 from strategies import FedPM
+
+from conftest import FakeGrid
 
 
 def _strategy(**kwargs) -> FedPM:

@@ -3,20 +3,22 @@
 import numpy as np
 import pytest
 from flwr.app import RecordDict
-from conftest import sent_messages, tiny_client_data
 
 from fedmask.client import node as fedsparsify
-from fedmask.nn.models import build_model
 from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights
 from fedmask.wire.sparse import flat_state
 from strategies import FedSparsify
+
+from conftest import sent_messages, tiny_client_data
 
 
 @pytest.mark.parametrize("variant, coding", [("global", "packed"), ("local", "packed"),
                                              ("local", "entropy")])
 def test_rounds_end_to_end_reach_the_final_sparsity(variant, coding, client_reply):
-    strategy = FedSparsify(model=build_model("cnn", 10, 1, 12), num_server_rounds=3, seed=5, fedsparsify_variant=variant,
+    strategy = FedSparsify(model=build_model("cnn", 10, 1, 12), num_server_rounds=3, seed=5,
+                           fedsparsify_variant=variant,
                            final_sparsity=0.8, mask_coding=coding)
     states = {21: RecordDict(), 22: RecordDict()}
     for server_round in (1, 2, 3):

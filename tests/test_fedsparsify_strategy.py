@@ -3,17 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.nn.models import build_model
 from fedmask.methods.fedsparsify import wire as wire
+from fedmask.methods.fedsparsify.schedule import scheduled_sparsity
 from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import keep_largest
 from fedmask.wire.sparse import KEPT_VALUES, encode_sparse, flat_state
-from fedmask.methods.fedsparsify.schedule import scheduled_sparsity
 from strategies import FedSparsify
 from strategies.fedsparsify import majority_merge
+
+from conftest import FakeGrid
 
 
 def test_majority_merge_hand_computed():
@@ -128,7 +129,8 @@ def test_malformed_replies_are_dropped(client_reply, variant):
     strategy = _strategy(fedsparsify_variant=variant)
     weights = {name: value.clone() for name, value in strategy.weights.items()}
     bad = client_reply(RecordDict({
-        masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
+        masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3,
+                                                                                      np.uint8))}),
         masked_wire.WEIGHTS: ArrayRecord({KEPT_VALUES: Array(np.zeros(3, np.float32))}),
         "metrics": MetricRecord({"num-examples": 5})}), node=9)
     assert strategy.aggregate_train(1, [bad]) == (None, None)

@@ -4,21 +4,23 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, RecordDict
-from conftest import FakeGrid, tiny_client_data
 
 from fedmask.client import node as hidenseek
 from fedmask.client.settings import LocalSettings
-from fedmask.wire.entropy import binary_entropy
-from fedmask.nn.supermask import frozen_weight, supermasks
-from fedmask.nn.models import build_model
 from fedmask.methods.hidenseek import wire as wire
+from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
+from fedmask.nn.supermask import frozen_weight, supermasks
+from fedmask.wire.entropy import binary_entropy
 from strategies import HideNseek
+
+from conftest import FakeGrid, tiny_client_data
 
 
 @pytest.fixture(params=["packed", "entropy"])
 def strategy(request):
-    return HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1, synflow_iterations=5,
+    return HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1,
+                     synflow_iterations=5,
                      mask_coding=request.param, min_train_nodes=1)
 
 

@@ -2,18 +2,20 @@
 
 import numpy as np
 import pytest
-from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedmask.wire.bits import pack_mask, unpack_mask
-from fedmask.nn.models import build_model
 from fedmask.methods.hidenseek import wire as wire
+from fedmask.nn.models import build_model
+from fedmask.wire.bits import pack_mask, unpack_mask
 from strategies import HideNseek
+
+from conftest import FakeGrid
 
 
 def _strategy(density: float = 0.5) -> HideNseek:
     model = build_model("cnn", 10, 1, 12)
-    return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density, synflow_iterations=5,
+    return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density,
+                     synflow_iterations=5,
                      min_train_nodes=1)
 
 

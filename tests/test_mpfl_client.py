@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 import torch
-from conftest import sent_messages, tiny_client_data
 from flwr.app import RecordDict
 
 from fedmask.client import node as mpfl
-from fedmask.nn.models import build_model
-from fedmask.wire.records import ReplyError
 from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights
+from fedmask.wire.records import ReplyError
 from fedmask.wire.sparse import decode_sparse
 from strategies import MPFL
+
+from conftest import sent_messages, tiny_client_data
 
 
 @pytest.fixture(params=["packed", "entropy"])
@@ -69,7 +70,8 @@ def test_node_without_the_mask_refuses_and_is_sent_it_again(strategy, client_rep
 
 
 def test_evaluate_in_both_phases(strategy):
-    reply = mpfl.evaluate(sent_messages(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1, 12),
+    reply = mpfl.evaluate(sent_messages(strategy, 1, kind="evaluate")[0], build_model("cnn", 10, 1,
+                                                                                      12),
                           tiny_client_data(), RecordDict())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0

@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedmask.nn.models import build_model
 from fedmask.methods.masked import wire as masked_wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights
 from fedmask.wire.sparse import KEPT_VALUES, encode_sparse
 from strategies import MPFL
 from strategies.mpfl import consensus
+
+from conftest import FakeGrid
 
 
 def test_consensus_hand_computed():
@@ -34,7 +35,8 @@ def _strategy(**kwargs) -> MPFL:
 
 
 def _vote_reply(client_reply, strategy, own, n=10, node=1):
-    content = RecordDict({**masked_wire.encode_client_mask(own, strategy.mask, strategy.mask_coding),
+    content = RecordDict({**masked_wire.encode_client_mask(own, strategy.mask,
+                                                           strategy.mask_coding),
                           "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
     return client_reply(content, node)
 
@@ -66,7 +68,8 @@ def test_density_schedule_then_phase_two(client_reply):
     assert strategy.mask.sum() == round(0.5 * n) and strategy.phase == 1
     assert (metrics["phase"], metrics["density"]) == (1, pytest.approx(0.5, abs=1e-5))
     _search(strategy, client_reply)
-    assert strategy.mask.sum() == round(0.25 * n) and strategy.phase == 2 and strategy.iteration == 2
+    assert strategy.mask.sum() == round(0.25 * n)
+    assert strategy.phase == 2 and strategy.iteration == 2
     w0 = flat_weights(strategy.model)
     start = torch.cat([strategy.weights[name].flatten() for name in strategy.names]).numpy()
     np.testing.assert_array_equal(start, np.where(strategy.mask, w0, 0.0))
@@ -100,7 +103,8 @@ def test_phase_two_sends_the_mask_only_to_nodes_without_it(client_reply):
     assert masked_wire.MASK not in later[1].content.array_records[masked_wire.WEIGHTS]
     assert masked_wire.MASK in later[2].content.array_records[masked_wire.WEIGHTS]
     config = later[1].content.config_records["config"]
-    assert (config[masked_wire.PHASE], config[masked_wire.MASK_DIGEST]) == (2, masked_wire.mask_digest(strategy.mask))
+    assert (config[masked_wire.PHASE], config[masked_wire.MASK_DIGEST]) == (2,
+                                                                            masked_wire.mask_digest(strategy.mask))
 
 
 def test_failed_node_is_sent_the_mask_again(client_reply):
@@ -119,7 +123,8 @@ def test_malformed_replies_are_dropped(client_reply, phase):
         _search(strategy, client_reply)
     mask_before = strategy.mask.copy()
     bad = client_reply(RecordDict({
-        masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3, np.uint8))}),
+        masked_wire.CLIENT_MASK: ArrayRecord({masked_wire.CLIENT_MASK: Array(np.zeros(3,
+                                                                                      np.uint8))}),
         masked_wire.WEIGHTS: ArrayRecord({KEPT_VALUES: Array(np.zeros(3, np.float32))}),
         "metrics": MetricRecord({"num-examples": 5})}), node=9)
     assert strategy.aggregate_train(phase, [bad]) == (None, None)

@@ -1,9 +1,9 @@
 """ClientApp body: per-message seeds and where a node's data comes from."""
 
-from conftest import DATA_ROOT
-
 from fedmask import config as run_config
 from fedmask.client.node import message_seed, node_data
+
+from conftest import DATA_ROOT
 
 
 def test_message_seed_depends_only_on_run_round_partition_phase():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedmask.nn.supermask import BernoulliSupermask, SignSupermask, supermasks
-from fedmask.nn.models import build_model, num_prunable
-from fedmask.wire.records import ReplyError, array, attach_flat, read_flat
 from fedmask.methods.fedpm import wire as fedpm
+from fedmask.nn.models import build_model, num_prunable
+from fedmask.nn.supermask import BernoulliSupermask, SignSupermask, supermasks
+from fedmask.wire.records import ReplyError, array, attach_flat, read_flat
 
 
 def test_array_reads_or_names_the_missing_key():

@@ -6,15 +6,16 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import LoopbackGrid
 from flwr.app import ArrayRecord
 
-from fedmask.server import checkpoint
 from fedmask.client.settings import LocalSettings
 from fedmask.nn.models import build_model, seeded_init
+from fedmask.server import checkpoint
 from fedmask.server.results import arrays_sha256
 from fedmask.server.rounds import run_rounds
 from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
+
+from conftest import LoopbackGrid
 
 NODES = [11, 12, 13]
 
@@ -24,11 +25,13 @@ def _setup(method):
     model = build_model("cnn", 10, 1, 12)
     common = {"seed": 7, "min_train_nodes": 2, "fraction_evaluate": 0.34}  # one evaluates
     strategy = {
-        "hidenseek": lambda: HideNseek(model=model, input_shape=(1, 12, 12), synflow_iterations=3, **common),
+        "hidenseek": lambda: HideNseek(model=model, input_shape=(1, 12, 12), synflow_iterations=3,
+                                       **common),
         "fedpm": lambda: FedPM(model=model, **common),
         "mpfl": lambda: MPFL(model=model, density=0.5, prune_rate=0.3, **common),
         "ssfl": lambda: SSFL(model=model, density=0.5, **common),
-        "fedsparsify": lambda: FedSparsify(model=model, num_server_rounds=3, fedsparsify_variant="local", **common),
+        "fedsparsify": lambda: FedSparsify(model=model, num_server_rounds=3,
+                                           fedsparsify_variant="local", **common),
         "fedavg": lambda: FedAvg(model=model, min_train_nodes=2, fraction_evaluate=0.34),
     }[method]()
     if method == "fedavg":

@@ -9,16 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MPFL_SMALL, ROOT, SMALL, small_simulation
-
 from flwr.app import ArrayRecord
 
-from fedmask.server import checkpoint
 from fedmask.config import ConfigError, parse
 from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
 from fedmask.nn.models import build_model
+from fedmask.server import checkpoint
 from fedmask.server.app import _resume
 from strategies import FedAvg
+
+from conftest import MPFL_SMALL, ROOT, SMALL, small_simulation
 
 FAULTY_CLIENT = '''"""fedmask's ClientApp with two broken nodes: partition 0 raises on every train
 message, partition 1 answers with its real reply's arrays filled with NaN."""

@@ -4,6 +4,7 @@ wire format and sizes each method's replies really have."""
 import math
 
 import pytest
+
 from conftest import small_simulation
 
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of

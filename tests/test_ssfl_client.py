@@ -2,15 +2,16 @@
 
 import numpy as np
 import torch
-from conftest import FakeGrid, tiny_client_data
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedmask.client import node as ssfl
 from fedmask.client.settings import LocalSettings
-from fedmask.nn.models import build_model
 from fedmask.methods.ssfl import wire as wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights, snip_scores
 from strategies import SSFL
+
+from conftest import FakeGrid, tiny_client_data
 
 
 def _as_received(msg: Message) -> Message:
@@ -19,7 +20,8 @@ def _as_received(msg: Message) -> Message:
 
 
 def test_query_answers_the_snip_saliency_of_the_seeded_net(client_reply):
-    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2, min_train_nodes=1)
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2,
+                    min_train_nodes=1)
     captured = {}
 
     class Grid(FakeGrid):

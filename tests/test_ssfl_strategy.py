@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedmask.nn.models import build_model
 from fedmask.methods.masked import wire as masked_wire
 from fedmask.methods.ssfl import wire as wire
+from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights, keep_largest
 from strategies import SSFL
 from strategies.ssfl import aggregate_saliency

@@ -6,17 +6,18 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import LoopbackGrid
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedmask.client.settings import LocalSettings
 from fedmask.nn.models import build_model, seeded_init
-from fedmask.wire.records import MAX_EXAMPLES, ReplyError
 from fedmask.server.results import arrays_sha256
 from fedmask.server.validation import accept, check_reply, mean_metrics, payload_bytes, reply_limit
+from fedmask.wire.records import MAX_EXAMPLES, ReplyError
 from strategies import MPFL, SSFL, FedAvg, FedPM, FedSparsify, HideNseek
+
+from conftest import LoopbackGrid
 
 NODES = [31, 32]
 
@@ -91,13 +92,15 @@ def _fedavg(model):
 FACTORIES = {
     "hidenseek": lambda m: HideNseek(model=m, input_shape=(1, 12, 12), seed=1, synflow_iterations=2,
                                      min_train_nodes=1),
-    "hidenseek-entropy": lambda m: HideNseek(model=m, input_shape=(1, 12, 12), seed=1, synflow_iterations=2,
+    "hidenseek-entropy": lambda m: HideNseek(model=m, input_shape=(1, 12, 12), seed=1,
+                                             synflow_iterations=2,
                                              mask_coding="entropy", min_train_nodes=1),
     "fedpm": lambda m: FedPM(model=m, seed=1, mask_coding="entropy", min_train_nodes=1),
     "mpfl": lambda m: MPFL(model=m, seed=1, density=0.5, min_train_nodes=1),
     "ssfl": lambda m: SSFL(model=m, seed=1, density=0.5, min_train_nodes=1),
     "fedsparsify": lambda m: FedSparsify(model=m, num_server_rounds=3, seed=1, min_train_nodes=1),
-    "fedsparsify-local": lambda m: FedSparsify(model=m, num_server_rounds=3, seed=1, fedsparsify_variant="local", min_train_nodes=1),
+    "fedsparsify-local": lambda m: FedSparsify(model=m, num_server_rounds=3, seed=1,
+                                               fedsparsify_variant="local", min_train_nodes=1),
     "fedavg": _fedavg,
 }
 HANDLERS = {"hidenseek-entropy": "hidenseek", "fedsparsify-local": "fedsparsify"}

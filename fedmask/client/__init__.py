@@ -18,7 +18,7 @@ at zero). On an evaluate message, :func:`eval_module` gives a plain module
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import Message, RecordDict
@@ -87,7 +87,7 @@ def eval_reply(msg: Message, num_examples: int, metrics: Mapping[str, float]) ->
     return reply(msg, _with_examples(num_examples, metrics))
 
 
-def query_reply(msg: Message, model: nn.Module, trainloader: Iterable[Any],
+def query_reply(msg: Message, model: nn.Module, trainloader: Any,
                 state: RecordDict, num_examples: int | None = None) -> Message:
     """The reply to a query message (SSFL's saliency before round 1), computed on
     `trainloader`'s batches (tuples or dicts, see :mod:`fedmask.nn.batches`);
@@ -95,6 +95,6 @@ def query_reply(msg: Message, model: nn.Module, trainloader: Iterable[Any],
     hooks = method_of(msg).client_module()
     if not hasattr(hooks, "query"):
         raise ValueError(f"{method_of(msg).name} sends no query messages")
-    count = len(getattr(trainloader, "dataset")) if num_examples is None else num_examples
+    count = len(trainloader.dataset) if num_examples is None else num_examples
     return reply(msg, {NUM_EXAMPLES: int(count)},
                  hooks.query(msg, model, as_pairs(trainloader), state))

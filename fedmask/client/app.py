@@ -10,10 +10,16 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedmask.client import (eval_module, eval_reply, method_of, query_reply, train_module,
-                            train_reply)
+from fedmask.client import (
+    eval_module,
+    eval_reply,
+    method_of,
+    query_reply,
+    train_module,
+    train_reply,
+)
 from fedmask.nn.supermask import fold
-from fedmask.wire.records import CONFIG
+from fedmask.wire.records import CONFIG, config_value
 
 Loaders = tuple[Any, Any]  # (trainloader, testloader)
 TrainFn = Callable[[nn.Module, Any, int, float, torch.device], Any]
@@ -30,7 +36,8 @@ def pick_device(name: str = "auto") -> torch.device:
 def local_epochs(msg: Message, context: Context) -> int:
     """``local-epochs`` of the message's config, else of the run config, else 1."""
     config = msg.content.config_records[CONFIG]
-    return int(config.get("local-epochs", context.run_config.get("local-epochs", 1)))
+    return config_value(config, "local-epochs", int,
+                        config_value(context.run_config, "local-epochs", int, 1))
 
 
 def learning_rate(msg: Message) -> float:
@@ -38,7 +45,7 @@ def learning_rate(msg: Message) -> float:
     config = msg.content.config_records[CONFIG]
     if "lr" not in config:
         raise ValueError("lr: the train config names no learning rate")
-    return float(config["lr"])
+    return config_value(config, "lr", float)
 
 
 def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context], Loaders],
@@ -81,7 +88,7 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
         trainloader, testloader = load_data(context)
         loss, accuracy = test(eval_module(msg, model(), context.state), testloader, where)
         metrics = {"loss": float(loss), "accuracy": float(accuracy)}
-        personal = int(msg.content.config_records[CONFIG].get("personal-epochs", 0))
+        personal = config_value(msg.content.config_records[CONFIG], "personal-epochs", int, 0)
         if method_of(msg).personalised and personal > 0:
             net = train_module(msg, model(), context.state)
             train(net, trainloader, personal, learning_rate(msg), where)

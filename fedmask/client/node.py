@@ -17,7 +17,7 @@ from fedmask.data.datasets import DATASETS, ClientData, client_data
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
-from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, reply
+from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
 EVAL_SAMPLES, PERSONAL_EPOCHS = "eval-samples", "personal-epochs"
 
@@ -57,7 +57,7 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     of fine-tuning."""
     config = msg.content.config_records[CONFIG]
     net = method_of(msg).client_module().eval_module(msg, model, state)
-    samples = int(config.get(EVAL_SAMPLES, 0))
+    samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test, samples)}
     settings = LocalSettings.from_message(msg)
     if method_of(msg).personalised and settings.personal_epochs > 0:
@@ -81,7 +81,7 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     spec = DATASETS[cfg["dataset"]]
     data, partition = node_data(cfg, context.node_config)
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
-    server_round = int(msg.content.config_records[CONFIG].get("server-round", 0))
+    server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
     start = time.perf_counter()
     answer = HANDLERS[phase](msg, model, data, context.state)

@@ -10,7 +10,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedmask.nn import training
-
 from fedmask.wire.records import CONFIG
 
 
@@ -29,7 +28,7 @@ class LocalSettings:
         return ConfigRecord({k.replace("_", "-"): v for k, v in self.__dict__.items()})
 
     @classmethod
-    def from_message(cls, msg: Message) -> "LocalSettings":
+    def from_message(cls, msg: Message) -> LocalSettings:
         """Read the settings from `msg`'s ``config`` record."""
         config = msg.content.config_records.get(CONFIG, ConfigRecord())
         defaults = cls()

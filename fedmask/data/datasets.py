@@ -21,9 +21,8 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
-
 from typing import TYPE_CHECKING
+from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -427,11 +426,11 @@ def _mirror(spec: DatasetSpec, root: Path, cache_root: Path) -> Path:
 
 def _to_tensors(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     """Convert torchvision's uint8 ``.data``/``.targets`` into a normalized TensorDataset."""
-    images = torch.as_tensor(images)
-    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    pixels = torch.as_tensor(images)
+    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    x = ((images.float() / 255.0 - mean) / std).contiguous()
+    x = ((pixels.float() / 255.0 - mean) / std).contiguous()
     y = torch.as_tensor(labels, dtype=torch.int64)
     return TensorDataset(x, y)
 

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 from torch import nn
 
 from fedmask.nn.models import seeded_init, weight_hash
+from fedmask.wire.records import config_value
 
 SEED, INIT, HASH = "seed", "init", "weight-hash"
 
@@ -30,7 +31,7 @@ class SeededNet:
     weight_hash: str
 
     @classmethod
-    def announce(cls, model: nn.Module, seed: int, init: str) -> "SeededNet":
+    def announce(cls, model: nn.Module, seed: int, init: str) -> SeededNet:
         """Initialise `model` in place from (seed, init) and describe it."""
         seeded_init(model, seed, init)
         return cls(seed, init, weight_hash(model))
@@ -40,9 +41,10 @@ class SeededNet:
         config[SEED], config[INIT], config[HASH] = self.seed, self.init, self.weight_hash
 
     @classmethod
-    def from_config(cls, config: ConfigRecord) -> "SeededNet":
+    def from_config(cls, config: ConfigRecord) -> SeededNet:
         """Read the description from a received `config`."""
-        return cls(int(config[SEED]), str(config[INIT]), str(config[HASH]))
+        return cls(config_value(config, SEED, int), config_value(config, INIT, str),
+                   config_value(config, HASH, str))
 
     def rebuild(self, model: nn.Module) -> nn.Module:
         """Initialise `model` in place and check the hash; raise WeightHashError."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,7 @@ class SignSupermask(nn.Module):
         sign = torch.ones_like(weight) if sign is None else sign
         _check_like("sign", sign, weight)
         self.scores = nn.Parameter(weight.detach().abs() * sign)
+        self.prune_mask: Tensor
         self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
 
     def forward(self, w: Tensor) -> Tensor:
@@ -165,6 +167,7 @@ class FixedMask(nn.Module):
     def __init__(self, weight: Tensor, mask: Tensor):
         super().__init__()
         _check_like("mask", mask, weight)
+        self.mask: Tensor
         self.register_buffer("mask", mask.to(weight.dtype))
 
     def forward(self, w: Tensor) -> Tensor:
@@ -186,6 +189,11 @@ def fixed_samples(model: nn.Module) -> Iterator[None]:
     finally:
         for mask in masks:
             mask.fixed = None
+
+
+def _chains(module: nn.Module) -> nn.ModuleDict:
+    """The parametrisation chains of a parametrised `module`, by tensor name."""
+    return cast(nn.ModuleDict, module.parametrizations)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -226,7 +234,7 @@ def attach(
             raise KeyError(f"unknown parameter {name!r}")
         module, attr = _owner(model, name)
         parametrize.register_parametrization(module, attr, make(name, params[name]))
-        module.parametrizations[attr].original.requires_grad_(not freeze)
+        _chains(module)[attr].original.requires_grad_(not freeze)
 
 
 def fold(model: nn.Module) -> nn.Module:
@@ -236,7 +244,7 @@ def fold(model: nn.Module) -> nn.Module:
     model.eval()
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for attr in list(module.parametrizations):
+            for attr in list(_chains(module)):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model.requires_grad_(True)
 
@@ -249,7 +257,7 @@ def supermasks(model: nn.Module) -> dict[str, nn.Module]:
     dict[str, nn.Module]
         ``{"a.b.weight": SignSupermask | BernoulliSupermask}`` in ``named_modules`` order.
     """
-    found = {}
+    found: dict[str, nn.Module] = {}
     for module_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
@@ -270,4 +278,4 @@ def frozen_weight(model: nn.Module, name: str) -> Tensor:
     module, attr = _owner(model, name)
     if not parametrize.is_parametrized(module, attr):
         raise KeyError(f"{name!r} is not parametrised")
-    return module.parametrizations[attr].original
+    return cast(Tensor, _chains(module)[attr].original)

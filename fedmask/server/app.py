@@ -123,7 +123,8 @@ def run(grid: Grid, context: Context) -> Path:
     final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
                        timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
-              "num_params": num_prunable(model), "density": strategy.kept_fraction, "seed": cfg["seed"],
+              "num_params": num_prunable(model), "density": strategy.kept_fraction,
+              "seed": cfg["seed"],
               "config": cfg, "resumed_after_round": first - 1,
               "final_arrays_sha256": arrays_sha256(final)}
     path = folder / "results.json"

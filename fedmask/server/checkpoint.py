@@ -67,7 +67,7 @@ def save(path: Path, server_round: int, strategy: dict[str, np.ndarray], arrays:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
-        np.savez(file, **data)
+        np.savez(file, **data)  # type: ignore[arg-type]  # names are array keys
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-_BITORDER = "big"
+_BITORDER: Literal["big"] = "big"
 
 
 class CodecError(ValueError):
@@ -201,7 +202,7 @@ def select(flat_mask: np.ndarray, values: np.ndarray) -> np.ndarray:
     return values[flat_mask]
 
 
-def scatter(flat_mask: np.ndarray, kept: np.ndarray, fill: float | int | bool) -> np.ndarray:
+def scatter(flat_mask: np.ndarray, kept: np.ndarray, fill: float | np.generic) -> np.ndarray:
     """Write `kept` at the True positions of `flat_mask`, `fill` elsewhere.
 
     Parameters

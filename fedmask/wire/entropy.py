@@ -44,7 +44,7 @@ def _check_probs(probs: np.ndarray, length: int, field: str) -> None:
         raise CodecError(field, "probabilities must lie in [0, 1]")
 
 
-def _bernoulli() -> "constriction.stream.model.Bernoulli":
+def _bernoulli() -> constriction.stream.model.Bernoulli:
     return constriction.stream.model.Bernoulli(perfect=False)
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from torch import Tensor, nn
 
-from fedmask.wire.bits import flatten_masks, split_flat
-from fedmask.nn.supermask import attach, supermasks
 from fedmask.nn.pruning import prunable_names
+from fedmask.nn.supermask import attach, supermasks
+from fedmask.wire.bits import flatten_masks, split_flat
 
 CONFIG = "config"  # ConfigRecord, server -> client
 METRICS = "metrics"  # MetricRecord, client -> server
@@ -22,6 +23,8 @@ MAX_EXAMPLES = 10**9  # bound on a reply's declared num-examples
 CLIENT_SECONDS = "client-s"  # metric: seconds the ClientApp spent on a message
 
 
+V = TypeVar("V", int, float, str, bool)
+UserConfig = Mapping[str, Any]  # a run or node config
 Encoder = Callable[[nn.Module], dict[str, ArrayRecord]]  # trained module -> reply arrays
 TrainModule = tuple[nn.Module, Encoder]  # what a method's ``train_module`` hook returns
 
@@ -32,6 +35,20 @@ class ReplyError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def config_value(config: ConfigRecord | UserConfig, key: str, kind: type[V],
+                 default: V | None = None) -> V:
+    """``config[key]`` as `kind` (``int``, ``float``, ``str`` or ``bool``; an int is a
+    float too), `default` when absent; ReplyError naming the key otherwise."""
+    value = config.get(key, default)
+    if value is None:
+        raise ReplyError(key, "missing from the config")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ReplyError(key, f"expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def array(record: ArrayRecord, key: str) -> np.ndarray:
@@ -70,7 +87,7 @@ def attach_flat(model: nn.Module, make: Callable[..., nn.Module], *flats: np.nda
 
 
 @torch.no_grad()
-def read_flat(model: nn.Module, read: Callable[[nn.Module], Tensor]) -> np.ndarray:
+def read_flat(model: nn.Module, read: Callable[[Any], Tensor]) -> np.ndarray:
     """Concatenate the boolean ``read(supermask)`` of every supermask of `model`."""
     masks = supermasks(model)
     return flatten_masks({name: read(mask) for name, mask in masks.items()}, list(masks))
@@ -79,7 +96,8 @@ def read_flat(model: nn.Module, read: Callable[[nn.Module], Tensor]) -> np.ndarr
 def reply(msg: Message, metrics: dict[str, float | int],
           arrays: dict[str, ArrayRecord] | None = None) -> Message:
     """Build the reply to `msg` carrying `arrays` and a MetricRecord of `metrics`."""
-    content = RecordDict({**(arrays or {}), METRICS: MetricRecord(metrics)})
+    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    content = RecordDict({**(arrays or {}), METRICS: MetricRecord(values)})
     return Message(content, reply_to=msg)
 
 

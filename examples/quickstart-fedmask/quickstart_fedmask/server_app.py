@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+
 import strategies
 
 from quickstart_fedmask.task import Net, load_centralized_dataset

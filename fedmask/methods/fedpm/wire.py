@@ -14,17 +14,28 @@ theta both sides hold (``mask-coding``), and the ``metrics`` MetricRecord with
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
-from fedmask.wire.coding import decode_mask, encode_mask
 from fedmask.nn.supermask import BernoulliSupermask
-from fedmask.wire.records import NUM_PARAMS, ReplyError, array, attach_flat, read_flat, reply_array
+from fedmask.wire.coding import decode_mask, encode_mask
+from fedmask.wire.records import (
+    NUM_PARAMS,
+    ReplyError,
+    array,
+    attach_flat,
+    config_value,
+    read_flat,
+    reply_array,
+)
 
 THETA, MASK, SAMPLED_MASK = "theta", "mask", "sampled-mask"
 THETA_FORMAT, ESTIMATOR, EVAL_SAMPLES = "theta-format", "estimator", "eval-samples"
-THETA_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
+THETA_DTYPES: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8),
+                                          "float32": np.dtype(np.float32)}
 _LEVELS = 256
 
 
@@ -50,9 +61,9 @@ def encode_theta(wire_theta: np.ndarray) -> ArrayRecord:
 def decode_theta(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
     """Validated probabilities (float64, N entries) from a ``theta`` record."""
     wire_theta = array(record, THETA)
-    expected = THETA_DTYPES.get(str(config[THETA_FORMAT]))
-    if wire_theta.dtype != expected or wire_theta.shape != (int(config[NUM_PARAMS]),):
-        raise ReplyError(THETA, f"expected {config[NUM_PARAMS]} values of {expected}, got "
+    expected = THETA_DTYPES.get(config_value(config, THETA_FORMAT, str))
+    if wire_theta.dtype != expected or wire_theta.shape != (config_value(config, NUM_PARAMS, int),):
+        raise ReplyError(THETA, f"expected {config[NUM_PARAMS]!r} values of {expected}, got "
                                 f"{wire_theta.shape} of {wire_theta.dtype}")
     theta = dequantise(wire_theta)
     if not np.all((theta >= 0.0) & (theta <= 1.0)):  # also rejects NaN

@@ -12,7 +12,7 @@ from fedmask.methods.masked import client as masked
 from fedmask.methods.masked.wire import encode_client_mask
 from fedmask.nn.pruning import flat_weights, keep_largest
 from fedmask.nn.supermask import fold
-from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
+from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule, config_value
 
 eval_module = masked.eval_module
 
@@ -21,14 +21,16 @@ def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModu
     """Global variant: masked FedAvg. Local: the same module, encoded as the values
     of its `target-kept` largest weights plus that mask."""
     config = msg.content.config_records[CONFIG]
-    if str(config[wire.VARIANT]) != "local":
+    if config_value(config, wire.VARIANT, str) != "local":
         return masked.train_module(msg, model, state)
     net, mask = masked.masked_net(msg, model, state)
 
     def encode(trained: nn.Module) -> dict:
         plain = fold(trained)
-        own = keep_largest(np.abs(flat_weights(plain)), mask, int(config[wire.TARGET_KEPT]))
+        own = keep_largest(np.abs(flat_weights(plain)), mask, config_value(config,
+                                                                           wire.TARGET_KEPT, int))
         return masked.weights_arrays(plain, own,
-                                     encode_client_mask(own, mask, str(config[MASK_CODING])))
+                                     encode_client_mask(own, mask, config_value(config,
+                                                                                MASK_CODING, str)))
 
     return masked.trainable(net, mask), encode

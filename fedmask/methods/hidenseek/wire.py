@@ -18,10 +18,18 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
+from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, encode_mask
-from fedmask.nn.supermask import SignSupermask
-from fedmask.wire.records import NUM_PARAMS, ReplyError, array, attach_flat, read_flat, reply_array
+from fedmask.wire.records import (
+    NUM_PARAMS,
+    ReplyError,
+    array,
+    attach_flat,
+    config_value,
+    read_flat,
+    reply_array,
+)
 
 MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
@@ -39,7 +47,8 @@ def encode_masks(prune: np.ndarray, signs: np.ndarray | None) -> ArrayRecord:
 
 def decode_masks(record: ArrayRecord, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
     """Unpack (prune mask of N bits, signs of K bits; all +1 when absent)."""
-    num_params, num_kept = int(config[NUM_PARAMS]), int(config[NUM_KEPT])
+    num_params, num_kept = config_value(config, NUM_PARAMS, int), config_value(config, NUM_KEPT,
+                                                                               int)
     prune = unpack_mask(array(record, PRUNE_MASK), num_params, PRUNE_MASK)
     if int(prune.sum()) != num_kept:
         raise ReplyError(PRUNE_MASK, f"keeps {int(prune.sum())} weights, expected {num_kept}")

@@ -23,9 +23,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from torch import Tensor
 
 from fedmask.wire.bits import pack_mask, unpack_mask
-from fedmask.wire.sparse import KEPT_VALUES, decode_sparse
 from fedmask.wire.coding import decode_mask, encode_mask
-from fedmask.wire.records import CONFIG, NUM_PARAMS, ReplyError, array, reply_array
+from fedmask.wire.records import CONFIG, NUM_PARAMS, ReplyError, array, config_value, reply_array
+from fedmask.wire.sparse import KEPT_VALUES, decode_sparse
 
 WEIGHTS, MASK, CLIENT_MASK = "weights", "mask", "client-mask"
 PHASE, NUM_KEPT, MASK_DIGEST = "phase", "num-kept", "mask-digest"
@@ -44,9 +44,9 @@ def mask_array(mask: np.ndarray) -> Array:
 
 def decode_mask_record(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
     """The mask a record carries; checks N and the announced number kept."""
-    mask = unpack_mask(array(record, MASK), int(config[NUM_PARAMS]), MASK)
-    if int(mask.sum()) != int(config[NUM_KEPT]):
-        raise ReplyError(MASK, f"keeps {int(mask.sum())}, expected {config[NUM_KEPT]}")
+    mask = unpack_mask(array(record, MASK), config_value(config, NUM_PARAMS, int), MASK)
+    if int(mask.sum()) != config_value(config, NUM_KEPT, int):
+        raise ReplyError(MASK, f"keeps {int(mask.sum())}, expected {config[NUM_KEPT]!r}")
     return mask
 
 
@@ -60,10 +60,10 @@ def held_mask(msg: Message, state: RecordDict) -> np.ndarray:
         state[STATE_KEY] = ArrayRecord({MASK: mask_array(mask)})
     elif STATE_KEY in state.array_records:
         mask = unpack_mask(state.array_records[STATE_KEY][MASK].numpy(),
-                           int(config[NUM_PARAMS]), MASK)
+                           config_value(config, NUM_PARAMS, int), MASK)
     else:
         raise ReplyError(MASK, "this node does not hold the mask")
-    if mask_digest(mask) != str(config[MASK_DIGEST]):
+    if mask_digest(mask) != config_value(config, MASK_DIGEST, str):
         raise ReplyError(MASK_DIGEST, "the held mask is not the server's")
     return mask
 

@@ -14,7 +14,7 @@ from fedmask.methods.masked import client as masked
 from fedmask.methods.ssfl import wire
 from fedmask.nn.pruning import prunable_names, snip_scores
 from fedmask.nn.seeded import SeededNet
-from fedmask.wire.records import CONFIG
+from fedmask.wire.records import CONFIG, config_value
 
 train_module, eval_module = masked.train_module, masked.eval_module
 
@@ -26,7 +26,8 @@ def query(msg: Message, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor
     del state
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
-    scores = snip_scores(model, itertools.islice(batches, int(config[wire.SALIENCY_BATCHES])))
+    scores = snip_scores(model, itertools.islice(batches, config_value(config,
+                                                                       wire.SALIENCY_BATCHES, int)))
     saliency = np.concatenate([scores[n].detach().cpu().numpy().reshape(-1)
                                for n in prunable_names(model)])
-    return wire.encode_saliency(saliency, str(config[wire.SALIENCY_FORMAT]))
+    return wire.encode_saliency(saliency, config_value(config, wire.SALIENCY_FORMAT, str))

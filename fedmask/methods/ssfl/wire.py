@@ -9,6 +9,8 @@ Down: ``config`` with the seeded-net description, ``num-params`` N,
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
@@ -17,7 +19,8 @@ from fedmask.wire.records import reply_array
 
 SALIENCY, SNIP = "saliency", "snip"
 SALIENCY_BATCHES, SALIENCY_FORMAT = "saliency-batches", "saliency-format"
-SALIENCY_DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
+SALIENCY_DTYPES: dict[str, np.dtype[Any]] = {"float16": np.dtype(np.float16),
+                                             "float32": np.dtype(np.float32)}
 
 
 def encode_saliency(scores: np.ndarray, saliency_format: str) -> dict[str, ArrayRecord]:
