@@ -12,7 +12,7 @@ from flwr.common.logger import log
 from torch import nn
 
 from fedmask.methods.fedpm import wire as wire
-from strategies.supermask import SeededMaskStrategy, add_where
+from strategies.seeded_mask import SeededMaskStrategy, add_where
 
 
 class FedPM(SeededMaskStrategy):

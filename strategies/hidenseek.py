@@ -14,7 +14,7 @@ from torch import nn
 from fedmask.methods.hidenseek import wire as wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.wire.bits import flatten_masks
-from strategies.supermask import SeededMaskStrategy, add_where
+from strategies.seeded_mask import SeededMaskStrategy, add_where
 
 
 def linear_input_shape(model: nn.Module) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 import fedmask.client
 import strategies
 from fedmask.client.app import client_app
+from fedmask.methods import REGISTRY
 from fedmask.nn.batches import as_pairs
 from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights
@@ -20,7 +21,7 @@ from fedmask.nn.supermask import FixedMask, attach, fold
 
 from conftest import FakeGrid, _metadata
 
-METHODS = ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify", "fedavg"]
+METHODS = list(REGISTRY)
 
 
 class DictImages(Dataset):

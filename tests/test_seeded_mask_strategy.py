@@ -1,9 +1,9 @@
-"""The shared server pieces of the mask methods (strategies.supermask)."""
+"""The shared server pieces of the mask methods (strategies.seeded_mask)."""
 
 import numpy as np
 import pytest
 
-from strategies.supermask import add_where
+from strategies.seeded_mask import add_where
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.float64])
