@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
 
 from fedmask.methods import METHOD_KEY, Method, get_method
+from fedmask.nn.model_file import architecture_name, write_model_file
+from fedmask.nn.models import num_prunable
 from fedmask.nn.supermask import fold
 from fedmask.server.checkpoint import Checkpointable
 from fedmask.server.validation import ValidatedStrategy
@@ -47,6 +50,7 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     """Mixin of every fedmask strategy; a subclass names its method in ``METHOD``."""
 
     METHOD = ""
+    model: nn.Module  # the architecture, seeded (set by every strategy's constructor)
 
     @property
     def method(self) -> Method:
@@ -76,6 +80,11 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     def kept_fraction(self) -> float:
         """Fraction of the prunable weights the final model keeps."""
 
+    @abstractmethod
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """The records of a client's evaluation message for `arrays`, in the method's
+        most compact exact form: what a model file holds (:mod:`fedmask.nn.model_file`)."""
+
     def method_config(self) -> dict[str, Any]:
         """Method-specific keys of the default train and evaluate config."""
         return {}
@@ -100,6 +109,20 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
         class (masks folded into its weights), eval mode: a fresh instance of that
         class can ``load_state_dict`` its state dict."""
         return fold(self.evaluation_model(arrays))
+
+    def save_model(self, path: str | Path, arrays: ArrayRecord, *,
+                   architecture: str | None = None,
+                   dataset: dict[str, Any] | None = None) -> int:
+        """Write the global model `arrays` describe to `path` (``model.safetensors``,
+        read back by :func:`fedmask.nn.model_file.load_model`); return its size in
+        bytes. `architecture`: a fedmask model name (default: the model's
+        ``module:Class``); `dataset`: ``num_classes``, ``in_channels``,
+        ``image_size``, ``mean``, ``std`` (what ``python -m fedmask predict`` needs)."""
+        header = {"method": self.METHOD,
+                  "architecture": architecture_name(self.model, architecture),
+                  "dataset": dataset, "num_params": num_prunable(self.model),
+                  "density": self.kept_fraction}
+        return write_model_file(path, self.model_content(arrays), header)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
               num_rounds: int = 3, timeout: float = 3600,

@@ -13,9 +13,9 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
-from fedmask.nn.models import seeded_init
+from fedmask.nn.seeded import SeededNet
 from fedmask.server.validation import mean_metrics
-from fedmask.wire.records import METRICS, NUM_EXAMPLES, ReplyError, num_examples
+from fedmask.wire.records import CONFIG, METRICS, NUM_EXAMPLES, ReplyError, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
 
@@ -43,13 +43,20 @@ class FedAvg(MethodStrategy, FlowerFedAvg):
                  input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_input_shape(model, input_shape)
-        self.model = seeded_init(model, seed, self.resolve_init(init))
+        self.model = model
+        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.init_validation(model)
         self.reference = ArrayRecord(model.state_dict())
 
     def initial_arrays(self) -> ArrayRecord:
         """The seeded model's state dict."""
         return ArrayRecord(self.model.state_dict())
+
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """The float32 weights, and the seed that names the architecture (its hash)."""
+        config = self.with_method(ConfigRecord())
+        self.net.to_config(config)
+        return RecordDict({self.arrayrecord_key: arrays, CONFIG: config})
 
     @property
     def kept_fraction(self) -> float:

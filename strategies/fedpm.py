@@ -7,11 +7,12 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.methods.fedpm import wire as wire
+from fedmask.methods.fedpm import wire
+from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy, add_where
 
 
@@ -117,6 +118,13 @@ class FedPM(SeededMaskStrategy):
         self.alpha += ones
         self.beta += count - ones
         self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
+
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """The thresholded mask ``theta > 0.5`` of `arrays`, packed (N/8 bytes)."""
+        config = self.config()
+        theta = wire.decode_theta(arrays, config)
+        config[wire.THETA_FORMAT] = wire.MASK_FORMAT
+        return RecordDict({wire.THETA: wire.encode_thresholded(theta), CONFIG: config})
 
     @property
     def kept_fraction(self) -> float:

@@ -125,6 +125,13 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         """The global arrays before round 1."""
         return self.global_arrays()
 
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """`arrays` (the kept values, or the mask alone before masked FedAvg) with
+        the mask, packed, and the config naming it."""
+        record = ArrayRecord(dict(arrays))
+        record[wire.MASK] = wire.mask_array(self.mask)
+        return RecordDict({wire.WEIGHTS: record, CONFIG: self.config()})
+
     def global_arrays(self) -> ArrayRecord:
         """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""
         if self.phase == 1:

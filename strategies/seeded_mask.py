@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
@@ -27,7 +27,7 @@ from fedmask.nn.seeded import SeededNet
 from fedmask.server.validation import mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.entropy import binary_entropy, information_bits
-from fedmask.wire.records import MASK_CODING, NUM_PARAMS, num_examples
+from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
 ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
@@ -109,6 +109,10 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def initial_arrays(self) -> ArrayRecord:
         """The global masks before round 1."""
         return self.global_arrays()
+
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """`arrays` as sent to evaluating clients, with the seeded-net config."""
+        return RecordDict({self.arrayrecord_key: arrays, CONFIG: self.config()})
 
     def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
         """`config` plus the seeded-net description, N, the coding and wire_config()."""

@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from safetensors.torch import save
 from torch import nn
 
 from fedmask import config as run_config
@@ -25,6 +26,8 @@ from fedmask.server.accounting import MeasuringGrid
 from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
 from fedmask.server.results import RoundRecorder, arrays_sha256, write_json
 from fedmask.server.rounds import run_rounds
+
+MODEL_FILE = "model.safetensors"
 
 if TYPE_CHECKING:  # strategies are imported through the method registry, never here
     from strategies.base import MethodStrategy
@@ -45,6 +48,22 @@ def build_strategy(cfg: dict[str, Any], model: nn.Module, input_shape: tuple[int
         model=model, input_shape=input_shape, seed=cfg["seed"], init=cfg["init"],
         **method.strategy_arguments(cfg), **_sampling(cfg))
     return strategy
+
+
+def save_model(strategy: MethodStrategy, arrays: ArrayRecord, cfg: dict[str, Any],
+               folder: Path) -> dict[str, int]:
+    """Write ``model.safetensors``; return its measured size and that of the plain
+    float32 state dict (serialized the same way) for results.json."""
+    spec = DATASETS[cfg["dataset"]]
+    dataset = {"name": spec.name, "num_classes": spec.num_classes,
+               "in_channels": spec.in_channels, "image_size": spec.image_size,
+               "mean": list(spec.mean), "std": list(spec.std)}
+    size = strategy.save_model(folder / MODEL_FILE, arrays, architecture=cfg["model"],
+                               dataset=dataset)
+    plain = strategy.global_model(arrays).state_dict()
+    log(INFO, "[fedmask] model written to %s (%d bytes)", folder / MODEL_FILE, size)
+    return {"model_file_bytes": size,
+            "float32_state_dict_bytes": len(save({k: v.contiguous() for k, v in plain.items()}))}
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
@@ -126,7 +145,8 @@ def run(grid: Grid, context: Context) -> Path:
               "num_params": num_prunable(model), "density": strategy.kept_fraction,
               "seed": cfg["seed"],
               "config": cfg, "resumed_after_round": first - 1,
-              "final_arrays_sha256": arrays_sha256(final)}
+              "final_arrays_sha256": arrays_sha256(final), **save_model(strategy, final, cfg,
+                                                                        folder)}
     path = folder / "results.json"
     write_json(path, recorder.results(header))
     log(INFO, "[fedmask] results written to %s", path)

@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
 from fedmask.nn.supermask import BernoulliSupermask
+from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, encode_mask
 from fedmask.wire.records import (
     NUM_PARAMS,
@@ -34,6 +35,7 @@ from fedmask.wire.records import (
 
 THETA, MASK, SAMPLED_MASK = "theta", "mask", "sampled-mask"
 THETA_FORMAT, ESTIMATOR, EVAL_SAMPLES = "theta-format", "estimator", "eval-samples"
+MASK_FORMAT = "mask"  # theta-format of a model file: the thresholded mask, packed
 THETA_DTYPES: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8),
                                           "float32": np.dtype(np.float32)}
 _LEVELS = 256
@@ -58,9 +60,19 @@ def encode_theta(wire_theta: np.ndarray) -> ArrayRecord:
     return ArrayRecord({THETA: Array(wire_theta)})
 
 
+def encode_thresholded(theta: np.ndarray) -> ArrayRecord:
+    """The ``theta`` record of a model file: the mask ``theta > 0.5``, packed
+    (``theta-format = "mask"``)."""
+    return ArrayRecord({THETA: Array(pack_mask(theta > 0.5))})
+
+
 def decode_theta(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
-    """Validated probabilities (float64, N entries) from a ``theta`` record."""
+    """Validated probabilities (float64, N entries) from a ``theta`` record (a model
+    file's packed thresholded mask reads as probabilities 0 and 1)."""
     wire_theta = array(record, THETA)
+    if config_value(config, THETA_FORMAT, str) == MASK_FORMAT:
+        mask = unpack_mask(wire_theta, config_value(config, NUM_PARAMS, int), THETA)
+        return mask.astype(np.float64)
     expected = THETA_DTYPES.get(config_value(config, THETA_FORMAT, str))
     if wire_theta.dtype != expected or wire_theta.shape != (config_value(config, NUM_PARAMS, int),):
         raise ReplyError(THETA, f"expected {config[NUM_PARAMS]!r} values of {expected}, got "
