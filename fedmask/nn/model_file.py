@@ -17,11 +17,12 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_bytes
 from safetensors.numpy import save as save_bytes
@@ -97,6 +98,14 @@ def _metadata(data: bytes) -> dict[str, str]:
     return dict(json.loads(data[8:8 + size]).get("__metadata__") or {})
 
 
+@dataclass(frozen=True)
+class StoredMessage:
+    """What a method's ``eval_module`` hook reads of a message, its content, for a
+    file read outside any Flower run (a real Message needs one)."""
+
+    content: RecordDict
+
+
 def architecture_name(model: nn.Module, name: str | None) -> str:
     """`name` (a fedmask model such as ``cnn``), else ``module:Class`` of `model`."""
     return name or f"{type(model).__module__}:{type(model).__qualname__}"
@@ -140,7 +149,7 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         raise ModelFileError(f"weight-hash: {err}") from err
     except (KeyError, ValueError) as err:
         raise ModelFileError(f"config: {err}") from err
-    msg = Message(content, dst_node_id=0, message_type=MessageType.EVALUATE)
+    msg = cast(Message, StoredMessage(content))
     try:
         return fold(method.client_module().eval_module(msg, net, RecordDict()))
     except (KeyError, ValueError) as err:
