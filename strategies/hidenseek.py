@@ -7,13 +7,14 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from torch import nn
 
-from fedmask.methods.hidenseek import wire as wire
+from fedmask.methods.hidenseek import wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.wire.bits import flatten_masks
+from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy, add_where
 
 
@@ -112,6 +113,12 @@ class HideNseek(SeededMaskStrategy):
         del server_round, count
         votes = 2 * total - examples
         self.signs = np.where(votes == 0, self.signs, votes > 0)
+
+    def model_content(self, arrays: ArrayRecord) -> RecordDict:
+        """P and g of `arrays`, each range coded where that is smaller than packed."""
+        prune, signs = wire.decode_masks(arrays, self.config())
+        return RecordDict({wire.MASKS: wire.encode_masks(prune, signs, compact=True),
+                           CONFIG: self.config()})
 
     @property
     def kept_fraction(self) -> float:

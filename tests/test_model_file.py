@@ -152,3 +152,16 @@ def test_a_model_of_other_code_is_refused(saved):
     _, path = saved
     with pytest.raises(ModelFileError, match="weight-hash"):
         load_model(path, model=build_model("conv4", 10, 1, 12))
+
+
+def test_hidenseek_files_range_code_a_mask_only_where_that_is_smaller():
+    from fedmask.methods.hidenseek import wire
+    rng = np.random.default_rng(0)
+    prune = rng.random(8000) < 0.5  # about 1 bit of entropy per position: packed is smaller
+    signs = rng.random(int(prune.sum())) < 0.9  # skewed: coded is smaller
+    record = wire.encode_masks(prune, signs, compact=True)
+    assert set(record) == {wire.PRUNE_MASK, wire.SIGN_MASK + wire.CODED}
+    assert record[wire.SIGN_MASK + wire.CODED].numpy().size < (signs.size + 7) // 8
+    config = ConfigRecord({"num-params": prune.size, "num-kept": int(prune.sum())})
+    got_prune, got_signs = wire.decode_masks(record, config)
+    assert np.array_equal(got_prune, prune) and np.array_equal(got_signs, signs)

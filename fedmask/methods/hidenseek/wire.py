@@ -35,26 +35,41 @@ MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
 UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
 NUM_KEPT = "num-kept"
+CODED = "-coded"  # key suffix of a range-coded mask (model files, where smaller than packed)
 
 
-def encode_masks(prune: np.ndarray, signs: np.ndarray | None) -> ArrayRecord:
-    """The ``masks`` record: packed prune mask and (unless None) packed signs."""
-    record = ArrayRecord({PRUNE_MASK: Array(pack_mask(prune))})
-    if signs is not None:
-        record[SIGN_MASK] = Array(pack_mask(signs))
+def encode_masks(prune: np.ndarray, signs: np.ndarray | None,
+                 compact: bool = False) -> ArrayRecord:
+    """The ``masks`` record: the prune mask and (unless None) the signs, packed; with
+    `compact` (model files) each is range coded as i.i.d. bits instead, under the
+    key + ``-coded``, where that is smaller."""
+    bits = {PRUNE_MASK: prune} if signs is None else {PRUNE_MASK: prune, SIGN_MASK: signs}
+    record = ArrayRecord()
+    for key, mask in bits.items():
+        packed = pack_mask(mask)
+        coded = encode_mask(mask, "entropy") if compact else packed
+        smaller = compact and coded.size < packed.size
+        record[key + CODED if smaller else key] = Array(coded if smaller else packed)
     return record
+
+
+def _read_bits(record: ArrayRecord, key: str, length: int) -> np.ndarray:
+    """The `length` bits of `key`, packed or (model files) range coded."""
+    if key + CODED in record:
+        return decode_mask(array(record, key + CODED), length, "entropy", field=key + CODED)
+    return unpack_mask(array(record, key), length, key)
 
 
 def decode_masks(record: ArrayRecord, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
     """Unpack (prune mask of N bits, signs of K bits; all +1 when absent)."""
-    num_params, num_kept = config_value(config, NUM_PARAMS, int), config_value(config, NUM_KEPT,
-                                                                               int)
-    prune = unpack_mask(array(record, PRUNE_MASK), num_params, PRUNE_MASK)
+    num_params = config_value(config, NUM_PARAMS, int)
+    num_kept = config_value(config, NUM_KEPT, int)
+    prune = _read_bits(record, PRUNE_MASK, num_params)
     if int(prune.sum()) != num_kept:
         raise ReplyError(PRUNE_MASK, f"keeps {int(prune.sum())} weights, expected {num_kept}")
-    if SIGN_MASK not in record:
+    if SIGN_MASK not in record and SIGN_MASK + CODED not in record:
         return prune, np.ones(num_kept, dtype=bool)
-    return prune, unpack_mask(array(record, SIGN_MASK), num_kept, SIGN_MASK)
+    return prune, _read_bits(record, SIGN_MASK, num_kept)
 
 
 def encode_signs(signs: np.ndarray, global_signs: np.ndarray, coding: str
