@@ -181,10 +181,11 @@ def run_all(env: dict[str, str], configs: dict[str, dict[str, Any]], rounds: int
         return {entry: future.result() for entry, future in futures.items()}
 
 
-def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, float]
-            ) -> list[dict[str, Any]]:
+def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, float],
+            results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Final figures of every entry, with ratios to the first entry's; `run_s` are the
-    seconds of each entry's whole run."""
+    seconds of each entry's whole run; `results` their results.json (the measured size
+    of the model file and of a float32 state dict)."""
     base = next(iter(figures.values()))[-1]
     rows = []
     for entry, rounds in figures.items():
@@ -197,21 +198,33 @@ def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, 
                      "aggregate_s": sum(r["aggregate_s"] for r in rounds) / len(rounds),
                      "wall_s": sum(r["wall_s"] for r in rounds) / len(rounds),
                      "accuracy_vs_base": last["accuracy"] - base["accuracy"],
-                     "uplink_vs_base": last["cumulative_mb_up"] / base["cumulative_mb_up"]})
+                     "uplink_vs_base": last["cumulative_mb_up"] / base["cumulative_mb_up"],
+                     **model_size(results[entry])})
     return rows
+
+
+def model_size(results: dict[str, Any]) -> dict[str, float]:
+    """The model file's measured bytes, bits per prunable parameter, and ratio to
+    the float32 state dict's bytes."""
+    size = results["model_file_bytes"]
+    return {"model_bytes": size, "model_bpp": 8 * size / results["num_params"],
+            "model_vs_float32": size / results["float32_state_dict_bytes"]}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table."""
     lines = ["| method | accuracy | personalised | density | MB up | MB down | uplink bpp "
-             "(last round) | up / first | client s / round | aggregation s | round s | run min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(last round) | up / first | client s / round | aggregation s | round s | run min "
+             "| model file bytes | model bpp | model / float32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         personal = "" if r["personal_accuracy"] is None else f"{r['personal_accuracy']:.4f}"
         lines.append(f"| {r['entry']} | {r['accuracy']:.4f} | {personal} | {r['density']:.3f} "
                      f"| {r['mb_up']:.2f} | {r['mb_down']:.2f} | {r['uplink_bpp']:.3f} "
                      f"| {r['uplink_vs_base']:.3f} | {r['client_s_mean']:.1f} "
-                     f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} | {r['run_s'] / 60:.1f} |")
+                     f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} | {r['run_s'] / 60:.1f} "
+                     f"| {r['model_bytes']:,} | {r['model_bpp']:.3f} "
+                     f"| {r['model_vs_float32']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +258,7 @@ def report(profile: str, runs: dict[str, EntryRun], rounds: int, nodes: int,
     entries' runs; return the Markdown table."""
     figures = {entry: per_round(run.results) for entry, run in runs.items()}
     run_s = {entry: run.run_s for entry, run in runs.items()}
-    rows = summary(figures, run_s)
+    rows = summary(figures, run_s, {entry: run.results for entry, run in runs.items()})
     table = markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(

@@ -37,6 +37,8 @@ def test_smoke_profile_writes_every_method_round_and_figure(smoke, tmp_path):
     fedavg, hidenseek = results["per_round"]["fedavg"][0], results["per_round"]["hidenseek"][0]
     assert fedavg["uplink_bpp"] > 32 > 1 > hidenseek["uplink_bpp"]  # float32 vs sign bits
     assert results["summary"][0]["uplink_vs_base"] == 1.0  # fedavg is the baseline
+    model_bpp = {row["entry"]: row["model_bpp"] for row in results["summary"]}
+    assert model_bpp["hidenseek"] < 2 < 32 < model_bpp["fedavg"]  # bits vs float32 weights
     run_s = [row["run_s"] for row in results["summary"]]
     assert min(run_s) > 0 and results["total_s"] == pytest.approx(sum(run_s))
     assert table == out.with_suffix(".md").read_text()
