@@ -14,6 +14,7 @@ import strategies
 from fedmask.launch import run_simulation
 from fedmask.methods import REGISTRY
 from fedmask.nn import training
+from fedmask.nn.model_file import load_model
 from fedmask.nn.models import num_prunable
 from fedmask.server.accounting import message_bytes
 
@@ -105,19 +106,25 @@ def _payload(method: str, strategy) -> int:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_example_uplink_is_what_each_method_promises(method, monkeypatch):
+def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(client_app, "train_fn",
                         lambda *args: calls.append(args[2:4]) or task.train(*args))
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("fedmask's loop ran"))
     grid, strategy = ExampleGrid(), _strategy(method)
-    strategy.start(grid=grid, num_rounds=1, train_config=ConfigRecord({"local-epochs": 1}))
+    result = strategy.start(grid=grid, num_rounds=1,
+                            train_config=ConfigRecord({"local-epochs": 1}))
     assert grid.errors == []
     assert calls == [(1, strategy.method.defaults["lr"])] * 2  # the project's loop, both nodes
     train = [(size, bound) for kind, size, bound in grid.sizes if kind == "train"]
     payload = _payload(method, strategy)
     assert len(train) == 2
     assert all(payload <= size <= payload + bound for size, bound in train), (payload, train)
+    # any strategy writes the model file in one call; it loads into the project's class
+    strategy.save_model(tmp_path / "model.safetensors", result.arrays)
+    x = torch.randn(3, 1, 28, 28)
+    loaded = load_model(tmp_path / "model.safetensors", model=task.Net())
+    assert torch.equal(loaded(x), strategy.global_model(result.arrays)(x))
 
 
 def test_a_node_that_loses_its_state_gets_the_mask_again():
