@@ -37,9 +37,8 @@ def export(model_path: Path, onnx_path: Path, state_path: Path,
     model = load_model(model_path)
     example = torch.zeros(1, *input_shape(header, shape))
     torch.onnx.export(model, (example,), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"},
-                                                             "logits": {0: "batch"}},
-                      dynamo=False)
+                      output_names=["logits"], dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state_path))
 
 
