@@ -37,7 +37,7 @@ def export(model_path: Path, onnx_path: Path, state_path: Path,
     model = load_model(model_path)
     example = torch.zeros(1, *input_shape(header, shape))
     torch.onnx.export(model, (example,), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], dynamo=True,
+                      output_names=["logits"], dynamo=True, verbose=False,
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state_path))
 
