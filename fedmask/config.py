@@ -14,6 +14,7 @@ from typing import Any
 
 from fedmask.data.datasets import DATASETS, PARTITIONS
 from fedmask.methods import REGISTRY
+from fedmask.methods.masked.wire import VALUE_FORMATS
 from fedmask.nn.models import INITS, MODELS
 from fedmask.nn.training import OPTIMIZERS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
@@ -48,6 +49,7 @@ COMMON: dict[str, Option] = {
     "round-timeout-s": positive(3600.0),
     "density": in_range(0.5, 0.0, 1.0, lo_open=True),
     "mask-coding": choice("packed", CODINGS),
+    "model-value-format": choice("float32", VALUE_FORMATS),
     "test-fraction": in_range(0.2, 0.0, 1.0, lo_open=True),
     "train-limit": non_negative(0),
     "test-limit": non_negative(0),

@@ -45,6 +45,8 @@ class FedPM(SeededMaskStrategy):
         Clients' gradient estimator (``fedmask.nn.supermask.BernoulliSupermask``).
     eval_samples : int
         Sampled masks whose mean accuracy clients report next to the thresholded one.
+    model_theta : bool
+        The model file keeps theta (as sent down) instead of the thresholded mask.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -57,7 +59,7 @@ class FedPM(SeededMaskStrategy):
                  mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
                  prior_reset: int = 1, weighted_aggregation: bool = False,
                  theta_format: str = "uint8", estimator: str = "ste", eval_samples: int = 3,
-                 **kwargs: Any) -> None:
+                 model_theta: bool = False, **kwargs: Any) -> None:
         if theta_format not in wire.THETA_DTYPES:
             raise ValueError(f"{wire.THETA_FORMAT}: {theta_format!r} is not one of "
                              f"{list(wire.THETA_DTYPES)}")
@@ -66,6 +68,7 @@ class FedPM(SeededMaskStrategy):
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.THETA, input_shape=input_shape, **kwargs)
         self.prior_reset, self.weighted_aggregation = prior_reset, weighted_aggregation
+        self.model_theta = model_theta
         self.theta_format, self.estimator, self.eval_samples = theta_format, estimator, eval_samples
         self.alpha = np.ones(self.num_params)
         self.beta = np.ones(self.num_params)
@@ -120,8 +123,11 @@ class FedPM(SeededMaskStrategy):
         self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
-        """The thresholded mask ``theta > 0.5`` of `arrays`, packed (N/8 bytes)."""
+        """The thresholded mask ``theta > 0.5`` of `arrays`, packed (N/8 bytes), or
+        with `model_theta` theta itself as sent down."""
         config = self.config()
+        if self.model_theta:
+            return RecordDict({wire.THETA: arrays, CONFIG: config})
         theta = wire.decode_theta(arrays, config)
         config[wire.THETA_FORMAT] = wire.MASK_FORMAT
         return RecordDict({wire.THETA: wire.encode_thresholded(theta), CONFIG: config})

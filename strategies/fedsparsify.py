@@ -77,6 +77,7 @@ class FedSparsify(MaskedFedAvg):
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
+                 model_value_format: str = "float32",
                  num_server_rounds: int | None = None, fedsparsify_variant: str = "global",
                  final_sparsity: float = 0.9, prune_start: int = 1, prune_every: int = 1,
                  nnz_average: bool = False, **kwargs: Any) -> None:
@@ -84,7 +85,7 @@ class FedSparsify(MaskedFedAvg):
             raise ValueError(f"{wire.VARIANT}: {fedsparsify_variant!r} is not one of "
                              f"{list(wire.VARIANTS)}")
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
-                         input_shape=input_shape, **kwargs)
+                         input_shape=input_shape, model_value_format=model_value_format, **kwargs)
         self.variant, self.nnz_average = fedsparsify_variant, nnz_average
         self.pruning = (prune_start, prune_every, final_sparsity)
         check_schedule(prune_start, num_server_rounds or prune_start, prune_every,

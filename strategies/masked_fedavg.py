@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import Tensor, nn
@@ -55,13 +55,20 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         How masks a client sends (if any) are coded.
     input_shape : tuple[int, ...], optional
         Shape of one input example; when given, the model is checked against it.
+    model_value_format : {"float32", "float16"}
+        Precision of the kept values in the model file (:meth:`save_model`).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
     def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
-                 input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> None:
+                 input_shape: tuple[int, ...] | None = None,
+                 model_value_format: str = "float32", **kwargs: Any) -> None:
         check_coding(mask_coding)
+        if model_value_format not in wire.VALUE_FORMATS:
+            raise ValueError(f"model-value-format: {model_value_format!r} is not one of "
+                             f"{list(wire.VALUE_FORMATS)}")
+        self.model_value_format = model_value_format
         super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
         check_input_shape(model, input_shape)
         self.model, self.names = model, prunable_names(model)
@@ -130,7 +137,11 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         the mask, packed, and the config naming it."""
         record = ArrayRecord(dict(arrays))
         record[wire.MASK] = wire.mask_array(self.mask)
-        return RecordDict({wire.WEIGHTS: record, CONFIG: self.config()})
+        config = self.config()
+        if self.model_value_format == "float16" and KEPT_VALUES in record:
+            record[KEPT_VALUES] = Array(record[KEPT_VALUES].numpy().astype(np.float16))
+            config[wire.VALUE_FORMAT] = "float16"
+        return RecordDict({wire.WEIGHTS: record, CONFIG: config})
 
     def global_arrays(self) -> ArrayRecord:
         """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""

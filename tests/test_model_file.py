@@ -165,3 +165,40 @@ def test_hidenseek_files_range_code_a_mask_only_where_that_is_smaller():
     config = ConfigRecord({"num-params": prune.size, "num-kept": int(prune.sum())})
     got_prune, got_signs = wire.decode_masks(record, config)
     assert np.array_equal(got_prune, prune) and np.array_equal(got_signs, signs)
+
+
+def test_fedpm_keeps_theta_in_the_file_on_request(tmp_path):
+    sizes = {}
+    for keep_theta in (False, True):
+        strategy = strategies.FedPM(model=build_model("cnn", 10, 1, 12), seed=2,
+                                    model_theta=keep_theta)
+        strategy.wire_theta = np.random.default_rng(0).integers(0, 256, strategy.num_params,
+                                                                dtype=np.uint8)
+        arrays, path = strategy.global_arrays(), tmp_path / f"{keep_theta}.safetensors"
+        sizes[keep_theta] = strategy.save_model(path, arrays, architecture="cnn",
+                                                dataset={"num_classes": 10, "in_channels": 1,
+                                                         "image_size": 12})
+        x = torch.randn(3, 1, 12, 12)
+        assert torch.equal(load_model(path)(x), strategy.global_model(arrays)(x))
+    n = strategy.num_params
+    assert sizes[False] <= math.ceil(n / 8) + HEADER < n < sizes[True] <= n + HEADER
+
+
+def test_masked_methods_store_kept_values_as_float16_on_request(tmp_path):
+    outputs, sizes = {}, {}
+    x = torch.randn(3, 1, 12, 12)
+    for value_format in ("float32", "float16"):
+        strategy = strategies.SSFL(model=build_model("cnn", 10, 1, 12), seed=2,
+                                   model_value_format=value_format)
+        strategy.mask = np.random.default_rng(0).random(strategy.mask.size) < 0.3
+        strategy.keep = int(strategy.mask.sum())
+        strategy.start_from_mask()
+        arrays, path = strategy.global_arrays(), tmp_path / f"{value_format}.safetensors"
+        sizes[value_format] = strategy.save_model(path, arrays, architecture="cnn",
+                                                  dataset={"num_classes": 10, "in_channels": 1,
+                                                           "image_size": 12})
+        outputs[value_format] = load_model(path)(x)
+        if value_format == "float32":  # exact
+            assert torch.equal(outputs["float32"], strategy.global_model(arrays)(x))
+    assert sizes["float32"] - sizes["float16"] >= 2 * strategy.keep - HEADER
+    assert torch.allclose(outputs["float16"], outputs["float32"], atol=1e-2)

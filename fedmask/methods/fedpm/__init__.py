@@ -20,8 +20,10 @@ METHOD = Method(
                                                       "or float32"),
         "eval-samples": non_negative(3, "FedPM: also report the mean accuracy over this many "
                                         "sampled masks"),
+        "model-theta": flag(False, "FedPM: the model file keeps theta, not the thresholded "
+                                   "mask"),
     },
     arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation",
-               "theta-format", "eval-samples"),
+               "theta-format", "eval-samples", "model-theta"),
     defaults={"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
 )

@@ -25,7 +25,7 @@ def masked_net(msg: Message, model: nn.Module, state: RecordDict
     else the kept values sent, under the mask the node holds in `state`."""
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
-    record = msg.content.array_records[wire.WEIGHTS]
+    record = wire.with_float32_values(msg.content.array_records[wire.WEIGHTS], config)
     if KEPT_VALUES not in record:
         mask = wire.decode_mask_record(record, config)
     else:

@@ -30,6 +30,8 @@ from fedmask.wire.sparse import KEPT_VALUES, decode_sparse
 WEIGHTS, MASK, CLIENT_MASK = "weights", "mask", "client-mask"
 PHASE, NUM_KEPT, MASK_DIGEST = "phase", "num-kept", "mask-digest"
 STATE_KEY = "masked-fedavg"  # context.state ArrayRecord holding the mask
+VALUE_FORMAT = "value-format"  # config: precision of the kept values (model files: float16)
+VALUE_FORMATS = ("float32", "float16")
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -48,6 +50,17 @@ def decode_mask_record(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
     if int(mask.sum()) != config_value(config, NUM_KEPT, int):
         raise ReplyError(MASK, f"keeps {int(mask.sum())}, expected {config[NUM_KEPT]!r}")
     return mask
+
+
+def with_float32_values(record: ArrayRecord, config: ConfigRecord) -> ArrayRecord:
+    """`record` with its kept values as float32 when the config says they travel as
+    float16 (a model file's option); unchanged otherwise."""
+    if config.get(VALUE_FORMAT, "float32") != "float16" or KEPT_VALUES not in record:
+        return record
+    values = array(record, KEPT_VALUES)
+    if values.dtype != np.float16:
+        raise ReplyError(KEPT_VALUES, f"expected float16, got {values.dtype}")
+    return ArrayRecord({**dict(record), KEPT_VALUES: Array(values.astype(np.float32))})
 
 
 def held_mask(msg: Message, state: RecordDict) -> np.ndarray:

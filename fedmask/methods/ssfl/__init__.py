@@ -17,7 +17,8 @@ METHOD = Method(
                                   "SSFL: precision of the saliency sent up"),
         "saliency-weighted": flag(True, "SSFL: weight each client's saliency by its examples"),
     },
-    arguments=("density", "saliency-batches", "saliency-format", "saliency-weighted"),
+    arguments=("model-value-format", "density", "saliency-batches", "saliency-format",
+               "saliency-weighted"),
     defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
     stateful=True,
 )
