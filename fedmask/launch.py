@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -181,8 +182,40 @@ def run_simulation(env: dict[str, str], run_config: dict[str, Any], num_supernod
         return run_and_read(cmd, env, run_config["out-dir"], timeout)
 
 
+def check_run_config(app: Path, run_configs: list[str]) -> None:
+    """Validate fedmask's run config (the app's defaults, then `run_configs` as
+    ``flwr run`` reads them) before anything starts; ConfigError names the option."""
+    from flwr.common.config import parse_config_args
+
+    from fedmask import config as run_config
+
+    pyproject = tomllib.loads((app / "pyproject.toml").read_text())
+    merged = dict(pyproject["tool"]["flwr"]["app"]["config"])
+    for item in run_configs:
+        merged.update(parse_config_args([item]))
+    run_config.parse(merged)
+
+
+def run_streaming(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``flwr run --stream``, passing its output through; its exit code, or 1 when
+    it exits 0 although the run failed (Flower prints ``Exit Code: N`` then)."""
+    failed = 0
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            code = re.search(r"Exit Code: (\d+)", line)
+            failed = failed or int(code is not None and code.group(1) != "0")
+    if proc.returncode == 0 and failed:
+        print("error: the run failed (see the Exit Code above)", file=sys.stderr)
+        return 1
+    return proc.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns ``flwr run``'s exit code."""
+    """CLI entry point; non-zero when the run config is bad (2, before anything
+    starts) or the run failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", type=Path, default=Path.cwd(), help="Flower app folder")
     parser.add_argument("--num-supernodes", type=int, default=10)
@@ -192,11 +225,19 @@ def main(argv: list[str] | None = None) -> int:
                              'such as conf/ssfl-small.toml (repeatable; later wins)')
     args = parser.parse_args(argv)
     exit_on_sigterm()
+    run_configs = expand_run_configs(args.run_config)
+    if Path(args.app).resolve() == APP:
+        from fedmask.config import ConfigError
+        try:
+            check_run_config(APP, run_configs)
+        except (ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
         with simulation_superlink(Path(home)) as env, staged_app(args.app) as app:
-            cmd = flwr_run_command(app, expand_run_configs(args.run_config),
-                                   args.num_supernodes, args.cpus_per_client)
-            return subprocess.run(cmd, env=env, check=False).returncode
+            cmd = flwr_run_command(app, run_configs, args.num_supernodes,
+                                   args.cpus_per_client)
+            return run_streaming(cmd, env)
 
 
 if __name__ == "__main__":

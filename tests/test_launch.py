@@ -1,9 +1,14 @@
 """The launcher's command lines and run-config handling (its SuperLink runs in the
 simulation tests)."""
 
+import os
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from fedmask import launch
 from fedmask.launch import expand_run_configs, flwr_run_command, overrides
 
 
@@ -28,3 +33,23 @@ def test_flwr_run_command_passes_each_run_config():
         "num-supernodes=4 client-resources-num-cpus=2")
     assert [cmd[i + 1] for i, v in enumerate(cmd) if v == "--run-config"] == ["a=1", "b=2"]
 
+
+
+def test_a_bad_option_fails_before_anything_starts_naming_it(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "simulation_superlink",
+                        lambda home: pytest.fail("a SuperLink was started"))
+    assert launch.main(["--run-config", "method='bogus'"]) == 2
+    assert "method: 'bogus' is not allowed" in capsys.readouterr().err
+    assert launch.main(["--run-config", "num-server-rounds=0 seed=1"]) == 2
+    assert "num-server-rounds" in capsys.readouterr().err
+
+
+def test_a_run_that_flower_ends_with_an_exit_code_exits_non_zero(capsys):
+    failing = [sys.executable, "-c", "print('ConfigError: boom'); print('Exit Code: 700')"]
+    assert launch.run_streaming(failing, dict(os.environ)) == 1
+    out = capsys.readouterr()
+    assert "Exit Code: 700" in out.out and "the run failed" in out.err
+    fine = [sys.executable, "-c", "print('round 1/1')"]
+    assert launch.run_streaming(fine, dict(os.environ)) == 0
+    crashed = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert launch.run_streaming(crashed, dict(os.environ)) == 3
