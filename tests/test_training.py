@@ -101,29 +101,6 @@ def test_only_trainable_parameters_change() -> None:
     assert not torch.equal(after["2.weight"], before["2.weight"])
 
 
-def test_after_step_called_once_per_step() -> None:
-    calls: list[int] = []
-    loader = _loader(_separable(70), batch_size=32)  # 3 batches (32, 32, 6)
-    train(_linear(), loader, epochs=2, lr=0.1, after_step=lambda: calls.append(1))
-    assert len(calls) == 2 * 3
-
-
-def test_after_step_runs_after_optimizer_step() -> None:
-    """A hook that re-applies a mask sees (and fixes) every update."""
-    model = _linear()
-    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-
-    def reapply() -> None:
-        with torch.no_grad():
-            model.weight.mul_(mask)
-
-    reapply()
-    train(model, _loader(_separable(60)), epochs=2, lr=0.1, after_step=reapply)
-    assert model.weight[0, 1].item() == 0.0
-    assert model.weight[1, 0].item() == 0.0
-    assert model.weight[0, 0].item() != 0.0
-
-
 def test_train_sets_train_mode_and_evaluate_eval_mode() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     model.eval()

@@ -19,7 +19,7 @@ from fedmask.nn import training
 from fedmask.nn.models import build_model
 from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
-EVAL_SAMPLES, PERSONAL_EPOCHS = "eval-samples", "personal-epochs"
+EVAL_SAMPLES = "eval-samples"
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:

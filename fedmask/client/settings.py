@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message
@@ -35,10 +34,6 @@ class LocalSettings:
         return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
                       for k, v in defaults.__dict__.items()})
 
-    def fit(self, model: nn.Module, loader: DataLoader, epochs: int,
-            after_step: Callable[[], None] | None = None) -> float:
-        """Train `model` for `epochs` with these settings; return the mean loss.
-
-        `after_step` runs after every optimiser step (e.g. to re-apply a mask)."""
-        return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum,
-                              after_step)
+    def fit(self, model: nn.Module, loader: DataLoader, epochs: int) -> float:
+        """Train `model` for `epochs` with these settings; return the mean loss."""
+        return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,12 +23,8 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
 
 
 def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
-          optimizer: str = "sgd", momentum: float = 0.9,
-          after_step: Callable[[], None] | None = None) -> float:
-    """Train the parameters of `model` that require grad; return the mean loss.
-
-    `after_step` runs after every optimiser step (e.g. to re-apply a mask).
-    """
+          optimizer: str = "sgd", momentum: float = 0.9) -> float:
+    """Train the parameters of `model` that require grad; return the mean loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum)
     model.train()
@@ -41,8 +35,6 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
-            if after_step is not None:
-                after_step()
             total += loss.item() * len(y)
             count += len(y)
     return total / max(count, 1)
