@@ -92,9 +92,10 @@ def query_reply(msg: Message, model: nn.Module, trainloader: Any,
     """The reply to a query message (SSFL's saliency before round 1), computed on
     `trainloader`'s batches (tuples or dicts, see :mod:`fedmask.nn.batches`);
     `num_examples` defaults to the size of the loader's dataset."""
-    hooks = method_of(msg).client_module()
+    method = method_of(msg)
+    hooks = method.client_module()
     if not hasattr(hooks, "query"):
-        raise ValueError(f"{method_of(msg).name} sends no query messages")
+        raise ValueError(f"{method.name} sends no query messages")
     count = len(trainloader.dataset) if num_examples is None else num_examples
     return reply(msg, {NUM_EXAMPLES: int(count)},
                  hooks.query(msg, model, as_pairs(trainloader), state))

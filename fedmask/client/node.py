@@ -55,12 +55,12 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     """Local test loss and accuracy of the global model; FedPM adds the mean over
     `eval-samples` sampled masks, HideNseek the accuracy after `personal-epochs`
     of fine-tuning."""
-    config = msg.content.config_records[CONFIG]
-    net = method_of(msg).client_module().eval_module(msg, model, state)
+    config, method = msg.content.config_records[CONFIG], method_of(msg)
+    net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test, samples)}
     settings = LocalSettings.from_message(msg)
-    if method_of(msg).personalised and settings.personal_epochs > 0:
+    if method.personalised and settings.personal_epochs > 0:
         settings.fit(net, data.train, settings.personal_epochs)
         metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
     return reply(msg, metrics)

@@ -23,8 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_bytes
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_bytes
 from torch import nn
 
@@ -69,11 +68,11 @@ def _field(metadata: dict[str, str], key: str) -> Any:
 
 def read_model_file(path: str | Path) -> tuple[RecordDict, dict[str, Any]]:
     """The content and header of a model file; ModelFileError naming what is wrong."""
-    data = Path(path).read_bytes()
     try:
-        tensors = load_bytes(data)
-        metadata = _metadata(data)
-    except (SafetensorError, ValueError) as err:
+        with safe_open(str(path), framework="numpy") as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    except SafetensorError as err:
         raise ModelFileError(f"{path}: not a complete safetensors file ({err})") from err
     header, config = _field(metadata, "header"), _field(metadata, "config")
     missing = [key for key in HEADER_KEYS if key not in header]
@@ -88,14 +87,6 @@ def read_model_file(path: str | Path) -> tuple[RecordDict, dict[str, Any]]:
     content = RecordDict({name: ArrayRecord(arrays) for name, arrays in records.items()})
     content[CONFIG] = ConfigRecord(config)
     return content, header
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors byte string."""
-    size = int.from_bytes(data[:8], "little")
-    if size <= 0 or 8 + size > len(data):
-        raise ValueError("header length out of range")
-    return dict(json.loads(data[8:8 + size]).get("__metadata__") or {})
 
 
 @dataclass(frozen=True)
