@@ -11,10 +11,16 @@ seconds and the Flower overhead share ``(wall - slowest client) / wall``. It
 also writes a Markdown table of the final figures and one PNG figure per profile
 (accuracy vs cumulative uplink MB, accuracy vs round, uplink bits per parameter).
 
+Each entry is also reported as a fraction of its central ceiling (``ceiling.py``:
+its network trained centrally on the clients' data for as many steps), with the
+largest round-to-round change of its central accuracy over the last 10 rounds.
+
 Profiles: ``smoke`` (CI-sized), ``iid`` (the app's defaults: FashionMNIST IID,
 10 clients, 20 rounds), ``standard`` (FashionMNIST, Dirichlet 0.5, 20 clients,
-50% per round, 30 rounds, at most 1,200 training images per client) and ``paper``
-(CIFAR-10, conv6, 100 clients, 10% per round, 100 rounds: for a GPU).
+50% per round, 30 rounds, at most 1,200 training images per client), ``limited``
+(the same with 400 images per client) and ``paper`` (CIFAR-10, conv6, 100
+clients, 10% per round, 100 rounds: for a GPU). ``--run-config
+dataset=\"mnist\"`` runs a profile on MNIST.
 
 Usage::
 
@@ -35,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ceiling import ceilings
 
 from fedmask.launch import exit_on_sigterm, parse_pairs, run_simulation, simulation_superlink
 from fedmask.methods import REGISTRY
@@ -79,10 +87,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.5,
         "fraction-train": 0.5, "fraction-evaluate": 0.15, "train-limit": 1200},
         "entry_config": {entry: {"lr": 0.02} for entry in SGD_ENTRIES}},
+    # The standard profile with 400 training images per client: data-poor clients.
+    "limited": {"rounds": 30, "num_supernodes": 20, "run_config": {
+        "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.5,
+        "fraction-train": 0.5, "fraction-evaluate": 0.15, "train-limit": 400},
+        "entry_config": {entry: {"lr": 0.02} for entry in SGD_ENTRIES}},
     "paper": {"rounds": 100, "num_supernodes": 100, "run_config": {
         "dataset": "cifar10", "model": "conv6", "partition": "dirichlet", "alpha": 0.3,
         "fraction-train": 0.1, "fraction-evaluate": 0.1}},
 }
+SWING_ROUNDS = 10  # the stability figure looks at this many last rounds
 ROUND_FIELDS = ("round", "accuracy", "personal_accuracy", "density", "cumulative_mb_up",
                 "cumulative_mb_down", "uplink_bpp", "client_s_mean", "client_s_max",
                 "aggregate_s", "wall_s", "overhead_share")
@@ -181,11 +195,20 @@ def run_all(env: dict[str, str], configs: dict[str, dict[str, Any]], rounds: int
         return {entry: future.result() for entry, future in futures.items()}
 
 
+def swing(rounds: list[dict[str, float | None]], last: int = SWING_ROUNDS) -> float:
+    """The largest change of central accuracy between consecutive rounds among the
+    `last` rounds."""
+    accuracy = [float(r["accuracy"] or 0.0) for r in rounds[-last:]]
+    return max((abs(b - a) for a, b in zip(accuracy, accuracy[1:])), default=0.0)
+
+
 def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, float],
-            results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Final figures of every entry, with ratios to the first entry's; `run_s` are the
-    seconds of each entry's whole run; `results` their results.json (the measured size
-    of the model file and of a float32 state dict)."""
+            results: dict[str, dict[str, Any]], ceiling: dict[str, float]
+            ) -> list[dict[str, Any]]:
+    """Final figures of every entry, with ratios to the first entry's and to its
+    `ceiling` accuracy; `run_s` are the seconds of each entry's whole run; `results`
+    their results.json (the measured size of the model file and of a float32 state
+    dict)."""
     base = next(iter(figures.values()))[-1]
     rows = []
     for entry, rounds in figures.items():
@@ -198,6 +221,8 @@ def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, 
                      "aggregate_s": sum(r["aggregate_s"] for r in rounds) / len(rounds),
                      "wall_s": sum(r["wall_s"] for r in rounds) / len(rounds),
                      "accuracy_vs_base": last["accuracy"] - base["accuracy"],
+                     "ceiling": ceiling[entry], "of_ceiling": last["accuracy"] / ceiling[entry],
+                     "swing": swing(rounds),
                      "uplink_vs_base": last["cumulative_mb_up"] / base["cumulative_mb_up"],
                      **model_size(results[entry])})
     return rows
@@ -213,13 +238,16 @@ def model_size(results: dict[str, Any]) -> dict[str, float]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table."""
-    lines = ["| method | accuracy | personalised | density | MB up | MB down | uplink bpp "
+    lines = ["| method | accuracy | ceiling | of ceiling | swing (last 10) | personalised "
+             "| density | MB up | MB down | uplink bpp "
              "(last round) | up / first | client s / round | aggregation s | round s | run min "
              "| model file bytes | model bpp | model / float32 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         personal = "" if r["personal_accuracy"] is None else f"{r['personal_accuracy']:.4f}"
-        lines.append(f"| {r['entry']} | {r['accuracy']:.4f} | {personal} | {r['density']:.3f} "
+        lines.append(f"| {r['entry']} | {r['accuracy']:.4f} | {r['ceiling']:.4f} "
+                     f"| {r['of_ceiling']:.3f} | {r['swing']:.4f} | {personal} "
+                     f"| {r['density']:.3f} "
                      f"| {r['mb_up']:.2f} | {r['mb_down']:.2f} | {r['uplink_bpp']:.3f} "
                      f"| {r['uplink_vs_base']:.3f} | {r['client_s_mean']:.1f} "
                      f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} | {r['run_s'] / 60:.1f} "
@@ -254,11 +282,13 @@ def plot(figures: dict[str, list[dict[str, float | None]]], title: str, path: Pa
 
 def report(profile: str, runs: dict[str, EntryRun], rounds: int, nodes: int,
            run_config: dict[str, Any], out: Path) -> str:
-    """Write OUT.json (per round and final figures), OUT.md and OUT.png from the
-    entries' runs; return the Markdown table."""
+    """Write OUT.json (per round and final figures, each entry's central ceiling),
+    OUT.md and OUT.png from the entries' runs; return the Markdown table."""
     figures = {entry: per_round(run.results) for entry, run in runs.items()}
     run_s = {entry: run.run_s for entry, run in runs.items()}
-    rows = summary(figures, run_s, {entry: run.results for entry, run in runs.items()})
+    ceiling = ceilings({entry: run.results["config"] for entry, run in runs.items()}, nodes)
+    rows = summary(figures, run_s, {entry: run.results for entry, run in runs.items()},
+                   {entry: figure["accuracy"] for entry, figure in ceiling.items()})
     table = markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
@@ -266,6 +296,7 @@ def report(profile: str, runs: dict[str, EntryRun], rounds: int, nodes: int,
          "total_s": sum(run_s.values()),
          "run_config": run_config, "entry_config": {e: run.results["config"] for e,
                                                     run in runs.items()},
+         "ceiling": ceiling,
          "summary": rows, "per_round": figures}, indent=2))
     out.with_suffix(".md").write_text(table)
     plot(figures, f"{profile}: {run_config.get('dataset')}, {nodes} clients",

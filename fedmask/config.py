@@ -38,6 +38,7 @@ COMMON: dict[str, Option] = {
     "seed": in_range(0, 0, 2**63 - 1),
     "num-server-rounds": positive(5),
     "local-epochs": positive(1),
+    "local-steps": non_negative(0),
     "batch-size": positive(64),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS)),
     "lr": non_negative(0.0),
@@ -53,6 +54,7 @@ COMMON: dict[str, Option] = {
     "test-fraction": in_range(0.2, 0.0, 1.0, lo_open=True),
     "train-limit": non_negative(0),
     "test-limit": non_negative(0),
+    "validation-size": non_negative(0),
     "out-dir": Option(""),
     "resume": flag(False),
 }

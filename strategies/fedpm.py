@@ -15,14 +15,18 @@ from fedmask.methods.fedpm import wire
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy, add_where
 
+POSTERIORS = ("mean", "mode")
+EPS = 0.01  # the mode's theta stays in [EPS, 1 - EPS] (the authors' soft 0/1 bits)
+
 
 class FedPM(SeededMaskStrategy):
     """Server side of FedPM (sampling and evaluation as Flower's FedAvg).
 
-    Each position's keep probability is the mean of a Beta posterior:
+    Each position's keep probability comes from a Beta posterior
     ``alpha = 1 + sum_k w_k m_k``, ``beta = 1 + sum_k w_k (1 - m_k)`` with
     ``w_k = 1`` (or ``K n_k / sum_j n_j`` when `weighted_aggregation`), accumulated since
-    the last prior reset.
+    the last prior reset: its mean, or (as the authors' public code) its mode, the
+    share of masks keeping the position, mapped to ``[0.01, 0.99]``.
 
     Parameters
     ----------
@@ -39,6 +43,8 @@ class FedPM(SeededMaskStrategy):
         round; 0: never).
     weighted_aggregation : bool
         Weight each client's mask by its number of training examples.
+    posterior : {"mean", "mode"}
+        Theta is the posterior's mean (the paper) or its clipped mode (the public code).
     theta_format : {"uint8", "float32"}
         How theta goes down (see ``fedmask.methods.fedpm.wire``).
     estimator : {"ste", "theta"}
@@ -58,16 +64,20 @@ class FedPM(SeededMaskStrategy):
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
                  prior_reset: int = 1, weighted_aggregation: bool = False,
+                 posterior: str = "mean",
                  theta_format: str = "uint8", estimator: str = "ste", eval_samples: int = 3,
                  model_theta: bool = False, **kwargs: Any) -> None:
         if theta_format not in wire.THETA_DTYPES:
             raise ValueError(f"{wire.THETA_FORMAT}: {theta_format!r} is not one of "
                              f"{list(wire.THETA_DTYPES)}")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior: {posterior!r} is not one of {list(POSTERIORS)}")
         if prior_reset < 0:
             raise ValueError(f"prior-reset: must be >= 0, got {prior_reset}")
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.THETA, input_shape=input_shape, **kwargs)
         self.prior_reset, self.weighted_aggregation = prior_reset, weighted_aggregation
+        self.posterior = posterior
         self.model_theta = model_theta
         self.theta_format, self.estimator, self.eval_samples = theta_format, estimator, eval_samples
         self.alpha = np.ones(self.num_params)
@@ -114,13 +124,20 @@ class FedPM(SeededMaskStrategy):
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Add the masks to the Beta posterior (reset first when due), each weighted
-        ``count * n_k / examples`` (or 1); theta = the posterior mean."""
+        ``count * n_k / examples`` (or 1); theta = the posterior mean or clipped mode."""
         if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
             self.alpha, self.beta = np.ones(self.num_params), np.ones(self.num_params)
         ones = total * (count / examples) if self.weighted_aggregation else total
         self.alpha += ones
         self.beta += count - ones
-        self.wire_theta = wire.quantise(self.alpha / (self.alpha + self.beta), self.theta_format)
+        self.wire_theta = wire.quantise(self._estimate(), self.theta_format)
+
+    def _estimate(self) -> np.ndarray:
+        """Theta from the posterior: its mean, or its mode mapped to [EPS, 1 - EPS]."""
+        if self.posterior == "mean":
+            return self.alpha / (self.alpha + self.beta)
+        share = (self.alpha - 1) / np.maximum(self.alpha + self.beta - 2, 1e-12)
+        return EPS + (1 - 2 * EPS) * share
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """The thresholded mask ``theta > 0.5`` of `arrays`, packed (N/8 bytes), or

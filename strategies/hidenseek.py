@@ -51,11 +51,18 @@ class HideNseek(SeededMaskStrategy):
         ``"global"`` or ``"layer"`` thresholding.
     personal_epochs : int
         Fine-tuning epochs of the clients' personalised evaluation (0: off).
+    vote : {"majority", "share"}
+        ``"majority"``: only the global signs g go down (1 bit); ``"share"``: with
+        them the vote margin ``|2p - 1|`` (8-bit codes) of the share p voting +1, and
+        clients start from the scores ``|w| * (2p - 1)`` instead of ``|w| * g``.
+    vote_smoothing : float
+        beta in [0, 1): the server's share is ``beta * previous + (1 - beta) * this
+        round's`` (0: this round's votes alone); g is its majority.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    STATE = ("signs",)  # checkpointed (fedmask.server.checkpoint)
+    STATE = ("signs", "share")  # checkpointed (fedmask.server.checkpoint)
 
     METHOD = "hidenseek"
 
@@ -63,13 +70,20 @@ class HideNseek(SeededMaskStrategy):
                  seed: int = 0, init: str = "auto", density: float = 0.5,
                  mask_coding: str = "packed", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
+                 vote: str = "majority", vote_smoothing: float = 0.0,
                  **kwargs: Any) -> None:
+        if vote not in wire.VOTES:
+            raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
+        if not 0.0 <= vote_smoothing < 1.0:
+            raise ValueError(f"vote-smoothing: must be in [0, 1), got {vote_smoothing}")
         shape = input_shape or linear_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
         masks = synflow_mask(model, density, shape, synflow_iterations, prune_scope)
         self.prune = flatten_masks(masks, prunable_names(model))
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
+        self.share = np.ones(self.signs.size)  # smoothed share voting +1 (all, before round 1)
+        self.vote, self.vote_smoothing = vote, vote_smoothing
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
 
     def summary(self) -> None:
@@ -85,8 +99,12 @@ class HideNseek(SeededMaskStrategy):
         return wire.encode_masks(self.prune, self.signs)
 
     def train_arrays(self, server_round: int) -> ArrayRecord:
-        """P, and from round 2 the global signs (absent means all +1)."""
-        return wire.encode_masks(self.prune, self.signs if server_round > 1 else None)
+        """P, and from round 2 the global signs (absent means all +1) and, when `vote`
+        is ``"share"``, their vote margins."""
+        if server_round == 1:
+            return wire.encode_masks(self.prune, None)
+        margin = wire.margin_codes(self.share) if self.vote == "share" else None
+        return wire.encode_masks(self.prune, self.signs, margin=margin)
 
     def wire_config(self) -> dict[str, Any]:
         """The number of kept weights K."""
@@ -109,10 +127,12 @@ class HideNseek(SeededMaskStrategy):
         add_where(total, num_examples, decoded)
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
-        """Weighted majority vote ``g = sign(sum_k n_k sign_k)``; ties keep g."""
+        """The share voting +1, weighted by examples (smoothed across rounds by
+        `vote_smoothing`), and its majority ``g``; ties keep g."""
         del server_round, count
-        votes = 2 * total - examples
-        self.signs = np.where(votes == 0, self.signs, votes > 0)
+        beta = self.vote_smoothing
+        self.share = beta * self.share + (1 - beta) * (total / examples)
+        self.signs = np.where(self.share == 0.5, self.signs, self.share > 0.5)
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """P and g of `arrays`, each range coded where that is smaller than packed."""

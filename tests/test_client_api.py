@@ -206,3 +206,13 @@ def test_query_reply_is_the_same_for_dict_and_tuple_batches():
     a = from_dicts.content.array_records["saliency"]["snip"].numpy()
     b = from_tuples.content.array_records["saliency"]["snip"].numpy()
     assert (a == b).all()
+
+
+def test_client_app_factory_refuses_local_steps_it_cannot_honour():
+    app = client_app(model=lambda: build_model("cnn", 10, 1, 12),
+                     load_data=lambda context: (LOADER, LOADER), train=user_train,
+                     test=user_test, device="cpu")
+    msg = _message(_strategy("fedavg"))
+    msg.content.config_records["config"]["local-steps"] = 5
+    with pytest.raises(ValueError, match="local-steps"):
+        app(msg, Context(1, 21, {}, RecordDict(), {}))

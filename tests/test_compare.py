@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from compare import ENTRIES, PROFILES, ROUND_FIELDS, entry_configs, main, report
+from compare import ENTRIES, PROFILES, ROUND_FIELDS, entry_configs, main, report, swing
 from conftest import DATA_ROOT, SMALL_NODES, SMOKE
 
 
@@ -41,6 +41,16 @@ def test_smoke_profile_writes_every_method_round_and_figure(smoke, tmp_path):
     assert model_bpp["hidenseek"] < 2 < 32 < model_bpp["fedavg"]  # bits vs float32 weights
     run_s = [row["run_s"] for row in results["summary"]]
     assert min(run_s) > 0 and results["total_s"] == pytest.approx(sum(run_s))
+    ceiling = results["ceiling"]
+    assert {ceiling[e]["network"] for e in ENTRIES} == {"fedavg", "hidenseek", "fedpm"}
+    assert ceiling["mpfl"] == ceiling["ssfl"] == ceiling["fedavg"]  # one dense training
+    for row in results["summary"]:
+        figure = ceiling[row["entry"]]
+        assert 0 < figure["accuracy"] <= 1 and figure["steps"] == 2 * 7  # 2 rounds x 7 batches
+        assert row["of_ceiling"] == pytest.approx(row["accuracy"] / figure["accuracy"])
+        assert row["swing"] == pytest.approx(abs(
+            results["per_round"][row["entry"]][1]["accuracy"]
+            - results["per_round"][row["entry"]][0]["accuracy"]))
     assert table == out.with_suffix(".md").read_text()
     assert len(table.splitlines()) == 2 + len(ENTRIES)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -65,3 +75,10 @@ def test_counts_below_one_are_refused_naming_the_option(capsys):
             main([option, "0"])
         err = capsys.readouterr().err
         assert option in err and "must be an integer >= 1, got 0" in err
+
+
+def test_swing_is_the_largest_round_to_round_change_of_the_last_rounds():
+    rounds = [{"accuracy": a} for a in (0.1, 0.9, 0.5, 0.6, 0.55)]
+    assert swing(rounds, last=3) == pytest.approx(0.1)
+    assert swing(rounds) == pytest.approx(0.8)
+    assert swing(rounds[:1]) == 0.0

@@ -219,3 +219,22 @@ def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(cache_root: 
 
 def test_nothing_extracted_into_shared_root() -> None:
     assert not list(SHARED_ROOT.rglob("*-ubyte"))
+
+
+def test_validation_set_is_held_out_from_every_client(labels: np.ndarray) -> None:
+    held = set(data.validation_indices(len(labels), 2000, seed=0).tolist())
+    assert len(held) == 2000
+    parts = data._train_partitions(DATASET, SHARED_ROOT, data._resolve_cache(None), 10,
+                                   "dirichlet", 0, 0.5, 2000)
+    seen = np.concatenate(parts)
+    assert len(seen) == len(labels) - 2000 and len(set(seen.tolist())) == len(seen)
+    assert held.isdisjoint(seen.tolist())
+    loader = data.central_validation(DATASET, SHARED_ROOT, 256, 2000, seed=0)
+    x, y = data.load_split(DATASET, SHARED_ROOT, train=True).tensors
+    first = sorted(held)[:256]
+    torch.testing.assert_close(next(iter(loader)), [x[first], y[first]])
+
+
+def test_validation_size_must_leave_training_data() -> None:
+    with pytest.raises(ValueError, match="validation-size"):
+        data.validation_indices(100, 100, seed=0)

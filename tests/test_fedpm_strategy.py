@@ -136,6 +136,7 @@ def test_messages_down_carry_seed_theta_and_settings():
 @pytest.mark.parametrize("kwargs, match", [
     ({"theta_format": "float16"}, "theta-format"),
     ({"prior_reset": -1}, "prior-reset"),
+    ({"posterior": "median"}, "posterior"),
     ({"mask_coding": "zip"}, "mask-coding"),
 ])
 def test_bad_options_fail_at_construction(kwargs, match):
@@ -153,3 +154,19 @@ def test_evaluation_model_thresholds_theta():
     keep = torch.from_numpy(theta[:first.numel()] > 0.5).reshape(first.shape)
     assert torch.equal(first, frozen * keep)
     assert torch.equal(frozen, dict(strategy.model.named_parameters())["0.weight"])
+
+
+def test_posterior_mode_is_the_clipped_share_of_masks(replies):
+    strategy = _strategy(posterior="mode")
+    strategy.aggregate_train(1, replies(strategy, _masks(strategy, ROUND_1), [10, 5, 5]))
+    share = np.array([3, 1, 0, 0]) / 3  # masks keeping positions 0-3, of 3
+    np.testing.assert_allclose(strategy.theta[:4], 0.01 + 0.98 * share, rtol=1e-6)
+
+
+def test_posterior_mode_accumulates_until_the_reset(replies):
+    strategy = _strategy(posterior="mode", prior_reset=0)
+    strategy.aggregate_train(1, replies(strategy, _masks(strategy, ROUND_1), [1, 1, 1]))
+    ones = [np.ones(strategy.num_params, bool)] * 3
+    strategy.aggregate_train(2, replies(strategy, ones, [1, 1, 1]))
+    share = np.array([6, 4, 3]) / 6  # rounds 1 and 2 together
+    np.testing.assert_allclose(strategy.theta[:3], 0.01 + 0.98 * share, rtol=1e-6)

@@ -75,3 +75,19 @@ def test_frozen_weights_stay_seed_weights_after_training(strategy):
     reference = dict(strategy.model.named_parameters())
     for name in supermasks(model):
         assert torch.equal(frozen_weight(model, name), reference[name])
+
+
+def test_share_vote_scores_start_at_w_times_two_p_minus_one():
+    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1,
+                         synflow_iterations=5, min_train_nodes=1, vote="share")
+    k = strategy.signs.size
+    strategy.signs = np.arange(k) % 2 == 0
+    strategy.share = np.where(strategy.signs, 0.75, 0.5)  # margins 1/2; ties (share 1/2)
+    msg = _messages(strategy, server_round=2)[0]
+    net = hidenseek.train_module(msg, build_model("cnn", 10, 1, 12), RecordDict())
+    scores = torch.cat([m.scores.detach().flatten() for m in supermasks(net).values()])
+    weights = torch.cat([frozen_weight(net, name).flatten() for name in supermasks(net)])
+    kept = torch.as_tensor(strategy.prune)
+    g = torch.as_tensor(np.where(strategy.signs, 1.0, -1.0), dtype=torch.float32)
+    magnitude = torch.where(g > 0, 128 / 255, 0.5 / 255)  # ties keep g's sign, half a level
+    torch.testing.assert_close(scores[kept], weights[kept].abs() * g * magnitude)

@@ -136,3 +136,37 @@ def test_corrupted_entropy_reply_is_dropped(client_reply):
                        "metrics": MetricRecord({"num-examples": 1})})
     strategy.aggregate_train(1, [client_reply(bad, 1), client_reply(good, 2)])
     assert strategy.signs.all()  # only the good reply (all +1) counted
+
+
+def test_vote_smoothing_keeps_part_of_the_previous_share(reply):
+    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
+                         synflow_iterations=5, min_train_nodes=1, vote_smoothing=0.5)
+    k = strategy.signs.size
+    down = np.zeros(k, bool)
+    strategy.aggregate_train(1, [reply(down, 3), reply(down, 1)])  # share 0.5*1 + 0.5*0
+    np.testing.assert_allclose(strategy.share, 0.5)
+    assert strategy.signs.all()  # a tie keeps g
+    strategy.aggregate_train(2, [reply(down, 1)])  # 0.5*0.5 + 0.5*0
+    np.testing.assert_allclose(strategy.share, 0.25)
+    assert not strategy.signs.any()
+
+
+def test_share_vote_sends_margins_from_round_two(reply):
+    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
+                         synflow_iterations=5, min_train_nodes=1, vote="share")
+    k = strategy.signs.size
+    assert wire.SIGN_MARGIN not in strategy.train_arrays(1)
+    a, b = np.ones(k, bool), np.ones(k, bool)
+    a[0], b[:2] = False, False  # position 0: share 2/4 (a tie); 1: share 3/4 (margin 1/2)
+    strategy.aggregate_train(1, [reply(a, 1), reply(b, 1), reply(np.ones(k, bool), 2)])
+    codes = strategy.train_arrays(2)[wire.SIGN_MARGIN].numpy()
+    assert codes.dtype == np.uint8 and codes.size == k
+    assert list(codes[:3]) == [0, 128, 255]  # |2p - 1| * 255, rounded
+    assert wire.SIGN_MARGIN not in strategy.global_arrays()  # evaluation: g only
+
+
+@pytest.mark.parametrize("kwargs, match", [({"vote": "mean"}, "vote"),
+                                           ({"vote_smoothing": 1.0}, "vote-smoothing")])
+def test_bad_vote_options_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), **kwargs)

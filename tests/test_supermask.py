@@ -147,7 +147,7 @@ def test_bernoulli_scores_grad(estimator):
     grad_eff, w, grad_scores = linear_grads(lin)
     grad_m = grad_eff * w
     t = supermasks(lin)["weight"].theta().detach()
-    expected = grad_m * t if estimator == "theta" else grad_m * t * (1 - t)
+    expected = grad_m * t * t * (1 - t) if estimator == "theta" else grad_m * t * (1 - t)
     assert torch.allclose(grad_scores, expected, rtol=1e-6, atol=0)
     assert (grad_scores != 0).all()
 

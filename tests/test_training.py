@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmask.nn.training import OPTIMIZERS, evaluate, evaluate_metrics, make_optimizer, train
+from fedmask.nn.training import (
+    OPTIMIZERS,
+    batches,
+    evaluate,
+    evaluate_metrics,
+    make_optimizer,
+    train,
+)
 
 
 def _separable(n: int = 200, seed: int = 0) -> TensorDataset:
@@ -143,3 +150,18 @@ def test_evaluate_metrics_adds_sampled_figures_only_when_asked() -> None:
     sampled = evaluate_metrics(model, loader, samples=4)
     assert set(sampled) == {"loss", "accuracy", "sampled-loss", "sampled-accuracy"}
     assert 0.0 <= sampled["sampled-accuracy"] <= 1.0 and sampled["sampled-loss"] > 0
+
+
+@pytest.mark.parametrize("steps, expected", [(0, 20), (3, 3), (25, 25)])
+def test_steps_replace_epochs_passing_over_the_data_as_often_as_needed(steps, expected) -> None:
+    loader = _loader(_separable(200), batch_size=20)  # 10 batches an epoch
+    assert len(list(batches(loader, epochs=2, steps=steps))) == expected
+
+
+def test_train_with_steps_counts_batches() -> None:
+    loader = _loader(_separable(200), batch_size=20)
+    model = _linear()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    train(model, loader, epochs=1, lr=0.1, steps=13)
+    assert seen == [20] * 13

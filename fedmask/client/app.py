@@ -40,6 +40,14 @@ def local_epochs(msg: Message, context: Context) -> int:
                         config_value(context.run_config, "local-epochs", int, 1))
 
 
+def no_local_steps(msg: Message) -> None:
+    """Raise ValueError if the message asks for ``local-steps`` (the project's
+    `train` function counts epochs)."""
+    if config_value(msg.content.config_records[CONFIG], "local-steps", int, 0) > 0:
+        raise ValueError("local-steps: this ClientApp's train function takes epochs; "
+                         "set local-steps = 0 and use local-epochs")
+
+
 def learning_rate(msg: Message) -> float:
     """``lr`` of the message's config (the strategy's default unless the ServerApp set one)."""
     config = msg.content.config_records[CONFIG]
@@ -77,6 +85,7 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
+        no_local_steps(msg)
         trainloader, _ = load_data(context)
         net = train_module(msg, model(), context.state)
         loss = train(net, trainloader, local_epochs(msg, context), learning_rate(msg), where)

@@ -40,14 +40,14 @@ def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
                            seed=message_seed(cfg["seed"], 0, partition, "data")), partition
     return client_data(cfg["dataset"], cfg["data-root"], partition,
                        int(node_config["num-partitions"]), cfg["partition"], cfg["alpha"],
-                       cfg["seed"], *common), partition
+                       cfg["seed"], *common, cfg["validation-size"]), partition
 
 
 def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
     """Train the method's module with fedmask's loop; reply with what the method sends."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
-    loss = settings.fit(net, data.train, settings.local_epochs)
+    loss = settings.fit(net, data.train, settings.local_epochs, settings.local_steps)
     return train_reply(msg, net, data.num_train, {"train-loss": loss})
 
 

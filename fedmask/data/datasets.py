@@ -90,6 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 PARTITIONS = ("iid", "dirichlet", "dirichlet-balanced", "shards")
+VALIDATION_STREAM = 0x76616C  # seeds the validation hold-out apart from the partitions
 
 
 @dataclass
@@ -249,11 +250,13 @@ def client_data(
     batch_size: int,
     test_fraction: float = 0.2,
     train_limit: int = 0,
+    validation_size: int = 0,
 ) -> ClientData:
     """Build the local train/test loaders of one client.
 
-    The training split is partitioned with :func:`partition_indices`; the
-    client's part is split with :func:`split_train_test`.
+    The training split, less the central validation set
+    (:func:`validation_indices`), is partitioned with :func:`partition_indices`;
+    the client's part is split with :func:`split_train_test`.
 
     Parameters
     ----------
@@ -278,6 +281,8 @@ def client_data(
     train_limit : int, default 0
         Keep at most this many training examples (0 keeps all); the test part
         is capped proportionally (at least 1 example).
+    validation_size : int, default 0
+        Training examples held out from every client as the central validation set.
 
     Returns
     -------
@@ -290,9 +295,8 @@ def client_data(
     if train_limit < 0:
         raise ValueError(f"train-limit must be >= 0, got {train_limit}")
     x, y = load_split(dataset, data_root, train=True).tensors
-    parts = _train_partitions(
-        dataset, _resolve(data_root), _resolve_cache(None), num_partitions, partition, seed, alpha
-    )
+    parts = _train_partitions(dataset, _resolve(data_root), _resolve_cache(None),
+                              num_partitions, partition, seed, alpha, validation_size)
     return split_loaders(x, y, parts[partition_id], batch_size, test_fraction, train_limit,
                          _derive_seed(seed, partition_id))
 
@@ -312,6 +316,22 @@ def split_loaders(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, batch_s
         num_train=len(train_idx),
         num_test=len(test_idx),
     )
+
+
+def validation_indices(num_examples: int, size: int, seed: int) -> np.ndarray:
+    """The `size` training examples (of `num_examples`) held out from every client as
+    the central validation set: a seeded random choice, sorted."""
+    if not 0 <= size < num_examples:
+        raise ValueError(f"validation-size must be in [0, {num_examples}), got {size}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, VALIDATION_STREAM]))
+    return np.sort(rng.permutation(num_examples)[:size])
+
+
+def central_validation(dataset: str, data_root: str | Path, batch_size: int, size: int,
+                       seed: int) -> DataLoader:
+    """An ordered loader over the central validation set (:func:`validation_indices`)."""
+    x, y = load_split(dataset, data_root, train=True).tensors
+    return _loader(x, y, validation_indices(len(y), size, seed), batch_size)
 
 
 def central_test(
@@ -481,16 +501,20 @@ def _train_partitions(
     scheme: str,
     seed: int,
     alpha: float,
+    validation_size: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """Partitions of the training split, cached per process and on disk (arrays are
-    read-only)."""
+    """Partitions of the training split less its `validation_size` held-out examples,
+    cached per process and on disk (arrays are read-only)."""
     key = ("partitions", dataset, num_partitions, scheme, seed, alpha,
+           *((f"validation:{validation_size}",) if validation_size else ()),
            *_source_stamp(DATASETS[dataset], root))
 
     def compute() -> dict[str, np.ndarray]:
         labels = load_split(dataset, root, train=True, cache_root=cache_root).tensors[1].numpy()
-        parts = partition_indices(labels, num_partitions, scheme, seed, alpha)
-        return {str(pid): part for pid, part in enumerate(parts)}
+        rest = np.setdiff1d(np.arange(len(labels)),
+                            validation_indices(len(labels), validation_size, seed))
+        parts = partition_indices(labels[rest], num_partitions, scheme, seed, alpha)
+        return {str(pid): rest[part] for pid, part in enumerate(parts)}
 
     arrays = disk_cache.fetch(cache_root, key, compute)
     parts = tuple(arrays[str(pid)] for pid in range(num_partitions))

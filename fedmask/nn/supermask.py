@@ -108,7 +108,9 @@ class BernoulliSupermask(nn.Module):
         Initial keep probabilities, clamped to ``[1e-6, 1 - 1e-6]``.
     estimator : {"ste", "theta"}
         Gradient w.r.t. the scores: ``"ste"`` gives ``dL/dm * sigmoid'(scores)``
-        (straight-through the sample only); ``"theta"`` gives ``dL/dm * theta``.
+        (straight-through the sample only); ``"theta"`` gives
+        ``dL/dm * theta * sigmoid'(scores)`` (the authors' public code: the sample's
+        gradient scaled by theta, then through the sigmoid).
     eval_mode : {"threshold", "sample"}
         Mask used when not training.
     """
@@ -132,8 +134,8 @@ class BernoulliSupermask(nn.Module):
         theta = self.theta()
         if self.estimator == "ste":
             return theta
-        # Value theta, gradient w.r.t. scores theta (s - s.detach() is exactly 0).
-        return theta.detach() * (1 + self.scores - self.scores.detach())
+        # Value theta, gradient theta * dtheta/ds (theta - theta.detach() is exactly 0).
+        return theta.detach() * (1 + theta - theta.detach())
 
     def _mask(self) -> Tensor:
         """Mask for the current mode: a differentiable sample or the eval threshold."""

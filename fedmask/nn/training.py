@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,21 +25,39 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
     raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
 
 
+def batches(loader: DataLoader, epochs: int, steps: int = 0) -> Iterator[Any]:
+    """`epochs` passes over `loader`, or with `steps` > 0 exactly that many batches
+    (passing over `loader` as often as it takes)."""
+    if steps <= 0:
+        for _ in range(epochs):
+            yield from loader
+        return
+    if len(loader) == 0:
+        return
+    done = 0
+    while True:
+        for batch in loader:
+            yield batch
+            done += 1
+            if done == steps:
+                return
+
+
 def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
-          optimizer: str = "sgd", momentum: float = 0.9) -> float:
-    """Train the parameters of `model` that require grad; return the mean loss."""
+          optimizer: str = "sgd", momentum: float = 0.9, steps: int = 0) -> float:
+    """Train the parameters of `model` that require grad for `epochs` passes over
+    `loader` (or `steps` batches when > 0); return the mean loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum)
     model.train()
     total, count = 0.0, 0
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(y)
-            count += len(y)
+    for x, y in batches(loader, epochs, steps):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(y)
+        count += len(y)
     return total / max(count, 1)
 
 

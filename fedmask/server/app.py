@@ -15,10 +15,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from safetensors.torch import save
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedmask import config as run_config
 from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import DATASETS, central_test
+from fedmask.data.datasets import DATASETS, central_test, central_validation
 from fedmask.methods import REGISTRY
 from fedmask.nn.models import build_model, num_prunable
 from fedmask.server import checkpoint
@@ -64,6 +65,18 @@ def save_model(strategy: MethodStrategy, arrays: ArrayRecord, cfg: dict[str, Any
     log(INFO, "[fedmask] model written to %s (%d bytes)", folder / MODEL_FILE, size)
     return {"model_file_bytes": size,
             "float32_state_dict_bytes": len(save({k: v.contiguous() for k, v in plain.items()}))}
+
+
+def central_loader(cfg: dict[str, Any]) -> DataLoader:
+    """What the central accuracy is measured on: the test split, or with
+    `validation-size` the validation set held out from the training split."""
+    if cfg["validation-size"]:
+        try:
+            return central_validation(cfg["dataset"], cfg["data-root"], 256,
+                                      cfg["validation-size"], cfg["seed"])
+        except ValueError as error:
+            raise run_config.ConfigError(str(error)) from None
+    return central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
@@ -117,7 +130,7 @@ def run(grid: Grid, context: Context) -> Path:
     folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
-    test = central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
+    test = central_loader(cfg)
     samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
     recorder = RoundRecorder(measuring.ledger, strategy.evaluation_model, test,
                              cfg["num-server-rounds"], samples)
@@ -138,7 +151,8 @@ def run(grid: Grid, context: Context) -> Path:
                         {"config": cfg, "results": recorder.state()})
 
     settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
-                             cfg["momentum"], cfg["personal-epochs"]).to_config()
+                             cfg["momentum"], cfg["personal-epochs"],
+                             cfg["local-steps"]).to_config()
     final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
                        timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],

@@ -15,6 +15,8 @@ METHOD = Method(
         "estimator": choice("ste", ESTIMATORS, "FedPM: gradient estimator of the scores"),
         "prior-reset": non_negative(1, "FedPM: reset the Beta posterior every this many "
                                        "rounds (0 = never)"),
+        "posterior": choice("mean", ("mean", "mode"), "FedPM: theta = the Beta posterior's "
+                            "mean, or its mode clipped to [0.01, 0.99] (public code)"),
         "weighted-aggregation": flag(False, "FedPM: weight each mask by its client's examples"),
         "theta-format": choice("uint8", THETA_DTYPES, "FedPM: theta down as 8-bit codes "
                                                       "or float32"),
@@ -23,7 +25,7 @@ METHOD = Method(
         "model-theta": flag(False, "FedPM: the model file keeps theta, not the thresholded "
                                    "mask"),
     },
-    arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation",
+    arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation", "posterior",
                "theta-format", "eval-samples", "model-theta"),
     defaults={"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
 )

@@ -3,8 +3,9 @@ supermask, majority vote of the signs. Wire contract: :mod:`.wire`; client side:
 :mod:`.client`; server side: :class:`strategies.hidenseek.HideNseek`."""
 
 from fedmask.methods import Method
+from fedmask.methods.hidenseek.wire import VOTES
 from fedmask.nn.pruning import SCOPES
-from fedmask.options import choice, non_negative, positive
+from fedmask.options import choice, in_range, non_negative, positive
 
 METHOD = Method(
     name="hidenseek",
@@ -16,9 +17,14 @@ METHOD = Method(
                               "HideNseek: SynFlow threshold across layers or per layer"),
         "personal-epochs": non_negative(1, "HideNseek: fine-tuning epochs for personalised "
                                            "accuracy (0 = off)"),
+        "vote": choice("majority", VOTES, "HideNseek: only the majority signs go down, or "
+                                          "with them the vote margins clients start from"),
+        "vote-smoothing": in_range(0.0, 0.0, 1.0, hi_open=True,
+                                   help="HideNseek: weight of the previous rounds' vote share "
+                                        "in the server's share (0 = this round's only)"),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
-               "personal-epochs"),
+               "personal-epochs", "vote", "vote-smoothing"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
     personalised=True,
 )

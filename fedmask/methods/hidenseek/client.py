@@ -12,11 +12,14 @@ from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 
 def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, np.ndarray]:
-    """Rebuild the seeded weights, check the hash, attach P and the global signs."""
+    """Rebuild the seeded weights, check the hash, attach P and the global signs
+    (scaled by the vote margins where the message carries them)."""
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
-    prune, signs = wire.decode_masks(msg.content.array_records[wire.MASKS], config)
-    return wire.sign_net(model, prune, signs), prune, signs
+    record = msg.content.array_records[wire.MASKS]
+    prune, signs = wire.decode_masks(record, config)
+    margin = wire.decode_margin(record, signs.size)
+    return wire.sign_net(model, prune, signs, margin), prune, signs
 
 
 def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:

@@ -2,8 +2,10 @@
 
 Down (train and evaluate): ``masks`` ArrayRecord with ``prune-mask`` (N bits,
 packed) and, from round 2, ``sign-mask`` (the global sign of the K kept
-weights, packed; absent means all +1); ``config`` carries the seeded-net
-description, ``num-params`` N, ``num-kept`` K and the local settings.
+weights, packed; absent means all +1) and, in train messages of the ``share``
+vote, ``sign-margin`` (K uint8 codes of the vote margin ``|2p - 1|``);
+``config`` carries the seeded-net description, ``num-params`` N, ``num-kept`` K
+and the local settings.
 Up (train): ``signs`` ArrayRecord and the ``metrics`` MetricRecord with
 ``num-examples``. With ``mask-coding = "packed"`` the record holds
 ``sign-mask`` (the client's K sign bits, packed); with ``"entropy"`` it holds
@@ -33,16 +35,30 @@ from fedmask.wire.records import (
 
 MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
+SIGN_MARGIN = "sign-margin"
+VOTES = ("majority", "share")
+_MARGIN_LEVELS = 255
 UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
 NUM_KEPT = "num-kept"
 CODED = "-coded"  # key suffix of a range-coded mask (model files, where smaller than packed)
 
 
-def encode_masks(prune: np.ndarray, signs: np.ndarray | None,
-                 compact: bool = False) -> ArrayRecord:
-    """The ``masks`` record: the prune mask and (unless None) the signs, packed; with
-    `compact` (model files) each is range coded as i.i.d. bits instead, under the
-    key + ``-coded``, where that is smaller."""
+def margin_codes(share: np.ndarray) -> np.ndarray:
+    """The vote margins ``|2p - 1|`` of the shares `share` as uint8 codes 0..255."""
+    return np.rint(np.abs(2 * share - 1) * _MARGIN_LEVELS).astype(np.uint8)
+
+
+def margins(codes: np.ndarray) -> np.ndarray:
+    """Score magnitudes (fractions of |w|) of margin `codes`: ``code / 255``, a tie
+    (code 0) as half a level, so that the score keeps the global sign."""
+    return np.maximum(codes.astype(np.float32), 0.5) / _MARGIN_LEVELS
+
+
+def encode_masks(prune: np.ndarray, signs: np.ndarray | None, compact: bool = False,
+                 margin: np.ndarray | None = None) -> ArrayRecord:
+    """The ``masks`` record: the prune mask and (unless None) the signs, packed, and
+    the `margin` codes if given; with `compact` (model files) each mask is range
+    coded as i.i.d. bits instead, under the key + ``-coded``, where that is smaller."""
     bits = {PRUNE_MASK: prune} if signs is None else {PRUNE_MASK: prune, SIGN_MASK: signs}
     record = ArrayRecord()
     for key, mask in bits.items():
@@ -50,6 +66,8 @@ def encode_masks(prune: np.ndarray, signs: np.ndarray | None,
         coded = encode_mask(mask, "entropy") if compact else packed
         smaller = compact and coded.size < packed.size
         record[key + CODED if smaller else key] = Array(coded if smaller else packed)
+    if margin is not None:
+        record[SIGN_MARGIN] = Array(margin)
     return record
 
 
@@ -58,6 +76,17 @@ def _read_bits(record: ArrayRecord, key: str, length: int) -> np.ndarray:
     if key + CODED in record:
         return decode_mask(array(record, key + CODED), length, "entropy", field=key + CODED)
     return unpack_mask(array(record, key), length, key)
+
+
+def decode_margin(record: ArrayRecord, num_kept: int) -> np.ndarray | None:
+    """The K score magnitudes of the record's ``sign-margin`` (None when absent)."""
+    if SIGN_MARGIN not in record:
+        return None
+    codes = array(record, SIGN_MARGIN)
+    if codes.dtype != np.uint8 or codes.shape != (num_kept,):
+        raise ReplyError(SIGN_MARGIN, f"expected {num_kept} uint8 codes, got "
+                                      f"{codes.dtype} {codes.shape}")
+    return margins(codes)
 
 
 def decode_masks(record: ArrayRecord, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -87,13 +116,15 @@ def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndar
     return bits if coding == "packed" else bits != global_signs
 
 
-def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray) -> nn.Module:
+def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
+             margin: np.ndarray | None = None) -> nn.Module:
     """Attach sign supermasks ``w * P * sign(s)`` to the seeded `model` (in place).
 
-    Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions.
+    Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions;
+    `margin` (K magnitudes, see :func:`decode_margin`) scales them.
     """
     full = np.ones(prune.size, dtype=np.float32)
-    full[prune] = np.where(signs, 1.0, -1.0)
+    full[prune] = np.where(signs, 1.0, -1.0) * (1.0 if margin is None else margin)
     model.requires_grad_(False)  # only the scores train
     return attach_flat(model, SignSupermask, prune, full)
 

@@ -1,0 +1,141 @@
+"""Benchmark: a small hyper-parameter sweep per method, scored on validation data.
+
+Every candidate setting of a method (learning rate, optimiser, local steps and
+the method's aggregation options) runs the ``standard`` profile's federation
+(Dirichlet 0.5, 20 clients, half of them per round) on each dataset and data
+regime asked for, in-process (``loopback.py``: the same server and client code
+as ``flwr run``, without the transport). Its score is the mean central accuracy
+of its last ``--score-rounds`` rounds on ``validation-size`` training images
+held out from every client, never the test set. The JSON holds every run's
+settings and per-round validation accuracy, and per method the setting with
+the best mean score over all datasets and regimes: fedmask's defaults were
+chosen from it (README, "How the defaults were chosen").
+
+Usage::
+
+    .venv/bin/python benchmarks/sweep.py --run-config data-root=\\"../shared/data\\" \\
+        --datasets fashion-mnist mnist --regimes standard limited --workers 2 \\
+        --out benchmarks/results/sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fedmask.launch import parse_pairs
+
+from compare import PROFILES
+
+# Candidate settings per method (run-config keys); the first is the default it
+# had before the sweep.
+GRID: dict[str, list[dict[str, Any]]] = {
+    "fedavg": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.02, "local-steps": 20}],
+    "hidenseek": [
+        {"lr": 0.01}, {"lr": 0.003}, {"lr": 0.03},
+        {"lr": 0.01, "vote-smoothing": 0.5}, {"lr": 0.01, "vote-smoothing": 0.8},
+        {"lr": 0.01, "vote": "share"},
+        {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5},
+        {"lr": 0.01, "local-steps": 20}],
+    "fedpm": [
+        {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
+        {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},
+        {"lr": 0.1, "posterior": "mode", "prior-reset": 0},
+        {"lr": 0.1, "posterior": "mode", "local-steps": 20}],
+    "mpfl": [{"lr": 0.02}, {"lr": 0.05}],
+    "ssfl": [{"lr": 0.02}, {"lr": 0.05}],
+    "fedsparsify": [{"lr": 0.02}, {"lr": 0.05}],
+}
+# Data regimes: the standard profile, and the same with 400 images per client.
+REGIMES = {"standard": {}, "limited": {"train-limit": 400}}
+VALIDATION_SIZE = 2000
+
+
+def run_one(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
+    """One federation (in a worker process): its per-round validation accuracy."""
+    import torch  # noqa: PLC0415 - each worker sets its own thread count
+    from loopback import run_federation  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    results = run_federation(config, num_nodes)
+    return {"accuracy": [r["accuracy"] for r in results["rounds"]],
+            "seconds": time.monotonic() - start}
+
+
+def candidates(methods: list[str], datasets: list[str], regimes: list[str],
+               rounds: int, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (method, setting, dataset, regime) to run, with its full run config."""
+    profile = PROFILES["standard"]["run_config"]
+    runs = []
+    for method in methods:
+        for index, setting in enumerate(GRID[method]):
+            for dataset in datasets:
+                for regime in regimes:
+                    config = {**profile, **REGIMES[regime], **common, **setting,
+                              "method": method, "dataset": dataset,
+                              "num-server-rounds": rounds, "validation-size": VALIDATION_SIZE,
+                              "fraction-evaluate": 0.0}
+                    runs.append({"method": method, "setting": index, "options": setting,
+                                 "dataset": dataset, "regime": regime, "config": config})
+    return runs
+
+
+def choose(runs: list[dict[str, Any]], score_rounds: int) -> dict[str, Any]:
+    """Per method, every setting's mean score and the best one."""
+    chosen: dict[str, Any] = {}
+    for run in runs:
+        run["score"] = sum(run["accuracy"][-score_rounds:]) / score_rounds
+        entry = chosen.setdefault(run["method"], {"settings": {}})
+        entry["settings"].setdefault(run["setting"], {"options": run["options"], "scores": []})
+        entry["settings"][run["setting"]]["scores"].append(run["score"])
+    for entry in chosen.values():
+        for setting in entry["settings"].values():
+            setting["mean"] = sum(setting["scores"]) / len(setting["scores"])
+        best = max(entry["settings"].values(), key=lambda s: s["mean"])
+        entry["best"] = best["options"]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist"])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
+    parser.add_argument("--score-rounds", type=int, default=5,
+                        help="a run's score: mean validation accuracy of its last rounds")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--run-config", nargs="*", default=[],
+                        help="key=value run-config common to all (JSON values)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
+    args = parser.parse_args(argv)
+    runs = candidates(args.methods, args.datasets, args.regimes, args.rounds,
+                      parse_pairs(args.run_config))
+    nodes = PROFILES["standard"]["num_supernodes"]
+    print(f"sweep: {len(runs)} runs of {args.rounds} rounds, {args.workers} at a time",
+          flush=True)
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_one, run["config"], nodes) for run in runs]
+        for run, future in zip(runs, futures):
+            run.update(future.result())
+            print(f"{run['method']:10s} {json.dumps(run['options']):55s} {run['dataset']:14s} "
+                  f"{run['regime']:9s} last {run['accuracy'][-1]:.4f}  "
+                  f"{run['seconds']:.0f} s", flush=True)
+    chosen = choose(runs, args.score_rounds)
+    for method, entry in chosen.items():
+        print(f"{method}: best {json.dumps(entry['best'])}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rounds": args.rounds, "score_rounds": args.score_rounds,
+                                    "validation_size": VALIDATION_SIZE, "chosen": chosen,
+                                    "runs": runs}, indent=2))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
