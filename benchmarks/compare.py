@@ -31,13 +31,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from fedmask.methods import REGISTRY
 from fedmask.server import checkpoint
 
 MB = 1e6
+Runner = Callable[[dict[str, Any], int], dict[str, Any]]  # (config, nodes) -> results.json
 # Each registered method is an entry (FedAvg first: the baseline of the ratios), with
 # the settings it is benchmarked at; a method with VARIANTS gets one entry per variant.
 TUNING: dict[str, dict[str, Any]] = {"fedpm": {"mask-coding": "entropy"},
@@ -164,16 +166,17 @@ class EntryRun:
     run_s: float
 
 
-def run_entry(env: dict[str, str], entry: str, config: dict[str, Any], rounds: int,
+def run_entry(runner: Runner, entry: str, config: dict[str, Any], rounds: int,
               num_supernodes: int, work: Path, say: Callable[[str], None]) -> EntryRun:
-    """Run one entry; each round is said as it ends."""
+    """Run one entry with `runner` (``runner(config, num_supernodes)`` -> results.json);
+    each round is said as it ends."""
     out = work / entry
     config = {**config, "num-server-rounds": rounds, "out-dir": str(out)}
     start, done = time.monotonic(), threading.Event()
     watcher = threading.Thread(target=_watch, args=(out, entry, rounds, done, say))
     watcher.start()
     try:
-        results = run_simulation(env, config, num_supernodes)
+        results = runner(config, num_supernodes)
     finally:
         done.set()
         watcher.join()
@@ -183,16 +186,37 @@ def run_entry(env: dict[str, str], entry: str, config: dict[str, Any], rounds: i
     return run
 
 
-def run_all(env: dict[str, str], configs: dict[str, dict[str, Any]], rounds: int,
+def run_all(runner: Runner, configs: dict[str, dict[str, Any]], rounds: int,
             num_supernodes: int, work: Path, say: Callable[[str], None] = print,
             parallel: int = 1) -> dict[str, EntryRun]:
-    """Every entry's run (see run_entry), each with its config (see
-    entry_configs) on the simulation SuperLink whose env is `env`, `parallel` at a
-    time (then they share the CPU: use 1 for timings); progress to `say`."""
+    """Every entry's run (see run_entry), each with its config (see entry_configs),
+    `parallel` at a time (then they share the CPU: use 1 for timings); progress to
+    `say`."""
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {entry: pool.submit(run_entry, env, entry, config, rounds, num_supernodes,
+        futures = {entry: pool.submit(run_entry, runner, entry, config, rounds, num_supernodes,
                                       work, say) for entry, config in configs.items()}
         return {entry: future.result() for entry, future in futures.items()}
+
+
+def in_process(config: dict[str, Any], num_supernodes: int) -> dict[str, Any]:
+    """One run in this (worker) process, through ``loopback.py``, on one thread."""
+    import torch  # noqa: PLC0415 - a worker's own setting
+    from loopback import run_federation  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    return run_federation(config, num_supernodes)
+
+
+@contextlib.contextmanager
+def runner_for(in_process_runs: bool, parallel: int, work: Path) -> Iterator[Runner]:
+    """A runner of real Flower simulations on one SuperLink, or of in-process
+    federations in `parallel` worker processes."""
+    if not in_process_runs:
+        with simulation_superlink(work / "flwr-home") as env:
+            yield functools.partial(run_simulation, env)
+        return
+    with ProcessPoolExecutor(parallel) as workers:
+        yield lambda config, nodes: workers.submit(in_process, config, nodes).result()
 
 
 def swing(rounds: list[dict[str, float | None]], last: int = SWING_ROUNDS) -> float:
@@ -316,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="key=value overrides common to all (JSON values)")
     parser.add_argument("--parallel", type=positive_int,
                         help="entries run at a time (default: the profile's, else 1)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run each entry in-process (loopback.py: the same server and "
+                             "client code, no Ray or gRPC; timings are not Flower's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare"),
                         help="writes OUT.json, OUT.md and OUT.png")
     args = parser.parse_args(argv)
@@ -327,10 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"profile {args.profile}: {len(args.methods)} methods x {rounds} rounds, "
           f"{nodes} clients", flush=True)
     with tempfile.TemporaryDirectory(prefix="fedmask-compare-") as work:
-        with simulation_superlink(Path(work) / "flwr-home") as env:
-            runs = run_all(env, entry_configs(profile, args.methods, run_config), rounds,
-                           nodes, Path(work), functools.partial(print, flush=True),
-                           args.parallel or profile.get("parallel", 1))
+        parallel = args.parallel or profile.get("parallel", 1)
+        with runner_for(args.in_process, parallel, Path(work)) as runner:
+            runs = run_all(runner, entry_configs(profile, args.methods, run_config), rounds,
+                           nodes, Path(work), functools.partial(print, flush=True), parallel)
     table = report(args.profile, runs, rounds, nodes, run_config, args.out)
     print(f"\n{table}\nwritten: {args.out}.json, .md, .png")
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from fedmask.launch import parse_pairs
 
-from compare import PROFILES
+from compare import PROFILES, in_process
 
 # Candidate settings per method (run-config keys); the first is the default it
 # had before the sweep.
@@ -58,12 +58,8 @@ VALIDATION_SIZE = 2000
 
 def run_one(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
     """One federation (in a worker process): its per-round validation accuracy."""
-    import torch  # noqa: PLC0415 - each worker sets its own thread count
-    from loopback import run_federation  # noqa: PLC0415
-
-    torch.set_num_threads(1)
     start = time.monotonic()
-    results = run_federation(config, num_nodes)
+    results = in_process(config, num_nodes)
     return {"accuracy": [r["accuracy"] for r in results["rounds"]],
             "seconds": time.monotonic() - start}
 

@@ -1,5 +1,6 @@
 """Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink."""
 
+import functools
 import os
 import sys
 import time
@@ -68,7 +69,8 @@ def smoke(superlink, tmp_path_factory):
     progress: list[str] = []
     configs = compare.entry_configs(SMOKE, list(compare.ENTRIES),
                                     {**SMOKE["run_config"], "data-root": DATA_ROOT})
-    runs = compare.run_all(superlink, configs, SMOKE["rounds"], SMALL_NODES,
+    runner = functools.partial(run_simulation, superlink)
+    runs = compare.run_all(runner, configs, SMOKE["rounds"], SMALL_NODES,
                            tmp_path_factory.mktemp("smoke"), progress.append, SMOKE["parallel"])
     return Smoke(runs, progress)
 
