@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,11 +51,10 @@ def ceiling_method(method: str) -> str:
 
 def union_loader(cfg: dict[str, Any], num_nodes: int) -> tuple[DataLoader, int]:
     """A shuffled loader over every client's training data, and the mean local steps
-    a client makes per round (``local-steps``, else epochs x batches)."""
+    a client makes per round (epochs x batches, at least ``min-local-steps``)."""
     parts = [node_data(cfg, {"partition-id": pid, "num-partitions": num_nodes})[0]
              for pid in range(num_nodes)]
-    per_client = [cfg["local-steps"] or cfg["local-epochs"] * math.ceil(p.num_train /
-                                                                      cfg["batch-size"])
+    per_client = [max(cfg["min-local-steps"], cfg["local-epochs"] * len(p.train))
                   for p in parts]
     generator = torch.Generator().manual_seed(cfg["seed"])
     union = ConcatDataset([p.train.dataset for p in parts])

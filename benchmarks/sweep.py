@@ -8,8 +8,9 @@ as ``flwr run``, without the transport). Its score is the mean central accuracy
 of its last ``--score-rounds`` rounds on ``validation-size`` training images
 held out from every client, never the test set. The JSON holds every run's
 settings and per-round validation accuracy, and per method the setting with
-the best mean score over all datasets and regimes: fedmask's defaults were
-chosen from it (README, "How the defaults were chosen").
+the best mean score over all datasets and regimes, with a Markdown table of
+them (OUT.md): fedmask's defaults were chosen from it (README, "How the
+defaults were chosen"). ``--reuse`` keeps the runs of an earlier sweep JSON.
 
 Usage::
 
@@ -35,21 +36,24 @@ from compare import PROFILES, in_process
 # Candidate settings per method (run-config keys); the first is the default it
 # had before the sweep.
 GRID: dict[str, list[dict[str, Any]]] = {
-    "fedavg": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.02, "local-steps": 20}],
+    "fedavg": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.02, "min-local-steps": 20}],
     "hidenseek": [
         {"lr": 0.01}, {"lr": 0.003}, {"lr": 0.03},
         {"lr": 0.01, "vote-smoothing": 0.5}, {"lr": 0.01, "vote-smoothing": 0.8},
         {"lr": 0.01, "vote": "share"},
         {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5},
-        {"lr": 0.01, "local-steps": 20}],
+        {"lr": 0.01, "min-local-steps": 20},
+        {"lr": 0.01, "vote": "share", "min-local-steps": 20},
+        {"lr": 0.01, "vote-smoothing": 0.5, "min-local-steps": 20}],
     "fedpm": [
         {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
         {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},
         {"lr": 0.1, "posterior": "mode", "prior-reset": 0},
-        {"lr": 0.1, "posterior": "mode", "local-steps": 20}],
-    "mpfl": [{"lr": 0.02}, {"lr": 0.05}],
-    "ssfl": [{"lr": 0.02}, {"lr": 0.05}],
-    "fedsparsify": [{"lr": 0.02}, {"lr": 0.05}],
+        {"lr": 0.1, "posterior": "mode", "min-local-steps": 20},
+        {"lr": 0.2, "posterior": "mode"}, {"lr": 0.2, "posterior": "mode", "min-local-steps": 20}],
+    "mpfl": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
+    "ssfl": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
+    "fedsparsify": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
 }
 # Data regimes: the standard profile, and the same with 400 images per client.
 REGIMES = {"standard": {}, "limited": {"train-limit": 400}}
@@ -82,20 +86,53 @@ def candidates(methods: list[str], datasets: list[str], regimes: list[str],
     return runs
 
 
+def _run_key(run: dict[str, Any]) -> str:
+    """What makes two runs the same: method, dataset, regime and full run config
+    (out-dir aside)."""
+    config = {k: v for k, v in run["config"].items() if k != "out-dir"}
+    return json.dumps([run["method"], run["dataset"], run["regime"], config], sort_keys=True)
+
+
+def reusable(path: Path) -> dict[str, dict[str, Any]]:
+    """The accuracy and seconds of every run of the sweep JSON at `path`."""
+    return {_run_key(run): {"accuracy": run["accuracy"], "seconds": run["seconds"]}
+            for run in json.loads(path.read_text())["runs"]}
+
+
 def choose(runs: list[dict[str, Any]], score_rounds: int) -> dict[str, Any]:
     """Per method, every setting's mean score and the best one."""
     chosen: dict[str, Any] = {}
     for run in runs:
         run["score"] = sum(run["accuracy"][-score_rounds:]) / score_rounds
         entry = chosen.setdefault(run["method"], {"settings": {}})
-        entry["settings"].setdefault(run["setting"], {"options": run["options"], "scores": []})
-        entry["settings"][run["setting"]]["scores"].append(run["score"])
+        entry["settings"].setdefault(str(run["setting"]), {"options": run["options"], "scores": []})
+        entry["settings"][str(run["setting"])]["scores"].append(run["score"])
     for entry in chosen.values():
         for setting in entry["settings"].values():
             setting["mean"] = sum(setting["scores"]) / len(setting["scores"])
         best = max(entry["settings"].values(), key=lambda s: s["mean"])
         entry["best"] = best["options"]
     return chosen
+
+
+def markdown(runs: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
+    """A table: per method and setting, the score on every (dataset, regime) and
+    their mean; the chosen setting in bold."""
+    columns = sorted({(run["dataset"], run["regime"]) for run in runs})
+    scores = {(run["method"], str(run["setting"]), run["dataset"], run["regime"]): run["score"]
+              for run in runs}
+    lines = ["| method | setting | " + " | ".join(f"{d} {r}" for d, r in columns)
+             + " | mean |", "|---|---|" + "---|" * (len(columns) + 1)]
+    for method, entry in chosen.items():
+        for index, setting in entry["settings"].items():
+            name = ", ".join(f"{k}={v}" for k, v in setting["options"].items())
+            if setting["options"] == entry["best"]:
+                name = f"**{name}**"
+            cells = [f"{scores[(method, index, d, r)]:.4f}" if (method, index, d, r) in scores
+                     else "" for d, r in columns]
+            lines.append(f"| {method} | {name} | " + " | ".join(cells)
+                         + f" | {setting['mean']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,15 +147,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-config", nargs="*", default=[],
                         help="key=value run-config common to all (JSON values)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
+    parser.add_argument("--reuse", type=Path,
+                        help="a sweep JSON whose runs of the same settings are kept, not re-run")
     args = parser.parse_args(argv)
     runs = candidates(args.methods, args.datasets, args.regimes, args.rounds,
                       parse_pairs(args.run_config))
+    done = reusable(args.reuse) if args.reuse else {}
+    for run in runs:
+        run.update(done.get(_run_key(run), {}))
+    todo = [run for run in runs if "accuracy" not in run]
     nodes = PROFILES["standard"]["num_supernodes"]
-    print(f"sweep: {len(runs)} runs of {args.rounds} rounds, {args.workers} at a time",
-          flush=True)
+    print(f"sweep: {len(todo)} runs of {args.rounds} rounds ({len(runs) - len(todo)} reused), "
+          f"{args.workers} at a time", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_one, run["config"], nodes) for run in runs]
-        for run, future in zip(runs, futures):
+        futures = [pool.submit(run_one, run["config"], nodes) for run in todo]
+        for run, future in zip(todo, futures):
             run.update(future.result())
             print(f"{run['method']:10s} {json.dumps(run['options']):55s} {run['dataset']:14s} "
                   f"{run['regime']:9s} last {run['accuracy'][-1]:.4f}  "
@@ -130,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps({"rounds": args.rounds, "score_rounds": args.score_rounds,
                                     "validation_size": VALIDATION_SIZE, "chosen": chosen,
                                     "runs": runs}, indent=2))
-    print(f"written: {args.out}")
+    args.out.with_suffix(".md").write_text(markdown(runs, chosen))
+    print(f"written: {args.out}, {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

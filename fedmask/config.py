@@ -38,7 +38,7 @@ COMMON: dict[str, Option] = {
     "seed": in_range(0, 0, 2**63 - 1),
     "num-server-rounds": positive(5),
     "local-epochs": positive(1),
-    "local-steps": non_negative(0),
+    "min-local-steps": non_negative(0),
     "batch-size": positive(64),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS)),
     "lr": non_negative(0.0),

@@ -208,11 +208,17 @@ def test_query_reply_is_the_same_for_dict_and_tuple_batches():
     assert (a == b).all()
 
 
-def test_client_app_factory_refuses_local_steps_it_cannot_honour():
+def test_client_app_factory_rounds_min_local_steps_up_to_whole_epochs():
+    epochs = []
+
+    def train(net, loader, n, lr, device):
+        epochs.append(n)
+
     app = client_app(model=lambda: build_model("cnn", 10, 1, 12),
-                     load_data=lambda context: (LOADER, LOADER), train=user_train,
+                     load_data=lambda context: (LOADER, LOADER), train=train,
                      test=user_test, device="cpu")
     msg = _message(_strategy("fedavg"))
-    msg.content.config_records["config"]["local-steps"] = 5
-    with pytest.raises(ValueError, match="local-steps"):
+    for min_steps in (0, 4, 5, 9):  # LOADER: 4 batches an epoch
+        msg.content.config_records["config"]["min-local-steps"] = min_steps
         app(msg, Context(1, 21, {}, RecordDict(), {}))
+    assert epochs == [1, 1, 2, 3]

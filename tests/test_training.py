@@ -152,16 +152,21 @@ def test_evaluate_metrics_adds_sampled_figures_only_when_asked() -> None:
     assert 0.0 <= sampled["sampled-accuracy"] <= 1.0 and sampled["sampled-loss"] > 0
 
 
-@pytest.mark.parametrize("steps, expected", [(0, 20), (3, 3), (25, 25)])
-def test_steps_replace_epochs_passing_over_the_data_as_often_as_needed(steps, expected) -> None:
+@pytest.mark.parametrize("epochs, min_steps, expected", [(2, 0, 20), (2, 3, 20), (1, 25, 25),
+                                                        (2, 25, 25), (0, 0, 0)])
+def test_min_steps_continue_the_epochs_over_the_data_again(epochs, min_steps, expected) -> None:
     loader = _loader(_separable(200), batch_size=20)  # 10 batches an epoch
-    assert len(list(batches(loader, epochs=2, steps=steps))) == expected
+    assert len(list(batches(loader, epochs, min_steps))) == expected
 
 
-def test_train_with_steps_counts_batches() -> None:
+def test_min_steps_of_an_empty_loader_end() -> None:
+    assert list(batches(_loader(TensorDataset(torch.zeros(0, 2))), 1, 5)) == []
+
+
+def test_train_with_min_steps_counts_batches() -> None:
     loader = _loader(_separable(200), batch_size=20)
     model = _linear()
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
-    train(model, loader, epochs=1, lr=0.1, steps=13)
+    train(model, loader, epochs=1, lr=0.1, min_steps=13)
     assert seen == [20] * 13

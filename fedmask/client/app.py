@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,19 +34,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def local_epochs(msg: Message, context: Context) -> int:
-    """``local-epochs`` of the message's config, else of the run config, else 1."""
+def local_epochs(msg: Message, context: Context, batches_per_epoch: int) -> int:
+    """``local-epochs`` of the message's config (else of the run config, else 1),
+    raised to the whole epochs that make ``min-local-steps`` batches."""
     config = msg.content.config_records[CONFIG]
-    return config_value(config, "local-epochs", int,
-                        config_value(context.run_config, "local-epochs", int, 1))
-
-
-def no_local_steps(msg: Message) -> None:
-    """Raise ValueError if the message asks for ``local-steps`` (the project's
-    `train` function counts epochs)."""
-    if config_value(msg.content.config_records[CONFIG], "local-steps", int, 0) > 0:
-        raise ValueError("local-steps: this ClientApp's train function takes epochs; "
-                         "set local-steps = 0 and use local-epochs")
+    epochs = config_value(config, "local-epochs", int,
+                          config_value(context.run_config, "local-epochs", int, 1))
+    min_steps = config_value(config, "min-local-steps", int, 0)
+    return max(epochs, math.ceil(min_steps / max(batches_per_epoch, 1)))
 
 
 def learning_rate(msg: Message) -> float:
@@ -75,7 +71,8 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
 
     Notes
     -----
-    Epochs come from the message's ``local-epochs`` (else the run config's), the
+    Epochs come from the message's ``local-epochs`` (else the run config's; raised
+    to whole epochs of at least ``min-local-steps`` batches when it names any), the
     learning rate from its ``lr``. A method with personalised evaluation
     (HideNseek, ``personal-epochs`` in the evaluate config) also fine-tunes with
     `train` and reports ``personal-accuracy``.
@@ -85,10 +82,10 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        no_local_steps(msg)
         trainloader, _ = load_data(context)
         net = train_module(msg, model(), context.state)
-        loss = train(net, trainloader, local_epochs(msg, context), learning_rate(msg), where)
+        epochs = local_epochs(msg, context, len(trainloader))
+        loss = train(net, trainloader, epochs, learning_rate(msg), where)
         metrics = {} if loss is None else {"train-loss": float(loss)}
         return train_reply(msg, net, len(trainloader.dataset), metrics)
 

@@ -47,7 +47,7 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -
     """Train the method's module with fedmask's loop; reply with what the method sends."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
-    loss = settings.fit(net, data.train, settings.local_epochs, settings.local_steps)
+    loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps)
     return train_reply(msg, net, data.num_train, {"train-loss": loss})
 
 

@@ -21,7 +21,7 @@ class LocalSettings:
     optimizer: str = "sgd"
     momentum: float = 0.9
     personal_epochs: int = 1
-    local_steps: int = 0
+    min_local_steps: int = 0
 
     def to_config(self) -> ConfigRecord:
         """The settings as a ConfigRecord with kebab-case keys."""
@@ -35,8 +35,9 @@ class LocalSettings:
         return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
                       for k, v in defaults.__dict__.items()})
 
-    def fit(self, model: nn.Module, loader: DataLoader, epochs: int, steps: int = 0) -> float:
-        """Train `model` for `epochs` (or `steps` batches when > 0) with these
-        settings; return the mean loss."""
+    def fit(self, model: nn.Module, loader: DataLoader, epochs: int,
+            min_steps: int = 0) -> float:
+        """Train `model` for `epochs`, continued to at least `min_steps` batches, with
+        these settings; return the mean loss."""
         return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum,
-                              steps)
+                              min_steps)

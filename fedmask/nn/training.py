@@ -25,33 +25,34 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
     raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
 
 
-def batches(loader: DataLoader, epochs: int, steps: int = 0) -> Iterator[Any]:
-    """`epochs` passes over `loader`, or with `steps` > 0 exactly that many batches
-    (passing over `loader` as often as it takes)."""
-    if steps <= 0:
-        for _ in range(epochs):
-            yield from loader
-        return
-    if len(loader) == 0:
-        return
+def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any]:
+    """`epochs` passes over `loader`, continued (passing over it again) until at
+    least `min_steps` batches were given."""
     done = 0
-    while True:
+    for _ in range(epochs):
         for batch in loader:
             yield batch
             done += 1
-            if done == steps:
+    while done < min_steps:
+        before = done
+        for batch in loader:
+            if done == min_steps:
                 return
+            yield batch
+            done += 1
+        if done == before:  # an empty loader
+            return
 
 
 def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
-          optimizer: str = "sgd", momentum: float = 0.9, steps: int = 0) -> float:
+          optimizer: str = "sgd", momentum: float = 0.9, min_steps: int = 0) -> float:
     """Train the parameters of `model` that require grad for `epochs` passes over
-    `loader` (or `steps` batches when > 0); return the mean loss."""
+    `loader`, continued to at least `min_steps` batches; return the mean loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum)
     model.train()
     total, count = 0.0, 0
-    for x, y in batches(loader, epochs, steps):
+    for x, y in batches(loader, epochs, min_steps):
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
