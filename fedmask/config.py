@@ -16,7 +16,7 @@ from fedmask.data.datasets import DATASETS, PARTITIONS
 from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
 from fedmask.nn.models import INITS, MODELS
-from fedmask.nn.training import OPTIMIZERS
+from fedmask.nn.training import MIN_LOCAL_STEPS, OPTIMIZERS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
 from fedmask.wire.coding import CODINGS
 
@@ -38,7 +38,7 @@ COMMON: dict[str, Option] = {
     "seed": in_range(0, 0, 2**63 - 1),
     "num-server-rounds": positive(5),
     "local-epochs": positive(1),
-    "min-local-steps": non_negative(0),
+    "min-local-steps": non_negative(MIN_LOCAL_STEPS),
     "batch-size": positive(64),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS)),
     "lr": non_negative(0.0),

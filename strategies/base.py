@@ -25,6 +25,7 @@ from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.nn.model_file import architecture_name, write_model_file
 from fedmask.nn.models import num_prunable
 from fedmask.nn.supermask import fold
+from fedmask.nn.training import MIN_LOCAL_STEPS
 from fedmask.server.checkpoint import Checkpointable
 from fedmask.server.validation import ValidatedStrategy
 
@@ -98,10 +99,11 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
 
     # --- shared ------------------------------------------------------------------------
     def default_config(self, config: ConfigRecord | None = None) -> ConfigRecord:
-        """The method's default ``optimizer``, ``lr`` and method_config(), then
-        `config` (the caller's values win)."""
+        """The method's default ``optimizer`` and ``lr``, ``min-local-steps`` and
+        method_config(), then `config` (the caller's values win)."""
         defaults = {"optimizer": self.method.defaults["optimizer"],
-                    "lr": self.method.defaults["lr"], **self.method_config()}
+                    "lr": self.method.defaults["lr"], "min-local-steps": MIN_LOCAL_STEPS,
+                    **self.method_config()}
         return ConfigRecord({**defaults, **dict(config or {})})
 
     def global_model(self, arrays: ArrayRecord) -> nn.Module:

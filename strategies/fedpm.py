@@ -64,7 +64,7 @@ class FedPM(SeededMaskStrategy):
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
                  prior_reset: int = 1, weighted_aggregation: bool = False,
-                 posterior: str = "mean",
+                 posterior: str = "mode",
                  theta_format: str = "uint8", estimator: str = "ste", eval_samples: int = 3,
                  model_theta: bool = False, **kwargs: Any) -> None:
         if theta_format not in wire.THETA_DTYPES:

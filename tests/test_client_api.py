@@ -174,11 +174,11 @@ def test_client_app_factory_runs_the_users_functions_for_every_message_kind():
     app = client_app(model=lambda: build_model("cnn", 10, 1, 12),
                      load_data=lambda context: (LOADER, LOADER), train=train, test=user_test,
                      device="cpu")
-    context = Context(1, 21, {}, RecordDict(), {"local-epochs": 2})
+    context = Context(1, 21, {}, RecordDict(), {"local-epochs": 6})
     hidenseek = _strategy("hidenseek")
     reply = app(_message(hidenseek), context)
     assert not reply.has_error(), reply.error
-    assert calls == [("train", 2, 0.01, "cpu")]  # run config's epochs, the method's lr
+    assert calls == [("train", 6, 0.01, "cpu")]  # run config's epochs (> 20 steps), the lr
     evaluated = app(_message(hidenseek, "evaluate"), context)
     metrics = evaluated.content.metric_records["metrics"]
     assert {"accuracy", "loss", "personal-accuracy", "num-examples"} <= set(metrics)

@@ -37,12 +37,12 @@ def test_some_defaults() -> None:
 
 
 @pytest.mark.parametrize("given, expected", [
-    ({"method": "fedavg"}, ("sgd", 0.05, "kaiming-normal")),
+    ({"method": "fedavg"}, ("sgd", 0.02, "kaiming-normal")),
     ({"method": "fedavg", "lr": 0.2}, ("sgd", 0.2, "kaiming-normal")),
     ({"method": "hidenseek", "optimizer": "sgd"}, ("sgd", 0.01, "kaiming-normal")),
-    ({"method": "fedpm"}, ("adam", 0.1, "signed-constant")),
-    ({"method": "fedpm", "init": "kaiming-uniform"}, ("adam", 0.1, "kaiming-uniform")),
-    ({"method": "fedsparsify"}, ("sgd", 0.05, "kaiming-normal")),
+    ({"method": "fedpm"}, ("adam", 0.2, "signed-constant")),
+    ({"method": "fedpm", "init": "kaiming-uniform"}, ("adam", 0.2, "kaiming-uniform")),
+    ({"method": "fedsparsify"}, ("sgd", 0.02, "kaiming-normal")),
 ])
 def test_auto_settings_resolve_per_method(given, expected) -> None:
     config = parse(given)

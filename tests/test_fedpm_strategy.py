@@ -14,7 +14,9 @@ from conftest import FakeGrid
 
 
 def _strategy(**kwargs) -> FedPM:
+    """A FedPM strategy; the hand-computed tests take the posterior mean unless told."""
     kwargs.setdefault("theta_format", "float32")
+    kwargs.setdefault("posterior", "mean")
     return FedPM(model=build_model("cnn", 10, 1, 12), seed=5, **{"min_train_nodes": 1, **kwargs})
 
 

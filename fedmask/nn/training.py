@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader
 from fedmask.nn.supermask import fixed_samples
 
 OPTIMIZERS = ("sgd", "adam")
+# Default of ``min-local-steps``: data-poor clients train at least this many batches a
+# round (chosen on validation data by benchmarks/sweep.py).
+MIN_LOCAL_STEPS = 20
 
 
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float,

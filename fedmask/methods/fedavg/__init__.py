@@ -8,5 +8,5 @@ METHOD = Method(
     name="fedavg",
     strategy="strategies.fedavg:FedAvg",
     client="fedmask.methods.fedavg.client",
-    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
 )

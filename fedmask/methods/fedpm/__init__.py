@@ -15,7 +15,7 @@ METHOD = Method(
         "estimator": choice("ste", ESTIMATORS, "FedPM: gradient estimator of the scores"),
         "prior-reset": non_negative(1, "FedPM: reset the Beta posterior every this many "
                                        "rounds (0 = never)"),
-        "posterior": choice("mean", ("mean", "mode"), "FedPM: theta = the Beta posterior's "
+        "posterior": choice("mode", ("mean", "mode"), "FedPM: theta = the Beta posterior's "
                             "mean, or its mode clipped to [0.01, 0.99] (public code)"),
         "weighted-aggregation": flag(False, "FedPM: weight each mask by its client's examples"),
         "theta-format": choice("uint8", THETA_DTYPES, "FedPM: theta down as 8-bit codes "
@@ -27,5 +27,5 @@ METHOD = Method(
     },
     arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation", "posterior",
                "theta-format", "eval-samples", "model-theta"),
-    defaults={"optimizer": "adam", "lr": 0.1, "init": "signed-constant"},
+    defaults={"optimizer": "adam", "lr": 0.2, "init": "signed-constant"},
 )

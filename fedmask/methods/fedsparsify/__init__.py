@@ -22,6 +22,6 @@ METHOD = Method(
     },
     arguments=("model-value-format", "mask-coding", "num-server-rounds", "fedsparsify-variant",
                "final-sparsity", "prune-start", "prune-every", "nnz-average"),
-    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
     stateful=True,
 )

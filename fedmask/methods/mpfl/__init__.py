@@ -18,6 +18,6 @@ METHOD = Method(
                                   "MPFL: prune by weight magnitude or whole filters"),
     },
     arguments=("model-value-format", "density", "mask-coding", "prune-rate", "prune-structure"),
-    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
     stateful=True,
 )

@@ -19,6 +19,6 @@ METHOD = Method(
     },
     arguments=("model-value-format", "density", "saliency-batches", "saliency-format",
                "saliency-weighted"),
-    defaults={"optimizer": "sgd", "lr": 0.05, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
     stateful=True,
 )
