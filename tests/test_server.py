@@ -15,7 +15,7 @@ from fedmask.config import ConfigError, parse
 from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
 from fedmask.nn.models import build_model
 from fedmask.server import checkpoint
-from fedmask.server.app import _resume
+from fedmask.server.app import _resume, central_loader
 from strategies import FedAvg
 
 from conftest import MPFL_SMALL, ROOT, SMALL, small_simulation
@@ -132,3 +132,9 @@ def test_resume_refuses_a_missing_checkpoint_or_another_config(tmp_path):
                     {"config": {**cfg, "num-server-rounds": 5, "lr": 0.5, "resume": False}})
     with pytest.raises(ConfigError, match=r"other values of \['lr', 'num-server-rounds'\]"):
         _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
+
+
+def test_a_validation_set_as_large_as_the_training_split_fails_naming_the_option():
+    cfg = parse({"data-root": SMALL["data-root"], "validation-size": 60000})
+    with pytest.raises(ConfigError, match="validation-size"):
+        central_loader(cfg)

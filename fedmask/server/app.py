@@ -128,9 +128,9 @@ def run(grid: Grid, context: Context) -> Path:
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     strategy = build_strategy(cfg, model, input_shape)
     folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
+    test = central_loader(cfg)  # a bad validation-size fails before any node waits
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
-    test = central_loader(cfg)
     samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
     recorder = RoundRecorder(measuring.ledger, strategy.evaluation_model, test,
                              cfg["num-server-rounds"], samples)
