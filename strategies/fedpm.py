@@ -58,6 +58,7 @@ class FedPM(SeededMaskStrategy):
     """
 
     STATE = ("alpha", "beta", "wire_theta")  # checkpointed (fedmask.server.checkpoint)
+    LEAN = {wire.THETA: "codes"}  # what nodes keep (uint8 theta codes are coded)
 
     METHOD = "fedpm"
 

@@ -63,6 +63,7 @@ class HideNseek(SeededMaskStrategy):
     """
 
     STATE = ("signs", "share")  # checkpointed (fedmask.server.checkpoint)
+    LEAN = {wire.PRUNE_MASK: "bits", wire.SIGN_MASK: "bits"}  # what nodes keep
 
     METHOD = "hidenseek"
 

@@ -27,6 +27,7 @@ from fedmask.nn.seeded import SeededNet
 from fedmask.server.validation import mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.entropy import binary_entropy, information_bits
+from fedmask.wire.held import Downlink
 from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
@@ -60,6 +61,8 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
+    LEAN: dict[str, str] = {}  # the global state's array keys and kinds (fedmask.wire.held)
+
     def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str,
                  arrayrecord_key: str, input_shape: tuple[int, ...] | None = None,
                  **kwargs: Any) -> None:
@@ -69,6 +72,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         self.model, self.mask_coding = model, mask_coding
         self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.num_params = num_prunable(model)
+        self.downlink = Downlink(self.LEAN)
         self.init_validation(model)
 
     # --- what a subclass provides -------------------------------------------------
@@ -124,15 +128,25 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Send train_arrays() with the seeded-net config."""
-        return super().configure_train(server_round, self.train_arrays(server_round),
-                                       self.config(config), grid)
+        """Send train_arrays() with the seeded-net config, each node only what it lacks."""
+        return self.downlink.lean(super().configure_train(
+            server_round, self.train_arrays(server_round), self.config(config), grid),
+            self.arrayrecord_key)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Send global_arrays() for the clients' local evaluation."""
-        return super().configure_evaluate(server_round, self.global_arrays(),
-                                          self.config(config), grid)
+        """Send global_arrays() for the clients' local evaluation, each node only
+        what it lacks."""
+        return self.downlink.lean(super().configure_evaluate(
+            server_round, self.global_arrays(), self.config(config), grid),
+            self.arrayrecord_key)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Note what the nodes now hold, then the mean of their metrics."""
+        replies = list(replies)
+        self.downlink.acknowledge(replies)
+        return super().aggregate_evaluate(server_round, replies)
 
     def _decode(self, msg: Message) -> tuple[int, Any]:
         return num_examples(msg), self.decode(msg)
@@ -140,6 +154,8 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
+        replies = list(replies)
+        self.downlink.acknowledge(replies)
         total, contents, examples = self.start_sum(), [], 0
         entropy: list[tuple[float, float]] = []
         for msg, (n, decoded) in self.stream(server_round, replies, self._decode):

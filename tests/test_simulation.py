@@ -64,11 +64,22 @@ def test_hidenseek_uplink_is_packed_sign_bits(hidenseek):
     assert "personal-accuracy" in hidenseek["rounds"][-1]["client_eval_metrics"]
 
 
-def test_hidenseek_downlink_adds_global_signs_from_round_two(hidenseek):
-    first, second = (r["clients"][0]["bytes_down"] for r in hidenseek["rounds"])
+def _down_up_per_client(record):
+    """A round's measured downlink and uplink (train + evaluate) per client."""
+    clients = record["num_clients"]
+    return ((record["bytes_down"] + record["eval_bytes_down"]) / clients,
+            (record["bytes_up"] + record["eval_bytes_up"]) / clients)
+
+
+def test_hidenseek_sends_p_once_and_then_only_what_changed(hidenseek):
+    first, second = hidenseek["rounds"]
     n, kept = hidenseek["num_params"], round(0.5 * hidenseek["num_params"])
-    assert first > math.ceil(n / 8)
-    assert math.ceil(kept / 8) < second - first <= math.ceil(kept / 8) + 800  # one more Array
+    assert all(c["bytes_down"] > math.ceil(n / 8) for c in first["clients"])  # P in full
+    # evaluation of round 1: P held, g (all new) in full; round 2: the nodes hold g
+    assert math.ceil(kept / 8) < first["eval_bytes_down"] / 3 < math.ceil(n / 8)
+    assert all(c["bytes_down"] < 2000 for c in second["clients"])
+    down, up = _down_up_per_client(second)
+    assert down <= 2 * up, (down, up)
 
 
 def test_fedavg_uplink_is_dense_float32(fedavg, hidenseek):
@@ -100,7 +111,11 @@ def test_fedpm_sends_one_entropy_coded_mask(fedpm):
     for record in fedpm["rounds"]:
         assert 0.0 <= record["sampled-accuracy"] <= 1.0
         assert "sampled-accuracy" in record["client_eval_metrics"]
-        assert record["bytes_down"] >= 3 * fedpm["num_params"]  # uint8 theta to 3 clients
+    assert first["bytes_down"] >= 3 * fedpm["num_params"]  # uint8 theta, in full, to 3 clients
+    assert first["eval_bytes_down"] < 3 * fedpm["num_params"] / 2  # coded against theta held
+    assert all(c["bytes_down"] < 2000 for c in second["clients"])  # they hold round 1's theta
+    down, up = _down_up_per_client(second)
+    assert down <= 2 * up, (down, up)
 
 
 def test_hidenseek_entropy_codes_the_flips(hidenseek_entropy, hidenseek):

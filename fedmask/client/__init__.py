@@ -28,6 +28,7 @@ from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.methods.fedavg.client import ARRAYS
 from fedmask.nn.batches import as_pairs
 from fedmask.nn.supermask import fold
+from fedmask.wire.held import restore
 from fedmask.wire.records import CONFIG, NUM_EXAMPLES, Encoder, reply
 
 _ENCODERS: weakref.WeakKeyDictionary[nn.Module, tuple[str, Encoder]] = \
@@ -58,7 +59,9 @@ def train_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module
     """`model` (a fresh instance of the project's class) set up for this round's
     training: train its ``parameters()`` with any loop, then call :func:`train_reply`.
 
-    `state` is the node's ``context.state``: masked methods keep their mask there."""
+    `state` is the node's ``context.state``: masked methods keep their mask there,
+    the mask methods the global state the server codes its messages against."""
+    restore(msg, state)
     net, encode = method_of(msg).client_module().train_module(msg, model, state)
     _ENCODERS[net] = (msg.metadata.message_id, encode)
     return net
@@ -79,6 +82,7 @@ def train_reply(msg: Message, model: nn.Module, num_examples: int,
 def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     """The global model of evaluate message `msg` as a plain module: `model`'s
     class with ordinary weights (masks folded in), eval mode."""
+    restore(msg, state)
     return fold(method_of(msg).client_module().eval_module(msg, model, state))
 
 

@@ -17,6 +17,7 @@ from fedmask.data.datasets import DATASETS, ClientData, client_data
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
+from fedmask.wire.held import restore
 from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
 EVAL_SAMPLES = "eval-samples"
@@ -56,6 +57,7 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     `eval-samples` sampled masks, HideNseek the accuracy after `personal-epochs`
     of fine-tuning."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
+    restore(msg, state)
     net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test, samples)}

@@ -114,3 +114,88 @@ def binary_entropy(p: float | np.ndarray) -> float | np.ndarray:
     q = np.clip(1.0 - np.asarray(p), 1e-300, 1.0)
     out = -(p * np.log2(p) + q * np.log2(q))
     return float(out) if out.ndim == 0 else out
+
+
+def _context_order(context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions grouped by context (stable), the contexts present, their sizes."""
+    order = np.argsort(context, kind="stable")
+    present, sizes = np.unique(context, return_counts=True)
+    return order, present, sizes
+
+
+def encode_codes(codes: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Range-code the ``uint8`` symbols `codes`, each under the empirical distribution
+    of the symbols sharing its `context` value (a ``uint8`` array both sides hold,
+    such as the codes a node already has). Payload::
+
+        digest (8 B) | S (2 B) | S symbols | counts (contexts x S, 2 B each) | stream
+
+    where the contexts are those present in `context`, in increasing order.
+    """
+    if codes.dtype != np.uint8 or context.dtype != np.uint8 or codes.shape != context.shape:
+        raise CodecError("codes", "codes and context must be uint8 arrays of one shape")
+    order, present, _ = _context_order(context)
+    symbols, index = np.unique(codes, return_inverse=True)
+    table = np.zeros((present.size, symbols.size), dtype=np.int64)
+    np.add.at(table, (np.searchsorted(present, context), index), 1)
+    counts = _quantise_counts(table)
+    encoder = constriction.stream.queue.RangeEncoder()
+    grouped = index.astype(np.int32)[order]
+    start = 0
+    for row, size in zip(counts, table.sum(axis=1)):
+        encoder.encode(grouped[start:start + size], _categorical(row))
+        start += size
+    stream = encoder.get_compressed().astype(_WORD).view(np.uint8)
+    return np.concatenate([_digest_bytes(codes), np.array([symbols.size], "<u2").view(np.uint8),
+                           symbols.astype(np.uint8), counts.astype("<u2").view(np.uint8).ravel(),
+                           stream])
+
+
+def decode_codes(payload: np.ndarray, context: np.ndarray, field: str = "codes") -> np.ndarray:
+    """Inverse of :func:`encode_codes` given the same `context`; raise CodecError."""
+    if not isinstance(payload, np.ndarray) or payload.dtype != np.uint8 or payload.ndim != 1:
+        raise CodecError(field, "expected a 1-D uint8 array")
+    order, present, sizes = _context_order(context)
+    head = DIGEST_BYTES + 2
+    if payload.size < head:
+        raise CodecError(field, f"payload of {payload.size} bytes is truncated")
+    num_symbols = int(payload[DIGEST_BYTES:head].view("<u2")[0])
+    table_end = head + num_symbols + 2 * num_symbols * present.size
+    if num_symbols == 0 or payload.size < table_end or (payload.size - table_end) % _WORD.itemsize:
+        raise CodecError(field, f"payload of {payload.size} bytes is truncated")
+    symbols = payload[head:head + num_symbols]
+    counts = payload[head + num_symbols:table_end].copy().view("<u2").reshape(present.size, -1)
+    grouped = np.empty(context.size, dtype=np.int32)
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(payload[table_end:].copy().view(_WORD))
+        start = 0
+        for row, size in zip(counts, sizes):
+            if size:
+                grouped[start:start + size] = decoder.decode(_categorical(row), int(size))
+            start += size
+    except (AssertionError, ValueError, RuntimeError) as err:
+        raise CodecError(field, f"invalid range-coded stream ({err})") from None
+    codes = np.empty(context.size, dtype=np.uint8)
+    codes[order] = symbols[np.clip(grouped, 0, num_symbols - 1)]
+    if not np.array_equal(_digest_bytes(codes), payload[:DIGEST_BYTES]):
+        raise CodecError(field, "decoded codes do not match their digest (corrupted stream)")
+    return codes
+
+
+def _quantise_counts(table: np.ndarray) -> np.ndarray:
+    """Per-context symbol counts scaled to at most 65535, a present symbol kept >= 1."""
+    scale = np.maximum(table.max(axis=1, keepdims=True), 1) / 65535
+    scaled = np.where(table > 0, np.maximum(np.floor(table / np.maximum(scale, 1)), 1), 0)
+    return scaled.astype(np.int64)
+
+
+def _categorical(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    """A fixed categorical model with probabilities proportional to `counts` (every
+    symbol keeps a tiny probability, so no stream is undecodable)."""
+    probs = counts.astype(np.float64) + 1e-9
+    return constriction.stream.model.Categorical(probs / probs.sum(), perfect=False)
+
+
+def _digest_bytes(codes: np.ndarray) -> np.ndarray:
+    digest = hashlib.blake2b(codes.tobytes(), digest_size=DIGEST_BYTES).digest()
+    return np.frombuffer(digest, dtype=np.uint8)

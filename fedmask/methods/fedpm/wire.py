@@ -5,7 +5,10 @@ keep probability of each of the N prunable weights, as ``uint8`` codes
 ``q`` meaning ``(q + 1/2) / 256`` (``theta-format = "uint8"``) or as float32;
 ``config`` carries the seeded-net description, ``num-params`` N,
 ``theta-format``, ``mask-coding``, ``estimator``, ``eval-samples`` and the
-local settings.
+local settings. A node that holds an earlier theta (it keeps the last one it was
+sent in ``context.state``) gets uint8 codes as ``theta-delta``: range coded under
+the distribution of the new codes among positions sharing its held code, exact
+(:mod:`fedmask.wire.held`); a node that holds none gets them in full.
 Up (train): ``mask`` ArrayRecord with ``sampled-mask``: one mask sampled from
 the client's probabilities, N bits, packed or range-coded against the global
 theta both sides hold (``mask-coding``), and the ``metrics`` MetricRecord with

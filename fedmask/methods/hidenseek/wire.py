@@ -5,7 +5,10 @@ packed) and, from round 2, ``sign-mask`` (the global sign of the K kept
 weights, packed; absent means all +1) and, in train messages of the ``share``
 vote, ``sign-margin`` (K uint8 codes of the vote margin ``|2p - 1|``);
 ``config`` carries the seeded-net description, ``num-params`` N, ``num-kept`` K
-and the local settings.
+and the local settings. What a node already holds is not sent again
+(:mod:`fedmask.wire.held`): ``prune-mask`` goes to a node once, ``sign-mask`` as
+``sign-mask-flips`` against the signs it holds; the client rebuilds the full
+record before anything here reads it.
 Up (train): ``signs`` ArrayRecord and the ``metrics`` MetricRecord with
 ``num-examples``. With ``mask-coding = "packed"`` the record holds
 ``sign-mask`` (the client's K sign bits, packed); with ``"entropy"`` it holds
