@@ -2,10 +2,10 @@
 
 - codec: fedmask's pack/unpack against ``numpy.packbits``/``unpackbits`` on the same
   masks, and the range coder's throughput;
-- server aggregation of K bit-packed sign masks (HideNseek's real
-  ``aggregate_train`` on K reply Messages: validation, canonical ordering,
-  decoding, vote) in seconds and peak traced memory, against the time to read
-  (deserialize) the K packed masks once;
+- server aggregation of K bit-packed masks (HideNseek's vote and FedPM's count:
+  the real ``aggregate_train`` on K reply Messages: validation, canonical
+  ordering, decoding, sum) in seconds and peak traced memory, against the time to
+  read (deserialize) the K packed masks once;
 - client step time of sign-mask (HideNseek) and binary-mask (FedPM) training
   against dense training of the same model (goal: at most 1.5x);
 - Flower's round overhead, from a comparison JSON (``benchmarks/compare.py``):
@@ -43,7 +43,7 @@ from fedmask.methods.hidenseek import wire as hidenseek
 from fedmask.nn.models import build_model
 from fedmask.wire import entropy
 from fedmask.wire.bits import pack_mask, unpack_mask
-from strategies import HideNseek
+from strategies import FedPM, HideNseek
 
 MB_POSITIONS = 8_000_000  # one MB of packed mask
 
@@ -77,8 +77,8 @@ def codec(size: int) -> dict[str, float]:
             "entropy_encode_vs_pack": encode / (pack * sample.size / size)}
 
 
-def _replies(k: int, packed_size: int) -> list:
-    """K HideNseek train replies carrying random packed sign masks."""
+def _replies(k: int, packed_size: int, record: str, key: str) -> list:
+    """K train replies carrying random packed masks under `record`/`key`."""
     rng = np.random.default_rng(1)
     replies = []
     for node in range(1, k + 1):
@@ -86,36 +86,45 @@ def _replies(k: int, packed_size: int) -> list:
                         reply_to_message_id="", group_id="1", created_at=time.time(),
                         ttl=3600.0, message_type="train")
         content = RecordDict({
-            hidenseek.SIGNS: ArrayRecord({hidenseek.UPLINK_KEYS["packed"]: Array(
-                rng.integers(0, 256, packed_size, dtype=np.uint8))}),
+            record: ArrayRecord({key: Array(rng.integers(0, 256, packed_size, dtype=np.uint8))}),
             "metrics": MetricRecord({"num-examples": 10, "train-loss": 1.0})})
         replies.append(make_message(meta, content=content))
     return replies
 
 
-def aggregation(n: int, ks: list[int]) -> list[dict[str, float]]:
-    """Seconds and peak traced memory of HideNseek's aggregate_train for K replies."""
+def _strategies(n: int) -> dict[str, tuple[Any, str, str]]:
+    """HideNseek (density 1: K = N sign bits) and FedPM (N mask bits) on a linear
+    model of `n` weights, with the record and key of their packed replies."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(1000, n // 1000, bias=False))
-    strategy = HideNseek(model=model, input_shape=(1000,), density=1.0, synflow_iterations=1,
-                         min_train_nodes=1)
-    n = strategy.signs.size
-    rows = []
-    for k in ks:
-        replies = _replies(k, (n + 7) // 8)
-        payloads = [next(iter(r.content.array_records[hidenseek.SIGNS].values())) for r in replies]
-        read = _best(lambda: [p.numpy() for p in payloads], 3)  # noqa: B023 - called here
-        fresh = copy.deepcopy(strategy)
-        tracemalloc.start()
-        start = time.perf_counter()
-        fresh.aggregate_train(1, replies)
-        seconds = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        rows.append({"n": n, "k": k, "aggregate_s": seconds, "read_s": read,
-                     "vs_read": seconds / read, "peak_mb": peak / 1e6,
-                     "packed_input_mb": k * ((n + 7) // 8) / 1e6})
-        print(f"  aggregation N={n:,} K={k}: {seconds:.2f} s ({seconds / read:.0f}x reading), "
-              f"peak {peak / 1e6:.0f} MB", flush=True)
+    return {"hidenseek": (HideNseek(model=model, input_shape=(1000,), density=1.0,
+                                    synflow_iterations=1, min_train_nodes=1),
+                          hidenseek.SIGNS, hidenseek.UPLINK_KEYS["packed"]),
+            "fedpm": (FedPM(model=copy.deepcopy(model), min_train_nodes=1),
+                      fedpm.MASK, fedpm.SAMPLED_MASK)}
+
+
+def aggregation(n: int, ks: list[int]) -> list[dict[str, Any]]:
+    """Seconds and peak traced memory of HideNseek's vote and FedPM's count
+    (``aggregate_train``) for K replies, against reading the K masks once."""
+    rows: list[dict[str, Any]] = []
+    for method, (strategy, record, key) in _strategies(n).items():
+        size = strategy.mask_length
+        for k in ks:
+            replies = _replies(k, (size + 7) // 8, record, key)
+            arrays = [next(iter(r.content.array_records[record].values())) for r in replies]
+            read = _best(lambda: [a.numpy() for a in arrays], 3)  # noqa: B023 - called here
+            fresh = copy.deepcopy(strategy)
+            tracemalloc.start()
+            start = time.perf_counter()
+            fresh.aggregate_train(1, replies)
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            rows.append({"method": method, "n": size, "k": k, "aggregate_s": seconds,
+                         "read_s": read, "vs_read": seconds / read, "peak_mb": peak / 1e6,
+                         "packed_input_mb": k * ((size + 7) // 8) / 1e6})
+            print(f"  {method} aggregation N={size:,} K={k}: {seconds:.2f} s "
+                  f"({seconds / read:.1f}x reading), peak {peak / 1e6:.0f} MB", flush=True)
     return rows
 
 

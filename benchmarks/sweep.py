@@ -36,7 +36,8 @@ from compare import PROFILES, in_process
 # Candidate settings per method (run-config keys); the first is the default it
 # had before the sweep.
 GRID: dict[str, list[dict[str, Any]]] = {
-    "fedavg": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.02, "min-local-steps": 20}],
+    "fedavg": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.02, "min-local-steps": 20},
+               {"lr": 0.02, "min-local-steps": 40}],
     "hidenseek": [
         {"lr": 0.01}, {"lr": 0.003}, {"lr": 0.03},
         {"lr": 0.01, "vote-smoothing": 0.5}, {"lr": 0.01, "vote-smoothing": 0.8},
@@ -44,13 +45,17 @@ GRID: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5},
         {"lr": 0.01, "min-local-steps": 20},
         {"lr": 0.01, "vote": "share", "min-local-steps": 20},
-        {"lr": 0.01, "vote-smoothing": 0.5, "min-local-steps": 20}],
+        {"lr": 0.01, "vote-smoothing": 0.5, "min-local-steps": 20},
+        {"lr": 0.005, "min-local-steps": 20}, {"lr": 0.01, "min-local-steps": 40},
+        {"lr": 0.005, "min-local-steps": 40},
+        {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5, "min-local-steps": 40}],
     "fedpm": [
         {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
         {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},
         {"lr": 0.1, "posterior": "mode", "prior-reset": 0},
         {"lr": 0.1, "posterior": "mode", "min-local-steps": 20},
-        {"lr": 0.2, "posterior": "mode"}, {"lr": 0.2, "posterior": "mode", "min-local-steps": 20}],
+        {"lr": 0.2, "posterior": "mode"}, {"lr": 0.2, "posterior": "mode", "min-local-steps": 20},
+        {"lr": 0.2, "posterior": "mode", "min-local-steps": 40}],
     "mpfl": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
     "ssfl": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
     "fedsparsify": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],

@@ -51,6 +51,7 @@ COMMON: dict[str, Option] = {
     "density": in_range(0.5, 0.0, 1.0, lo_open=True),
     "mask-coding": choice("packed", CODINGS),
     "model-value-format": choice("float32", VALUE_FORMATS),
+    "value-format": choice("float32", VALUE_FORMATS),
     "test-fraction": in_range(0.2, 0.0, 1.0, lo_open=True),
     "train-limit": non_negative(0),
     "test-limit": non_negative(0),

@@ -90,6 +90,12 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
         """Method-specific keys of the default train and evaluate config."""
         return {}
 
+    def drain_resent_bytes(self) -> int:
+        """Array bytes sent in full again, since the last call, to nodes that had been
+        sent them before (a node that lost its state); 0 where every message carries
+        the whole global state."""
+        return 0
+
     def prepare(self, grid: Grid, timeout: float, initial_arrays: ArrayRecord | None
                 ) -> ArrayRecord:
         """The step before round 1; return the arrays round 1 starts from

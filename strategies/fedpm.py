@@ -13,7 +13,7 @@ from torch import nn
 
 from fedmask.methods.fedpm import wire
 from fedmask.wire.records import CONFIG
-from strategies.seeded_mask import SeededMaskStrategy, add_where
+from strategies.seeded_mask import SeededMaskStrategy
 
 POSTERIORS = ("mean", "mode")
 EPS = 0.01  # the mode's theta stays in [EPS, 1 - EPS] (the authors' soft 0/1 bits)
@@ -84,6 +84,7 @@ class FedPM(SeededMaskStrategy):
         self.alpha = np.ones(self.num_params)
         self.beta = np.ones(self.num_params)
         self.wire_theta = wire.quantise(np.full(self.num_params, 0.5), theta_format)
+        self._theta: tuple[np.ndarray, np.ndarray] | None = None  # (wire_theta, theta)
 
     def summary(self) -> None:
         """Log the set-up, then FedAvg's sampling summary."""
@@ -95,8 +96,11 @@ class FedPM(SeededMaskStrategy):
 
     @property
     def theta(self) -> np.ndarray:
-        """The global keep probabilities clients hold (after quantisation)."""
-        return wire.dequantise(self.wire_theta)
+        """The global keep probabilities clients hold (after quantisation); computed
+        once per global state (every reply's decoding reads it)."""
+        if self._theta is None or self._theta[0] is not self.wire_theta:
+            self._theta = (self.wire_theta, wire.dequantise(self.wire_theta))
+        return self._theta[1]
 
     def global_arrays(self) -> ArrayRecord:
         """The global theta as sent down."""
@@ -115,13 +119,15 @@ class FedPM(SeededMaskStrategy):
         """The sampled mask, coded against the global theta."""
         return decoded, self.theta
 
-    def start_sum(self) -> np.ndarray:
-        """Per position, the (example-weighted) count of clients keeping it."""
-        return np.zeros(self.num_params)
+    @property
+    def mask_length(self) -> int:
+        """N bits, one per prunable weight."""
+        return self.num_params
 
-    def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
-        """Add the client's weight (n_k, or 1) where its mask keeps."""
-        add_where(total, num_examples if self.weighted_aggregation else 1, decoded)
+    def mask_weight(self, num_examples: int) -> int:
+        """n_k with `weighted_aggregation`, else 1: per position, the sum counts
+        the (weighted) clients keeping it."""
+        return num_examples if self.weighted_aggregation else 1
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Add the masks to the Beta posterior (reset first when due), each weighted

@@ -55,7 +55,7 @@ class FedSparsify(MaskedFedAvg):
 
     Parameters
     ----------
-    model, seed, init, mask_coding, input_shape
+    model, seed, init, mask_coding, input_shape, model_value_format, value_format
         As for :class:`~strategies.masked_fedavg.MaskedFedAvg` (`mask_coding`: how
         the local variant's masks go up).
     num_server_rounds : int, optional
@@ -77,7 +77,7 @@ class FedSparsify(MaskedFedAvg):
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
-                 model_value_format: str = "float32",
+                 model_value_format: str = "float32", value_format: str = "float32",
                  num_server_rounds: int | None = None, fedsparsify_variant: str = "global",
                  final_sparsity: float = 0.9, prune_start: int = 1, prune_every: int = 1,
                  nnz_average: bool = False, **kwargs: Any) -> None:
@@ -85,7 +85,8 @@ class FedSparsify(MaskedFedAvg):
             raise ValueError(f"{wire.VARIANT}: {fedsparsify_variant!r} is not one of "
                              f"{list(wire.VARIANTS)}")
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
-                         input_shape=input_shape, model_value_format=model_value_format, **kwargs)
+                         input_shape=input_shape, model_value_format=model_value_format,
+                         value_format=value_format, **kwargs)
         self.variant, self.nnz_average = fedsparsify_variant, nnz_average
         self.pruning = (prune_start, prune_every, final_sparsity)
         check_schedule(prune_start, num_server_rounds or prune_start, prune_every,
@@ -153,7 +154,7 @@ class FedSparsify(MaskedFedAvg):
         expected = min(self.target_kept(self.server_round), int(self.mask.sum()))
         if int(own.sum()) != expected:
             raise ReplyError(CLIENT_MASK, f"keeps {int(own.sum())}, expected {expected}")
-        return own, decode_weights(msg, own, self.weights, self.names)
+        return own, decode_weights(msg, own, self.weights, self.names, self.value_format)
 
     def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
         """Average, then prune (global) or majority-merge the clients' masks (local)."""

@@ -15,7 +15,7 @@ from fedmask.methods.hidenseek import wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.wire.bits import flatten_masks
 from fedmask.wire.records import CONFIG
-from strategies.seeded_mask import SeededMaskStrategy, add_where
+from strategies.seeded_mask import SeededMaskStrategy
 
 
 def linear_input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -119,13 +119,11 @@ class HideNseek(SeededMaskStrategy):
         """The flips relative to the global signs, coded as i.i.d. bits."""
         return decoded != self.signs, None
 
-    def start_sum(self) -> np.ndarray:
-        """Per position, the examples of the clients voting +1."""
-        return np.zeros(self.signs.size, dtype=np.int64)
-
-    def add_mask(self, total: np.ndarray, num_examples: int, decoded: np.ndarray) -> None:
-        """Add the client's examples where it votes +1."""
-        add_where(total, num_examples, decoded)
+    @property
+    def mask_length(self) -> int:
+        """K sign bits; each client's vote weighs its examples: per position, the
+        sum is the examples voting +1."""
+        return self.signs.size
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """The share voting +1, weighted by examples (smoothed across rounds by

@@ -57,18 +57,23 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         Shape of one input example; when given, the model is checked against it.
     model_value_format : {"float32", "float16"}
         Precision of the kept values in the model file (:meth:`save_model`).
+    value_format : {"float32", "float16"}
+        Precision of the kept values on the wire, both directions (float16 halves
+        them; the server averages them as float32).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
     def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
                  input_shape: tuple[int, ...] | None = None,
-                 model_value_format: str = "float32", **kwargs: Any) -> None:
+                 model_value_format: str = "float32", value_format: str = "float32",
+                 **kwargs: Any) -> None:
         check_coding(mask_coding)
-        if model_value_format not in wire.VALUE_FORMATS:
-            raise ValueError(f"model-value-format: {model_value_format!r} is not one of "
-                             f"{list(wire.VALUE_FORMATS)}")
-        self.model_value_format = model_value_format
+        for name, value in (("model-value-format", model_value_format),
+                            ("value-format", value_format)):
+            if value not in wire.VALUE_FORMATS:
+                raise ValueError(f"{name}: {value!r} is not one of {list(wire.VALUE_FORMATS)}")
+        self.model_value_format, self.value_format = model_value_format, value_format
         super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
         check_input_shape(model, input_shape)
         self.model, self.names = model, prunable_names(model)
@@ -77,6 +82,8 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         self.mask = np.ones(num_prunable(model), dtype=bool)
         self.weights: dict[str, Tensor] = {}
         self.holders: set[int] = set()  # nodes known to hold the current mask
+        self.sent: set[int] = set()  # nodes ever sent the current mask
+        self.resent_bytes = 0  # mask bytes sent again to nodes that had been sent it
         self.init_validation(model)
 
     # --- what a subclass with a search phase provides --------------------------------
@@ -104,7 +111,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
     # --- what a subclass that changes the mask during training provides ---------------
     def decode_update(self, msg: Message) -> Any:
         """A phase-2 reply's payload (default: its state dict under the global mask)."""
-        return wire.decode_weights(msg, self.mask, self.weights, self.names)
+        return wire.decode_weights(msg, self.mask, self.weights, self.names, self.value_format)
 
     def update_global(self, server_round: int, decoded: list[tuple[int, Any]]) -> None:
         """Phase 2: new global weights from the payloads (default: n_k-weighted mean)."""
@@ -115,7 +122,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         """Make `mask` the global mask and zero the weights outside it; if it changed,
         every node must be sent it again."""
         if not np.array_equal(mask, self.mask):
-            self.holders = set()
+            self.holders, self.sent = set(), set()
         self.mask = mask
         flat = flat_state(self.weights, self.names)
         self.weights = replace_flat(self.weights, np.where(mask, flat, np.float32(0.0)),
@@ -138,7 +145,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         record = ArrayRecord(dict(arrays))
         record[wire.MASK] = wire.mask_array(self.mask)
         config = self.config()
-        if self.model_value_format == "float16" and KEPT_VALUES in record:
+        if "float16" in (self.model_value_format, self.value_format) and KEPT_VALUES in record:
             record[KEPT_VALUES] = Array(record[KEPT_VALUES].numpy().astype(np.float16))
             config[wire.VALUE_FORMAT] = "float16"
         return RecordDict({wire.WEIGHTS: record, CONFIG: config})
@@ -147,7 +154,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""
         if self.phase == 1:
             return self.search_arrays()
-        return encode_sparse(self.weights, self.mask, self.names)
+        return encode_sparse(self.weights, self.mask, self.names, self.value_format)
 
     def config(self, config: ConfigRecord | None = None) -> ConfigRecord:
         """`config` plus the seeded net, N, the phase, the mask's size and digest."""
@@ -156,6 +163,8 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         config.update({NUM_PARAMS: self.mask.size, wire.NUM_KEPT: int(self.mask.sum()),
                        wire.PHASE: self.phase, MASK_CODING: self.mask_coding,
                        wire.MASK_DIGEST: wire.mask_digest(self.mask), **self.wire_config()})
+        if self.value_format != "float32":
+            config[wire.VALUE_FORMAT] = self.value_format
         return config
 
     def _with_mask(self, messages: Iterable[Message]) -> list[Message]:
@@ -168,10 +177,18 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
                 continue
             record = ArrayRecord(dict(msg.content.array_records[wire.WEIGHTS]))
             record[wire.MASK] = wire.mask_array(self.mask)
+            if node in self.sent:
+                self.resent_bytes += len(record[wire.MASK].data)
+            self.sent.add(node)
             content = RecordDict({wire.WEIGHTS: record,
                                   CONFIG: msg.content.config_records[CONFIG]})
             out.append(Message(content=content, message_type=msg.metadata.message_type,
                                dst_node_id=node))
+        return out
+
+    def drain_resent_bytes(self) -> int:
+        """Mask bytes sent again to nodes that lost it, since the last call."""
+        out, self.resent_bytes = self.resent_bytes, 0
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -228,7 +245,8 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         """The global net that `arrays` describe (``w0 * mask``, or the masked weights)."""
         model = copy.deepcopy(self.model)
         if KEPT_VALUES in arrays:
-            model.load_state_dict(decode_sparse(arrays, self.mask, model.state_dict(),
+            values = wire.with_float32_values(arrays, self.value_format)
+            model.load_state_dict(decode_sparse(values, self.mask, model.state_dict(),
                                                 self.names))
         else:
             apply_flat_mask(model, wire.decode_mask_record(arrays, self.config()))

@@ -38,7 +38,7 @@ class MPFL(MaskedFedAvg):
 
     Parameters
     ----------
-    model, seed, init, mask_coding, input_shape
+    model, seed, init, mask_coding, input_shape, model_value_format, value_format
         As for :class:`~strategies.masked_fedavg.MaskedFedAvg` (`mask_coding`: how
         the clients' votes go up).
     density : float
@@ -58,7 +58,8 @@ class MPFL(MaskedFedAvg):
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  density: float = 0.5, mask_coding: str = "packed",
                  input_shape: tuple[int, ...] | None = None,
-                 model_value_format: str = "float32", prune_rate: float = 0.2,
+                 model_value_format: str = "float32", value_format: str = "float32",
+                 prune_rate: float = 0.2,
                  prune_structure: str = "unstructured", **kwargs: Any) -> None:
         if not 0.0 < prune_rate < 1.0:
             raise ValueError(f"{wire.PRUNE_RATE}: must be in (0, 1), got {prune_rate}")
@@ -66,7 +67,8 @@ class MPFL(MaskedFedAvg):
             raise ValueError(f"{wire.PRUNE_STRUCTURE}: {prune_structure!r} is not one of "
                              f"{list(PRUNE_STRUCTURES)}")
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
-                         input_shape=input_shape, model_value_format=model_value_format, **kwargs)
+                         input_shape=input_shape, model_value_format=model_value_format,
+                         value_format=value_format, **kwargs)
         self.magnitude = np.abs(flat_weights(model))
         self.target = round(density * self.mask.size)
         self.prune_rate, self.prune_structure, self.iteration = prune_rate, prune_structure, 0

@@ -3,9 +3,10 @@
 :class:`SeededMaskStrategy` is a Flower FedAvg (its node sampling, evaluation
 aggregation and round loop) whose global model is a seeded frozen network plus
 masks. A subclass says what goes down (:meth:`global_arrays`), how a reply is
-decoded (:meth:`decode`), how the masks are summed (:meth:`start_sum`,
-:meth:`add_mask`: one reply at a time, so memory does not grow with the number
-of clients) and the sum applied (:meth:`commit`), and which bits the entropy
+decoded (:meth:`decode`), each mask's weight in the sum (:meth:`mask_weight`;
+the sum is counted sixteen masks at a time, so memory does not grow
+with the number of clients: :mod:`fedmask.server.mask_sum`), how the sum is
+applied (:meth:`commit`), and which bits the entropy
 coder codes (:meth:`coded_bits`), from which every round reports the empirical
 entropy of (up to ENTROPY_SAMPLE of) the masks received.
 """
@@ -24,6 +25,7 @@ from torch import nn
 
 from fedmask.nn.models import num_prunable
 from fedmask.nn.seeded import SeededNet
+from fedmask.server.mask_sum import MaskSum
 from fedmask.server.validation import mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.entropy import binary_entropy, information_bits
@@ -32,12 +34,6 @@ from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
 ENTROPY_SAMPLE = 8  # masks per round whose entropy is reported (it costs O(N) each)
-
-
-def add_where(total: np.ndarray, weight: int, bits: np.ndarray) -> None:
-    """``total += weight`` where the boolean `bits` are set, in place: one multiply
-    and one add, faster than the masked loop of ``np.add(..., where=bits)``."""
-    np.add(total, np.multiply(bits.view(np.uint8), weight, dtype=total.dtype), out=total)
 
 
 class SeededMaskStrategy(MethodStrategy, FedAvg):
@@ -93,17 +89,19 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def decode(self, msg: Message) -> Any:
         """The mask a training reply carries; raise ReplyError/CodecError."""
 
+    @property
     @abstractmethod
-    def start_sum(self) -> Any:
-        """An empty sum of masks."""
+    def mask_length(self) -> int:
+        """The bits of one client's mask."""
+
+    def mask_weight(self, num_examples: int) -> int:
+        """A client's weight in the sum of masks (default: its examples)."""
+        return num_examples
 
     @abstractmethod
-    def add_mask(self, total: Any, num_examples: int, decoded: Any) -> None:
-        """Add one client's decoded mask to `total` (in place)."""
-
-    @abstractmethod
-    def commit(self, server_round: int, total: Any, count: int, examples: int) -> None:
-        """Update the global state from the sum of `count` masks of `examples` examples."""
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
+        """Update the global state from `total`, per position the weight of the
+        `count` masks (of `examples` examples) that set it."""
 
     @abstractmethod
     def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -148,6 +146,10 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         self.downlink.acknowledge(replies)
         return super().aggregate_evaluate(server_round, replies)
 
+    def drain_resent_bytes(self) -> int:
+        """Bytes of the global state re-sent in full to nodes that lost it."""
+        return self.downlink.drain_resent()
+
     def _decode(self, msg: Message) -> tuple[int, Any]:
         return num_examples(msg), self.decode(msg)
 
@@ -156,10 +158,10 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
         replies = list(replies)
         self.downlink.acknowledge(replies)
-        total, contents, examples = self.start_sum(), [], 0
+        total, contents, examples = MaskSum(self.mask_length), [], 0
         entropy: list[tuple[float, float]] = []
         for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
-            self.add_mask(total, n, decoded)
+            total.add(decoded, self.mask_weight(n))
             contents.append(msg.content)
             examples += n
             if len(entropy) < ENTROPY_SAMPLE:  # against the global state before the update
@@ -170,7 +172,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         model_bits, iid_bits = np.mean(entropy, axis=0) / self.num_params
         metrics.update({"mask-entropy-bpp": float(model_bits),
                         "mask-iid-entropy-bpp": float(iid_bits)})
-        self.commit(server_round, total, len(contents), examples)
+        self.commit(server_round, total.total(), len(contents), examples)
         return self.global_arrays(), metrics
 
     def _entropy_bits(self, decoded: Any) -> tuple[float, float]:

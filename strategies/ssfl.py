@@ -34,7 +34,7 @@ class SSFL(MaskedFedAvg):
 
     Parameters
     ----------
-    model, seed, init, input_shape
+    model, seed, init, input_shape, model_value_format, value_format
         As for :class:`~strategies.masked_fedavg.MaskedFedAvg`.
     density : float
         Fraction of prunable weights kept, in (0, 1].
@@ -52,7 +52,7 @@ class SSFL(MaskedFedAvg):
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
                  density: float = 0.5, input_shape: tuple[int, ...] | None = None,
-                 model_value_format: str = "float32",
+                 model_value_format: str = "float32", value_format: str = "float32",
                  saliency_batches: int = 1, saliency_format: str = "float16",
                  saliency_weighted: bool = True, **kwargs: Any) -> None:
         if saliency_format not in wire.SALIENCY_DTYPES:
@@ -61,7 +61,8 @@ class SSFL(MaskedFedAvg):
         if saliency_batches < 1:
             raise ValueError(f"{wire.SALIENCY_BATCHES}: must be >= 1, got {saliency_batches}")
         super().__init__(model=model, seed=seed, init=init, input_shape=input_shape,
-                         model_value_format=model_value_format, **kwargs)
+                         model_value_format=model_value_format,
+                         value_format=value_format, **kwargs)
         self.keep = round(density * self.mask.size)
         self.saliency_batches, self.saliency_format = saliency_batches, saliency_format
         self.saliency_weighted = saliency_weighted

@@ -146,7 +146,8 @@ def run(grid: Grid, context: Context) -> Path:
     def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
                     evaluate_metrics: MetricRecord | None, aggregate_s: float) -> None:
         recorder.record(server_round, arrays, train_metrics, evaluate_metrics,
-                        strategy.rejected.get(server_round, []), aggregate_s)
+                        strategy.rejected.get(server_round, []), aggregate_s,
+                        strategy.drain_resent_bytes())
         checkpoint.save(folder / CHECKPOINT, server_round, strategy.state_dict(), arrays,
                         {"config": cfg, "results": recorder.state()})
 

@@ -79,10 +79,11 @@ class RoundRecorder:
 
     def record(self, server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
                evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]],
-               aggregate_s: float) -> None:
-        """Score the global model after `server_round`; record the round's traffic,
-        the clients' metrics, the failed and rejected clients and the seconds the
-        server spent aggregating."""
+               aggregate_s: float, resent_bytes: int = 0) -> None:
+        """Score the global model after `server_round`; record the round's traffic
+        (its downlink split into what was new to the nodes and the `resent_bytes`
+        sent again to nodes that had lost them), the clients' metrics, the failed
+        and rejected clients and the seconds the server spent aggregating."""
         metrics = self._evaluate(arrays)
         transfers = self.ledger.drain()
         train = _traffic(transfers, MessageType.TRAIN)
@@ -91,6 +92,8 @@ class RoundRecorder:
             "round": server_round, **metrics,
             "bytes_up": train["bytes_up"], "bytes_down": train["bytes_down"],
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
+            "down_new_bytes": train["bytes_down"] + evaluate["bytes_down"] - resent_bytes,
+            "down_resent_bytes": resent_bytes,
             "num_clients": sum(not c["failed"] for c in train["clients"]) - len(rejected),
             "failed_clients": [c["node_id"] for c in train["clients"] if c["failed"]],
             "rejected_clients": rejected, "aggregated": train_metrics is not None,

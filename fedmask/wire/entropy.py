@@ -104,7 +104,11 @@ def decode(payload: np.ndarray, length: int, probs: np.ndarray | None = None,
 def information_bits(bits: np.ndarray, probs: np.ndarray | None = None) -> float:
     """Ideal code length of `bits` in bits: ``-sum log2 P(bit)`` under the coder's model."""
     bits = np.asarray(bits, dtype=bool).reshape(-1)
-    model = np.clip(_model_probs(probs, bits.size, int(bits.sum())), 1e-12, 1 - 1e-12)
+    ones = int(np.count_nonzero(bits))
+    if probs is None:  # one probability for all: a closed form
+        p = min(max((ones + 0.5) / (bits.size + 1), 1e-12), 1 - 1e-12)
+        return float(-ones * np.log2(p) - (bits.size - ones) * np.log2(1 - p))
+    model = np.clip(_model_probs(probs, bits.size, ones), 1e-12, 1 - 1e-12)
     return float(-np.log2(np.where(bits, model, 1.0 - model)).sum())
 
 

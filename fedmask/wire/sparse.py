@@ -32,12 +32,14 @@ def replace_flat(state: dict[str, Tensor], flat: np.ndarray, names: list[str]
     return {**state, **split_flat(flat, shapes)}
 
 
-def encode_sparse(state: dict[str, Tensor], mask: np.ndarray, names: list[str]) -> ArrayRecord:
-    """The ArrayRecord of `state`: the kept prunable values and the dense rest."""
+def encode_sparse(state: dict[str, Tensor], mask: np.ndarray, names: list[str],
+                  value_format: str = "float32") -> ArrayRecord:
+    """The ArrayRecord of `state`: the kept prunable values (as `value_format`,
+    ``"float32"`` or ``"float16"``) and the dense rest."""
     flat = flat_state(state, names)
     if flat.size != mask.size:
         raise CodecError(KEPT_VALUES, f"mask has {mask.size} positions, weights {flat.size}")
-    record = ArrayRecord({KEPT_VALUES: Array(flat[mask].astype(np.float32))})
+    record = ArrayRecord({KEPT_VALUES: Array(flat[mask].astype(np.dtype(value_format)))})
     for name, tensor in state.items():
         if name not in names:
             record[name] = Array(tensor.detach().cpu().numpy())

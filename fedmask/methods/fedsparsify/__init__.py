@@ -20,7 +20,8 @@ METHOD = Method(
         "nnz-average": flag(False, "FedSparsify local: average a kept position only over "
                                    "the clients that kept it"),
     },
-    arguments=("model-value-format", "mask-coding", "num-server-rounds", "fedsparsify-variant",
+    arguments=("model-value-format", "value-format", "mask-coding", "num-server-rounds",
+               "fedsparsify-variant",
                "final-sparsity", "prune-start", "prune-every", "nnz-average"),
     defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
     stateful=True,

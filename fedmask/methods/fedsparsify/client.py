@@ -29,7 +29,7 @@ def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModu
         plain = fold(trained)
         own = keep_largest(np.abs(flat_weights(plain)), mask, config_value(config,
                                                                            wire.TARGET_KEPT, int))
-        return masked.weights_arrays(plain, own,
+        return masked.weights_arrays(msg, plain, own,
                                      encode_client_mask(own, mask, config_value(config,
                                                                                 MASK_CODING, str)))
 

@@ -25,7 +25,8 @@ def masked_net(msg: Message, model: nn.Module, state: RecordDict
     else the kept values sent, under the mask the node holds in `state`."""
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
-    record = wire.with_float32_values(msg.content.array_records[wire.WEIGHTS], config)
+    record = wire.with_float32_values(msg.content.array_records[wire.WEIGHTS],
+                                      wire.value_format(config))
     if KEPT_VALUES not in record:
         mask = wire.decode_mask_record(record, config)
     else:
@@ -41,18 +42,20 @@ def trainable(net: nn.Module, mask: np.ndarray) -> nn.Module:
     return attach_flat(net, lambda w, m: FixedMask(w, m), mask, freeze=False)
 
 
-def weights_arrays(net: nn.Module, mask: np.ndarray,
+def weights_arrays(msg: Message, net: nn.Module, mask: np.ndarray,
                    arrays: dict[str, ArrayRecord] | None = None) -> dict[str, ArrayRecord]:
-    """The train reply's arrays: `net`'s values under `mask` (and `arrays`, if any)."""
+    """The reply to `msg`'s arrays: `net`'s values under `mask`, in the message's
+    ``value-format`` (and `arrays`, if any)."""
     plain = fold(net)
-    weights = encode_sparse(plain.state_dict(), mask, prunable_names(plain))
+    weights = encode_sparse(plain.state_dict(), mask, prunable_names(plain),
+                            wire.value_format(msg.content.config_records[CONFIG]))
     return {wire.WEIGHTS: weights, **(arrays or {})}
 
 
 def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
     """The masked net, trainable, and the encoder of its kept values."""
     net, mask = masked_net(msg, model, state)
-    return trainable(net, mask), lambda trained: weights_arrays(trained, mask)
+    return trainable(net, mask), lambda trained: weights_arrays(msg, trained, mask)
 
 
 def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:

@@ -52,10 +52,18 @@ def decode_mask_record(record: ArrayRecord, config: ConfigRecord) -> np.ndarray:
     return mask
 
 
-def with_float32_values(record: ArrayRecord, config: ConfigRecord) -> ArrayRecord:
-    """`record` with its kept values as float32 when the config says they travel as
-    float16 (a model file's option); unchanged otherwise."""
-    if config.get(VALUE_FORMAT, "float32") != "float16" or KEPT_VALUES not in record:
+def value_format(config: ConfigRecord) -> str:
+    """The precision the kept values travel in (``value-format``; float32 when absent)."""
+    value = str(config.get(VALUE_FORMAT, "float32"))
+    if value not in VALUE_FORMATS:
+        raise ReplyError(VALUE_FORMAT, f"{value!r} is not one of {list(VALUE_FORMATS)}")
+    return value
+
+
+def with_float32_values(record: ArrayRecord, values_format: str) -> ArrayRecord:
+    """`record` with its kept values as float32 when they travel as float16 (the
+    ``value-format`` option, or a model file's); unchanged otherwise."""
+    if values_format != "float16" or KEPT_VALUES not in record:
         return record
     values = array(record, KEPT_VALUES)
     if values.dtype != np.float16:
@@ -82,16 +90,17 @@ def held_mask(msg: Message, state: RecordDict) -> np.ndarray:
 
 
 def decode_weights(msg: Message, mask: np.ndarray, reference: dict[str, Tensor],
-                   names: list[str]) -> dict[str, Tensor]:
+                   names: list[str], values_format: str = "float32") -> dict[str, Tensor]:
     """A reply's ``weights`` under `mask` as a state dict like `reference`; the record
-    must hold exactly the kept values and the dense tensors. Raise ReplyError/CodecError."""
+    must hold exactly the kept values (as `values_format`) and the dense tensors.
+    Raise ReplyError/CodecError."""
     if WEIGHTS not in msg.content.array_records:
         raise ReplyError(WEIGHTS, "missing ArrayRecord")
     record = msg.content.array_records[WEIGHTS]
     unknown = sorted(set(record) - {KEPT_VALUES, *(set(reference) - set(names))})
     if unknown:
         raise ReplyError(WEIGHTS, f"unexpected arrays {unknown}")
-    return decode_sparse(record, mask, reference, names)
+    return decode_sparse(with_float32_values(record, values_format), mask, reference, names)
 
 
 def encode_client_mask(client_mask: np.ndarray, mask: np.ndarray, coding: str

@@ -17,7 +17,8 @@ METHOD = Method(
         "prune-structure": choice("unstructured", PRUNE_STRUCTURES,
                                   "MPFL: prune by weight magnitude or whole filters"),
     },
-    arguments=("model-value-format", "density", "mask-coding", "prune-rate", "prune-structure"),
+    arguments=("model-value-format", "value-format", "density", "mask-coding", "prune-rate",
+               "prune-structure"),
     defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
     stateful=True,
 )
