@@ -53,8 +53,7 @@ MB = 1e6
 Runner = Callable[[dict[str, Any], int], dict[str, Any]]  # (config, nodes) -> results.json
 # Each registered method is an entry (FedAvg first: the baseline of the ratios), with
 # the settings it is benchmarked at; a method with VARIANTS gets one entry per variant.
-TUNING: dict[str, dict[str, Any]] = {"fedpm": {"mask-coding": "entropy"},
-                                     "mpfl": {"density": 0.2}, "ssfl": {"density": 0.5}}
+TUNING: dict[str, dict[str, Any]] = {"mpfl": {"density": 0.2}, "ssfl": {"density": 0.5}}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "fedsparsify": {variant: {"fedsparsify-variant": variant} for variant in ("global", "local")}}
 

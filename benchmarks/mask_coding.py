@@ -7,7 +7,10 @@ next to the empirical entropy of the masks the server received
 (``mask-entropy-bpp``: ideal code length under the coder's model;
 ``mask-iid-entropy-bpp``: zero-order entropy). It then times encode + decode of
 both codings per MB of packed mask (8e6 positions) on i.i.d. masks, and writes
-every figure to JSON.
+every figure to JSON. ``--share-of-round RESULTS.json ...`` instead times, for
+each finished run, encode + decode of masks of the size and entropy its clients
+sent in its last round, against the seconds a client spent on a training
+message (``client_s``): the share of a client's round the coding costs.
 
 Usage::
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from fedmask.launch import parse_pairs, run_simulation, simulation_superlink
 from fedmask.wire.coding import CODINGS, decode_mask, encode_mask
+from fedmask.wire.entropy import binary_entropy
 
 METHODS = ("hidenseek", "fedpm")
 MB_POSITIONS = 8_000_000  # one MB of packed mask
@@ -90,6 +94,40 @@ def codec_speed(probabilities: tuple[float, ...] = (0.5, 0.9, 0.99), repeats: in
     return rows
 
 
+def _flip_rate(bits_per_position: float) -> float:
+    """The p <= 0.5 whose binary entropy is `bits_per_position` (bisection)."""
+    low, high = 0.0, 0.5
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if binary_entropy(middle) < bits_per_position else (low, middle)
+    return (low + high) / 2
+
+
+def share_of_round(path: Path, repeats: int = 5) -> dict[str, Any]:
+    """Encode + decode seconds of one of the run's masks (i.i.d. bits at its last
+    round's measured entropy; HideNseek: K flips, FedPM: N bits against a model of
+    the same rate) against a client's mean seconds per training message."""
+    results = json.loads(path.read_text())
+    last = results["rounds"][-1]
+    n = results["num_params"]
+    length = round(results["density"] * n) if results["method"] == "hidenseek" else n
+    rate = _flip_rate(min(last["train_metrics"]["mask-iid-entropy-bpp"] * n / length, 1.0))
+    bits = np.random.default_rng(0).random(length) < rate
+    probs = None if results["method"] == "hidenseek" else np.full(length, rate)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        decode_mask(encode_mask(bits, "entropy", probs), length, "entropy", probs)
+        timings.append(time.perf_counter() - start)
+    client_s = float(np.mean([c["client_s"] for c in last["clients"]]))
+    row = {"run": str(path), "method": results["method"], "positions": length,
+           "rate": rate, "coding_s": min(timings), "client_s": client_s,
+           "share": min(timings) / client_s}
+    print(f"{row['method']:9s} {length:>10,} positions  encode+decode {row['coding_s']*1e3:6.1f} ms"
+          f"  client round {client_s:6.2f} s  share {100 * row['share']:.2f}%")
+    return row
+
+
 def _print(figures: dict[str, Any], speed: list[dict[str, float]]) -> None:
     print("\nuplink bits per prunable parameter (measured) vs entropy of the masks sent")
     print(f"{'method':9s} {'round':>5s} {'packed':>8s} {'entropy':>8s} "
@@ -113,7 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-config", nargs="*", default=[],
                         help="key=value run-config overrides (JSON values)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mask_coding.json"))
+    parser.add_argument("--share-of-round", type=Path, nargs="+",
+                        help="results.json of finished runs: the share of a client's "
+                             "round that entropy coding its mask costs")
     args = parser.parse_args(argv)
+    if args.share_of_round:
+        rows = [share_of_round(path) for path in args.share_of_round]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"share_of_round": rows}, indent=2))
+        print(f"\nwritten to {args.out}")
+        return
     run_config = parse_pairs(args.run_config)
     with tempfile.TemporaryDirectory(prefix="fedmask-bench-") as work:
         figures = run_all(args.rounds, args.num_supernodes, run_config, Path(work))

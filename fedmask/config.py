@@ -49,7 +49,7 @@ COMMON: dict[str, Option] = {
     "node-wait-s": positive(60.0),
     "round-timeout-s": positive(3600.0),
     "density": in_range(0.5, 0.0, 1.0, lo_open=True),
-    "mask-coding": choice("packed", CODINGS),
+    "mask-coding": choice("entropy", CODINGS),
     "model-value-format": choice("float32", VALUE_FORMATS),
     "value-format": choice("float32", VALUE_FORMATS),
     "test-fraction": in_range(0.2, 0.0, 1.0, lo_open=True),

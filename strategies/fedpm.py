@@ -63,7 +63,7 @@ class FedPM(SeededMaskStrategy):
     METHOD = "fedpm"
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
-                 mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
+                 mask_coding: str = "entropy", input_shape: tuple[int, ...] | None = None,
                  prior_reset: int = 1, weighted_aggregation: bool = False,
                  posterior: str = "mode",
                  theta_format: str = "uint8", estimator: str = "ste", eval_samples: int = 3,

@@ -76,7 +76,7 @@ class FedSparsify(MaskedFedAvg):
     METHOD = "fedsparsify"
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
-                 mask_coding: str = "packed", input_shape: tuple[int, ...] | None = None,
+                 mask_coding: str = "entropy", input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",
                  num_server_rounds: int | None = None, fedsparsify_variant: str = "global",
                  final_sparsity: float = 0.9, prune_start: int = 1, prune_every: int = 1,

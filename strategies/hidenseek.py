@@ -69,7 +69,7 @@ class HideNseek(SeededMaskStrategy):
 
     def __init__(self, *, model: nn.Module, input_shape: tuple[int, ...] | None = None,
                  seed: int = 0, init: str = "auto", density: float = 0.5,
-                 mask_coding: str = "packed", synflow_iterations: int = 100,
+                 mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
                  vote: str = "majority", vote_smoothing: float = 0.0,
                  **kwargs: Any) -> None:

@@ -64,7 +64,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str = "packed",
+    def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str = "entropy",
                  input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",
                  **kwargs: Any) -> None:

@@ -56,7 +56,7 @@ class MPFL(MaskedFedAvg):
     METHOD = "mpfl"
 
     def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
-                 density: float = 0.5, mask_coding: str = "packed",
+                 density: float = 0.5, mask_coding: str = "entropy",
                  input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",
                  prune_rate: float = 0.2,

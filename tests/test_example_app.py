@@ -90,9 +90,9 @@ class ExampleGrid:
         return replies
 
 
-def _strategy(method: str):
+def _strategy(method: str, **extra):
     return strategies.make(method, model=task.Net(), input_shape=(1, 28, 28),
-                           fraction_evaluate=0.0, min_evaluate_nodes=0)
+                           fraction_evaluate=0.0, min_evaluate_nodes=0, **extra)
 
 
 def _payload(method: str, strategy) -> int:
@@ -111,7 +111,8 @@ def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_pa
     monkeypatch.setattr(client_app, "train_fn",
                         lambda *args: calls.append(args[2:4]) or task.train(*args))
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("fedmask's loop ran"))
-    grid, strategy = ExampleGrid(), _strategy(method)
+    packed = {"mask_coding": "packed"} if method in ("hidenseek", "fedpm", "mpfl") else {}
+    grid, strategy = ExampleGrid(), _strategy(method, **packed)  # promises: packed masks
     result = strategy.start(grid=grid, num_rounds=1,
                             train_config=ConfigRecord({"local-epochs": 1}))
     assert grid.errors == []

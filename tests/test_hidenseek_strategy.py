@@ -15,7 +15,7 @@ from conftest import FakeGrid
 def _strategy(density: float = 0.5) -> HideNseek:
     model = build_model("cnn", 10, 1, 12)
     return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density,
-                     synflow_iterations=5,
+                     synflow_iterations=5, mask_coding="packed",
                      min_train_nodes=1)
 
 
@@ -140,7 +140,8 @@ def test_corrupted_entropy_reply_is_dropped(client_reply):
 
 def test_vote_smoothing_keeps_part_of_the_previous_share(reply):
     strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
-                         synflow_iterations=5, min_train_nodes=1, vote_smoothing=0.5)
+                         synflow_iterations=5, min_train_nodes=1, vote_smoothing=0.5,
+                         mask_coding="packed")
     k = strategy.signs.size
     down = np.zeros(k, bool)
     strategy.aggregate_train(1, [reply(down, 3), reply(down, 1)])  # share 0.5*1 + 0.5*0
@@ -153,7 +154,8 @@ def test_vote_smoothing_keeps_part_of_the_previous_share(reply):
 
 def test_share_vote_sends_margins_from_round_two(reply):
     strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
-                         synflow_iterations=5, min_train_nodes=1, vote="share")
+                         synflow_iterations=5, min_train_nodes=1, vote="share",
+                         mask_coding="packed")
     k = strategy.signs.size
     assert wire.SIGN_MARGIN not in strategy.train_arrays(1)
     a, b = np.ones(k, bool), np.ones(k, bool)

@@ -10,15 +10,16 @@ from conftest import small_simulation
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
 # Flower framing (message header, object tree, record/array headers, npy header).
 HIDENSEEK_OVERHEAD = 1800
-ENTROPY = {"mask-coding": "entropy"}
+PACKED = {"mask-coding": "packed"}
 
 
 @pytest.fixture(scope="module")
-def hidenseek_entropy(superlink, tmp_path_factory):
-    return small_simulation(superlink, tmp_path_factory, method="hidenseek", **ENTROPY)
+def hidenseek_packed(superlink, tmp_path_factory):
+    return small_simulation(superlink, tmp_path_factory, method="hidenseek", **PACKED)
 
 
-# The other runs are the entries of compare.py's smoke profile (conftest.smoke).
+# The other runs are the entries of compare.py's smoke profile (conftest.smoke), at
+# the default mask-coding = "entropy".
 @pytest.fixture(scope="module")
 def fedpm(smoke):
     return smoke.results["fedpm"]  # entropy-coded
@@ -52,16 +53,16 @@ def _check_common(results, method):
     assert results["rounds"][-1]["accuracy"] > 0.2  # chance is 0.1
 
 
-def test_hidenseek_uplink_is_packed_sign_bits(hidenseek):
-    _check_common(hidenseek, "hidenseek")
-    n = hidenseek["num_params"]
+def test_hidenseek_packed_uplink_is_the_sign_bits(hidenseek_packed):
+    _check_common(hidenseek_packed, "hidenseek")
+    n = hidenseek_packed["num_params"]
     kept = round(0.5 * n)
-    assert hidenseek["density"] == pytest.approx(kept / n)
-    for record in hidenseek["rounds"]:
+    assert hidenseek_packed["density"] == pytest.approx(kept / n)
+    for record in hidenseek_packed["rounds"]:
         for client in record["clients"]:
             payload = math.ceil(kept / 8)
             assert payload < client["bytes_up"] <= payload + HIDENSEEK_OVERHEAD
-    assert "personal-accuracy" in hidenseek["rounds"][-1]["client_eval_metrics"]
+    assert "personal-accuracy" in hidenseek_packed["rounds"][-1]["client_eval_metrics"]
 
 
 def _down_up_per_client(record):
@@ -118,13 +119,17 @@ def test_fedpm_sends_one_entropy_coded_mask(fedpm):
     assert down <= 2 * up, (down, up)
 
 
-def test_hidenseek_entropy_codes_the_flips(hidenseek_entropy, hidenseek):
-    _check_common(hidenseek_entropy, "hidenseek")
-    kept = round(0.5 * hidenseek_entropy["num_params"])
-    _coded_payload_matches_measured_bytes(hidenseek_entropy, kept)
-    coded = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek_entropy["rounds"]]
-    packed = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek["rounds"]]
+def test_hidenseek_entropy_codes_the_flips_losslessly(hidenseek, hidenseek_packed):
+    _check_common(hidenseek, "hidenseek")
+    assert hidenseek["config"]["mask-coding"] == "entropy"  # the default
+    kept = round(0.5 * hidenseek["num_params"])
+    _coded_payload_matches_measured_bytes(hidenseek, kept)
+    coded = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek["rounds"]]
+    packed = [r["train_metrics"]["mask-entropy-bpp"] for r in hidenseek_packed["rounds"]]
     assert coded == pytest.approx(packed, rel=0.2)  # same seed, same training: same flips
+    # the coding is exact: the same global model, for fewer bytes
+    assert hidenseek["final_arrays_sha256"] == hidenseek_packed["final_arrays_sha256"]
+    assert hidenseek["rounds"][-1]["bytes_up"] < hidenseek_packed["rounds"][-1]["bytes_up"] / 2
 
 
 def test_mpfl_votes_a_mask_then_sends_only_kept_values(mpfl):

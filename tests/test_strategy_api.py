@@ -34,7 +34,7 @@ def test_constructors_are_keyword_only_with_shared_names_and_defaults(method):
     assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for n, p in params.items() if n != "self")
     assert params["seed"].default == 0 and params["init"].default == "auto"
     assert params["input_shape"].default is None
-    for name, default in (("density", 0.5), ("mask_coding", "packed")):
+    for name, default in (("density", 0.5), ("mask_coding", "entropy")):
         if name in params:
             assert params[name].default == default
     for key in REGISTRY[method].arguments:  # every run-config key maps to an argument
