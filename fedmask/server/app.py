@@ -141,7 +141,7 @@ def run(grid: Grid, context: Context) -> Path:
         first, arrays = _resume(folder / CHECKPOINT, cfg, strategy, recorder)
     else:
         arrays = strategy.prepare(measuring, timeout, None)
-        recorder.start(arrays)
+        recorder.start(arrays, strategy.rejected.get(0, []))
 
     def after_round(server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
                     evaluate_metrics: MetricRecord | None, aggregate_s: float) -> None:

@@ -69,11 +69,14 @@ class RoundRecorder:
         wall, self._last = now - self._last, now
         return wall
 
-    def start(self, arrays: ArrayRecord) -> None:
-        """Score the initial model; count the traffic before round 1 (SSFL's query)."""
+    def start(self, arrays: ArrayRecord, rejected: list[dict[str, Any]] | None = None) -> None:
+        """Score the initial model; count the traffic before round 1 (SSFL's query),
+        its failed clients and its `rejected` replies."""
         query = _traffic(self.ledger.drain(), MessageType.QUERY)
         self.initial = {**self._evaluate(arrays), "bytes_up": query["bytes_up"],
-                        "bytes_down": query["bytes_down"]}
+                        "bytes_down": query["bytes_down"],
+                        "failed_clients": [c["node_id"] for c in query["clients"] if c["failed"]],
+                        "rejected_clients": list(rejected or [])}
         log(INFO, "[fedmask] initial accuracy %.4f", self.initial["accuracy"])
         self._wall()
 
