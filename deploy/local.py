@@ -30,7 +30,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from fedmask.launch import BIN, flower_env, free_port, staged_app  # noqa: E402
+from fedmask.launch import (  # noqa: E402
+    BIN,
+    check_run_config,
+    expand_run_configs,
+    flower_env,
+    free_port,
+    run_streaming,
+    staged_app,
+)
 
 HOST = "127.0.0.1"
 CONNECTION = "fedmask"
@@ -345,13 +353,26 @@ def load_state(state_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def run_config_args(extra: list[str]) -> list[str]:
+    """The values of every ``--run-config`` in the flwr run arguments `extra`."""
+    values = [arg.split("=", 1)[1] for arg in extra if arg.startswith("--run-config=")]
+    values += [value for flag, value in zip(extra, extra[1:]) if flag == "--run-config"]
+    return values
+
+
 def run(state_dir: Path, app: Path, extra: list[str]) -> int:
-    """``flwr run APP <connection> --stream EXTRA...`` against the deployment."""
+    """``flwr run APP <connection> --stream EXTRA...`` against the deployment; 2 when
+    fedmask's run config is bad (checked first), 1 when the run failed."""
+    if app == REPO:
+        try:
+            check_run_config(REPO, expand_run_configs(run_config_args(extra)))
+        except ValueError as err:  # ConfigError is a ValueError
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     state = load_state(state_dir)
     with staged_app(app) as staged:
         cmd = [str(BIN / "flwr"), "run", str(staged), state["connection"], "--stream", *extra]
-        return subprocess.run(cmd, env=env_for(Path(state["cli_home"])),
-                              check=False).returncode
+        return run_streaming(cmd, env_for(Path(state["cli_home"])))
 
 
 def status(state_dir: Path) -> int:

@@ -96,3 +96,13 @@ def test_weight_sparse_method_keeps_its_mask_on_the_supernodes(deployed_mpfl):
     n = deployed_mpfl["num_params"]
     saved = rounds[1]["clients"][0]["bytes_down"] - rounds[2]["clients"][0]["bytes_down"]
     assert n / 8 <= saved <= n / 8 + 800
+
+
+def test_a_bad_option_fails_before_the_deployment_is_asked(tmp_path):
+    """`deploy/local.sh run` checks fedmask's run config first: exit 2, naming the
+    option, whether or not a deployment is up."""
+    done = subprocess.run([DEPLOY, "run", "--state-dir", str(tmp_path), "--run-config",
+                           "method='bogus' num-server-rounds=2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "method" in done.stderr and "bogus" in done.stderr
