@@ -16,6 +16,7 @@ from fedmask.data.datasets import DATASETS, PARTITIONS
 from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
 from fedmask.nn.models import INITS, MODELS
+from fedmask.nn.placement import DEVICE_RULE, PRECISIONS, valid_device
 from fedmask.nn.training import MIN_LOCAL_STEPS, OPTIMIZERS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
 from fedmask.wire.coding import CODINGS
@@ -58,6 +59,8 @@ COMMON: dict[str, Option] = {
     "validation-size": non_negative(0),
     "out-dir": Option(""),
     "resume": flag(False),
+    "device": Option("auto", valid_device, DEVICE_RULE),
+    "precision": choice("float32", PRECISIONS),
 }
 OPTIONS: dict[str, Option] = {**COMMON, **{key: option for method in REGISTRY.values()
                                            for key, option in method.options.items()}}

@@ -116,11 +116,14 @@ def staged_app(app: Path) -> Iterator[Path]:
 
 
 def flwr_run_command(app: Path, run_configs: list[str], num_supernodes: int,
-                     cpus_per_client: int) -> list[str]:
-    """The ``flwr run`` command line for a simulation of `num_supernodes` nodes; each
-    of `run_configs` ("k=v ...") is one ``--run-config``, later wins."""
+                     cpus_per_client: int, gpus_per_client: float = 0.0) -> list[str]:
+    """The ``flwr run`` command line for a simulation of `num_supernodes` nodes (each
+    ClientApp actor reserving `cpus_per_client` CPUs and `gpus_per_client` of a GPU);
+    each of `run_configs` ("k=v ...") is one ``--run-config``, later wins."""
     federation = (f"num-supernodes={num_supernodes} "
                   f"client-resources-num-cpus={cpus_per_client}")
+    if gpus_per_client:
+        federation += f" client-resources-num-gpus={gpus_per_client}"
     cmd = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
     for run_config in run_configs:
         cmd += ["--run-config", run_config]
@@ -220,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", type=Path, default=Path.cwd(), help="Flower app folder")
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="share of a GPU each simulated client's Ray actor reserves "
+                             "(0.25: four clients per GPU); with device='auto' they train there")
     parser.add_argument("--run-config", action="append", default=[],
                         help='run-config overrides, e.g. "method=\'fedavg\'", or a TOML file '
                              'such as conf/ssfl-small.toml (repeatable; later wins)')
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedmask-flwr-") as home:
         with simulation_superlink(Path(home)) as env, staged_app(args.app) as app:
             cmd = flwr_run_command(app, run_configs, args.num_supernodes,
-                                   args.cpus_per_client)
+                                   args.cpus_per_client, args.gpus_per_client)
             return run_streaming(cmd, env)
 
 

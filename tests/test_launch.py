@@ -32,6 +32,9 @@ def test_flwr_run_command_passes_each_run_config():
     assert cmd[cmd.index("--federation-config") + 1] == (
         "num-supernodes=4 client-resources-num-cpus=2")
     assert [cmd[i + 1] for i, v in enumerate(cmd) if v == "--run-config"] == ["a=1", "b=2"]
+    gpu = flwr_run_command(Path("/app"), [], 8, 1, 0.25)
+    assert gpu[gpu.index("--federation-config") + 1] == (
+        "num-supernodes=8 client-resources-num-cpus=1 client-resources-num-gpus=0.25")
 
 
 

@@ -17,6 +17,7 @@ from fedmask.data.datasets import DATASETS, ClientData, client_data
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
+from fedmask.nn.placement import ON_CPU, Placement
 from fedmask.wire.held import restore
 from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
@@ -44,32 +45,41 @@ def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
                        cfg["seed"], *common, cfg["validation-size"]), partition
 
 
-def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
-    """Train the method's module with fedmask's loop; reply with what the method sends."""
+def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
+          place: Placement = ON_CPU) -> Message:
+    """Train the method's module with fedmask's loop (on `place`); reply with what
+    the method sends."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
-    loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps)
+    loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
+                        place.device, place.precision)
     return train_reply(msg, net, data.num_train, {"train-loss": loss})
 
 
-def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
-    """Local test loss and accuracy of the global model; FedPM adds the mean over
-    `eval-samples` sampled masks, HideNseek the accuracy after `personal-epochs`
-    of fine-tuning."""
+def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
+             place: Placement = ON_CPU) -> Message:
+    """Local test loss and accuracy of the global model (on `place`); FedPM adds the
+    mean over `eval-samples` sampled masks, HideNseek the accuracy after
+    `personal-epochs` of fine-tuning."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
     restore(msg, state)
     net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
-    metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(net, data.test, samples)}
+    metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
+        net, data.test, samples, place.device, place.precision)}
     settings = LocalSettings.from_message(msg)
     if method.personalised and settings.personal_epochs > 0:
-        settings.fit(net, data.train, settings.personal_epochs)
-        metrics["personal-accuracy"] = training.evaluate(net, data.test)[1]
+        settings.fit(net, data.train, settings.personal_epochs, 0, place.device, place.precision)
+        metrics["personal-accuracy"] = training.evaluate(net, data.test, place.device,
+                                                         place.precision)[1]
     return reply(msg, metrics)
 
 
-def query(msg: Message, model: nn.Module, data: ClientData, state: RecordDict) -> Message:
-    """Answer a query (SSFL's saliency) on this node's training data."""
+def query(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
+          place: Placement = ON_CPU) -> Message:
+    """Answer a query (SSFL's saliency) on this node's training data (on the CPU:
+    the saliency the server aggregates is exact)."""
+    del place
     return query_reply(msg, model, data.train, state, data.num_train)
 
 
@@ -80,12 +90,13 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method;
     the reply's metrics gain ``client-s``, the seconds the handler took."""
     cfg = run_config.parse(context.run_config)
+    place = Placement.from_config(cfg, context.node_config)
     spec = DATASETS[cfg["dataset"]]
     data, partition = node_data(cfg, context.node_config)
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
     start = time.perf_counter()
-    answer = HANDLERS[phase](msg, model, data, context.state)
+    answer = HANDLERS[phase](msg, model, data, context.state, place)
     answer.content.metric_records[METRICS][CLIENT_SECONDS] = time.perf_counter() - start
     return answer

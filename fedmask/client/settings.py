@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from flwr.app import ConfigRecord, Message
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,9 +36,9 @@ class LocalSettings:
         return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
                       for k, v in defaults.__dict__.items()})
 
-    def fit(self, model: nn.Module, loader: DataLoader, epochs: int,
-            min_steps: int = 0) -> float:
+    def fit(self, model: nn.Module, loader: DataLoader, epochs: int, min_steps: int = 0,
+            device: torch.device = training.CPU, precision: str = "float32") -> float:
         """Train `model` for `epochs`, continued to at least `min_steps` batches, with
-        these settings; return the mean loss."""
+        these settings on `device` at `precision`; return the mean loss."""
         return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum,
-                              min_steps)
+                              min_steps, device, precision)

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmask.nn.placement import autocast
 from fedmask.nn.supermask import fixed_samples
+
+CPU = torch.device("cpu")
 
 OPTIMIZERS = ("sgd", "adam")
 # Default of ``min-local-steps``: data-poor clients train at least this many batches a
@@ -48,16 +51,21 @@ def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any
 
 
 def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
-          optimizer: str = "sgd", momentum: float = 0.9, min_steps: int = 0) -> float:
+          optimizer: str = "sgd", momentum: float = 0.9, min_steps: int = 0,
+          device: torch.device = CPU, precision: str = "float32") -> float:
     """Train the parameters of `model` that require grad for `epochs` passes over
-    `loader`, continued to at least `min_steps` batches; return the mean loss."""
+    `loader`, continued to at least `min_steps` batches, on `device` (the model
+    moves there) at `precision` (:mod:`fedmask.nn.placement`); return the mean loss."""
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum)
     model.train()
     total, count = 0.0, 0
     for x, y in batches(loader, epochs, min_steps):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         total += loss.item() * len(y)
@@ -66,13 +74,17 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """Return (mean cross-entropy loss, accuracy) of `model` on `loader`."""
-    model.eval()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device = CPU,
+             precision: str = "float32") -> tuple[float, float]:
+    """Return (mean cross-entropy loss, accuracy) of `model` on `loader`, on
+    `device` (the model moves there) at `precision`."""
+    model.to(device).eval()
     loss, correct, count = 0.0, 0, 0
     for x, y in loader:
-        out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            out = model(x)
+        loss += F.cross_entropy(out.float(), y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         count += len(y)
     if count == 0:
@@ -80,17 +92,19 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     return loss / count, correct / count
 
 
-def evaluate_metrics(model: nn.Module, loader: DataLoader, samples: int = 0) -> dict[str, float]:
-    """``loss`` and ``accuracy`` of `model`; with `samples` > 0 also ``sampled-loss``
-    and ``sampled-accuracy``, the means over that many masks sampled from its
-    Bernoulli supermasks (one mask per pass over `loader`)."""
-    loss, accuracy = evaluate(model, loader)
+def evaluate_metrics(model: nn.Module, loader: DataLoader, samples: int = 0,
+                     device: torch.device = CPU, precision: str = "float32"
+                     ) -> dict[str, float]:
+    """``loss`` and ``accuracy`` of `model` (on `device`, at `precision`); with
+    `samples` > 0 also ``sampled-loss`` and ``sampled-accuracy``, the means over that
+    many masks sampled from its Bernoulli supermasks (one mask per pass over `loader`)."""
+    loss, accuracy = evaluate(model, loader, device, precision)
     metrics = {"loss": loss, "accuracy": accuracy}
     if samples > 0:
         passes = []
         for _ in range(samples):
             with fixed_samples(model):
-                passes.append(evaluate(model, loader))
+                passes.append(evaluate(model, loader, device, precision))
         metrics["sampled-loss"] = sum(p[0] for p in passes) / samples
         metrics["sampled-accuracy"] = sum(p[1] for p in passes) / samples
     return metrics

@@ -22,6 +22,7 @@ from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import DATASETS, central_test, central_validation
 from fedmask.methods import REGISTRY
 from fedmask.nn.models import build_model, num_prunable
+from fedmask.nn.placement import Placement
 from fedmask.server import checkpoint
 from fedmask.server.accounting import MeasuringGrid
 from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
@@ -79,6 +80,15 @@ def central_loader(cfg: dict[str, Any]) -> DataLoader:
     return central_test(cfg["dataset"], cfg["data-root"], 256, cfg["test-limit"])
 
 
+def placement(cfg: dict[str, Any]) -> Placement:
+    """Where the central evaluation runs; ConfigError naming ``device`` when this
+    process cannot use it."""
+    try:
+        return Placement.from_config(cfg)
+    except ValueError as error:
+        raise run_config.ConfigError(str(error)) from None
+
+
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> None:
     """Fail fast, naming ``min-nodes``, if fewer than `count` nodes connect in time."""
     deadline = time.monotonic() + timeout_s
@@ -128,12 +138,13 @@ def run(grid: Grid, context: Context) -> Path:
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     strategy = build_strategy(cfg, model, input_shape)
     folder, timeout = out_dir(cfg), cfg["round-timeout-s"]
-    test = central_loader(cfg)  # a bad validation-size fails before any node waits
+    test = central_loader(cfg)  # a bad validation-size or device fails before nodes wait
+    place = placement(cfg)
     wait_for_nodes(grid, cfg["min-nodes"], cfg["node-wait-s"])
     measuring = MeasuringGrid(grid)
     samples = cfg["eval-samples"] if cfg["method"] == "fedpm" else 0
     recorder = RoundRecorder(measuring.ledger, strategy.evaluation_model, test,
-                             cfg["num-server-rounds"], samples)
+                             cfg["num-server-rounds"], samples, place)
     log(INFO, "Starting %s strategy:", type(strategy).__name__)
     strategy.summary()
     first = 1

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedmask.nn import training
+from fedmask.nn.placement import ON_CPU, Placement
 from fedmask.server.accounting import Ledger, Transfer
 
 MB = 1e6
@@ -48,21 +49,23 @@ class RoundRecorder:
     :meth:`start` scores the initial model and the traffic before round 1,
     :meth:`record` each round after it ends. With `eval_samples` > 0 it also
     scores that many masks sampled from the global model's Bernoulli
-    supermasks (``sampled-accuracy``).
+    supermasks (``sampled-accuracy``). The evaluation runs at `place`.
     """
 
     def __init__(self, ledger: Ledger, global_model: Callable[[ArrayRecord], nn.Module],
-                 test_loader: DataLoader, num_rounds: int, eval_samples: int = 0) -> None:
+                 test_loader: DataLoader, num_rounds: int, eval_samples: int = 0,
+                 place: Placement = ON_CPU) -> None:
         self.ledger, self.global_model = ledger, global_model
         self.test_loader, self.num_rounds = test_loader, num_rounds
-        self.eval_samples = eval_samples
+        self.eval_samples, self.place = eval_samples, place
         self.rounds: list[dict[str, Any]] = []
-        self.initial: dict[str, float] = {}
+        self.initial: dict[str, Any] = {}
         self._last = time.monotonic()
 
     def _evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
         return training.evaluate_metrics(self.global_model(arrays), self.test_loader,
-                                         self.eval_samples)
+                                         self.eval_samples, self.place.device,
+                                         self.place.precision)
 
     def _wall(self) -> float:
         now = time.monotonic()
