@@ -30,7 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from fedmask import config as run_config
 from fedmask.client.node import node_data
-from fedmask.data.datasets import DATASETS
+from fedmask.data.datasets import get_spec
 from fedmask.launch import parse_pairs
 from fedmask.methods import REGISTRY
 from fedmask.nn import training
@@ -67,7 +67,7 @@ def ceiling(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
     accuracy, the steps and the seconds taken."""
     cfg = run_config.parse({**config, "method": ceiling_method(config["method"])})
     torch.manual_seed(cfg["seed"])
-    spec = DATASETS[cfg["dataset"]]
+    spec = get_spec(cfg["dataset"])
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     strategy = build_strategy(cfg, model, (spec.in_channels, spec.image_size, spec.image_size))
     net = strategy.evaluation_model(strategy.initial_arrays())

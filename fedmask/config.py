@@ -30,7 +30,9 @@ class ConfigError(ValueError):
 
 COMMON: dict[str, Option] = {
     "method": choice("hidenseek", REGISTRY),
-    "dataset": choice("fashion-mnist", sorted(DATASETS)),
+    "dataset": Option("fashion-mnist", bool,
+                      f"one of {sorted(DATASETS)}, a Hugging Face dataset id or a local "
+                      "dataset folder"),
     "data-root": Option("~/.cache/fedmask/data"),
     "model": choice("cnn", sorted(MODELS)),
     "init": choice("auto", ("auto", *INITS)),

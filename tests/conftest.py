@@ -22,6 +22,10 @@ from fedmask.nn.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
+# The suite never reaches the Hugging Face hub (its datasets are local folders); every
+# process it starts inherits this.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -13,7 +13,7 @@ from torch import nn
 from fedmask import config as run_config
 from fedmask.client import method_of, query_reply, train_module, train_reply
 from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import DATASETS, ClientData, client_data
+from fedmask.data.datasets import ClientData, client_data, get_spec
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
@@ -91,7 +91,7 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     the reply's metrics gain ``client-s``, the seconds the handler took."""
     cfg = run_config.parse(context.run_config)
     place = Placement.from_config(cfg, context.node_config)
-    spec = DATASETS[cfg["dataset"]]
+    spec = get_spec(cfg["dataset"])
     data, partition = node_data(cfg, context.node_config)
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmask.data import cache as disk_cache
+from fedmask.data import hub
 
 if TYPE_CHECKING:  # imported where used: they cost ~4 s of start-up
     from flwr_datasets.partitioner import Partitioner
@@ -112,10 +113,25 @@ class ClientData:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """Return the :class:`DatasetSpec` of ``name``; raise ``ValueError`` if unknown."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; allowed values: {sorted(DATASETS)}")
-    return DATASETS[name]
+    """The :class:`DatasetSpec` of ``name``: a built-in dataset's, or that of the
+    Hugging Face dataset (hub id or local folder, :mod:`fedmask.data.hub`) it names,
+    measured on its training split (which is then loaded and cached)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if not name:
+        raise ValueError(f"dataset: empty; one of {sorted(DATASETS)}, a Hugging Face "
+                         "dataset id or a local dataset folder")
+    return _hub_spec(name, _resolve_cache(None))
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_spec(name: str, cache_root: Path) -> DatasetSpec:
+    return DatasetSpec(name, "", (), **hub.describe(_hub_arrays(name, cache_root)))
+
+
+def _hub_arrays(name: str, cache_root: Path) -> dict[str, np.ndarray]:
+    """A Hugging Face dataset's decoded splits, through the disk cache."""
+    return disk_cache.fetch(cache_root, ("hub", *hub.stamp(name)), lambda: hub.load(name))
 
 
 def load_split(
@@ -355,6 +371,10 @@ def _resolve_cache(cache_root: str | Path | None) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load_split_cached(name: str, root: Path, train: bool, cache_root: Path) -> TensorDataset:
+    if name not in DATASETS:
+        arrays = _hub_arrays(name, cache_root)
+        split = "train" if train else "test"
+        return _to_tensors(get_spec(name), arrays[f"{split}_images"], arrays[f"{split}_labels"])
     spec = DATASETS[name]
     key = ("split", name, train, *_source_stamp(spec, root))
 
@@ -364,6 +384,11 @@ def _load_split_cached(name: str, root: Path, train: bool, cache_root: Path) -> 
 
     arrays = disk_cache.fetch(cache_root, key, decode)
     return _to_tensors(spec, arrays["images"], arrays["labels"])
+
+
+def _data_stamp(name: str, root: Path) -> tuple[str, ...]:
+    """Cache key material of dataset `name`'s files (a built-in one under `root`)."""
+    return _source_stamp(DATASETS[name], root) if name in DATASETS else hub.stamp(name)
 
 
 def _source_stamp(spec: DatasetSpec, root: Path) -> tuple[str, ...]:
@@ -507,7 +532,7 @@ def _train_partitions(
     cached per process and on disk (arrays are read-only)."""
     key = ("partitions", dataset, num_partitions, scheme, seed, alpha,
            *((f"validation:{validation_size}",) if validation_size else ()),
-           *_source_stamp(DATASETS[dataset], root))
+           *_data_stamp(dataset, root))
 
     def compute() -> dict[str, np.ndarray]:
         labels = load_split(dataset, root, train=True, cache_root=cache_root).tensors[1].numpy()

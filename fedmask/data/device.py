@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmask.data.datasets import DATASETS, ClientData, load_split, split_loaders
+from fedmask.data.datasets import ClientData, get_spec, load_split, split_loaders
 
 
 def _is_image_folder(root: Path) -> bool:
@@ -30,7 +30,7 @@ def _image_folder(root: Path, dataset: str) -> tuple[torch.Tensor, torch.Tensor]
     from torchvision import datasets as tv_datasets  # noqa: PLC0415 - ~2 s to import,
     from torchvision import transforms  # noqa: PLC0415 - only image folders need it
 
-    spec = DATASETS[dataset]
+    spec = get_spec(dataset)
     mode = transforms.Grayscale() if spec.in_channels == 1 else transforms.Lambda(
         lambda img: img.convert("RGB"))
     folder = tv_datasets.ImageFolder(str(root), transform=transforms.Compose([

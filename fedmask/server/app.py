@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from fedmask import config as run_config
 from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import DATASETS, central_test, central_validation
+from fedmask.data.datasets import central_test, central_validation, get_spec
 from fedmask.methods import REGISTRY
 from fedmask.nn.models import build_model, num_prunable
 from fedmask.nn.placement import Placement
@@ -56,7 +56,7 @@ def save_model(strategy: MethodStrategy, arrays: ArrayRecord, cfg: dict[str, Any
                folder: Path) -> dict[str, int]:
     """Write ``model.safetensors``; return its measured size and that of the plain
     float32 state dict (serialized the same way) for results.json."""
-    spec = DATASETS[cfg["dataset"]]
+    spec = get_spec(cfg["dataset"])
     dataset = {"name": spec.name, "num_classes": spec.num_classes,
                "in_channels": spec.in_channels, "image_size": spec.image_size,
                "mean": list(spec.mean), "std": list(spec.std)}
@@ -133,7 +133,7 @@ def run(grid: Grid, context: Context) -> Path:
     cfg = run_config.parse(context.run_config)
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    spec = DATASETS[cfg["dataset"]]
+    spec = get_spec(cfg["dataset"])
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     strategy = build_strategy(cfg, model, input_shape)
