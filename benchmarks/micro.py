@@ -97,9 +97,11 @@ def _strategies(n: int) -> dict[str, tuple[Any, str, str]]:
     model of `n` weights, with the record and key of their packed replies."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(1000, n // 1000, bias=False))
     return {"hidenseek": (HideNseek(model=model, input_shape=(1000,), density=1.0,
-                                    synflow_iterations=1, min_train_nodes=1),
+                                    synflow_iterations=1, min_train_nodes=1,
+                                    mask_coding="packed"),
                           hidenseek.SIGNS, hidenseek.UPLINK_KEYS["packed"]),
-            "fedpm": (FedPM(model=copy.deepcopy(model), min_train_nodes=1),
+            "fedpm": (FedPM(model=copy.deepcopy(model), min_train_nodes=1,
+                            mask_coding="packed"),
                       fedpm.MASK, fedpm.SAMPLED_MASK)}
 
 
@@ -116,8 +118,10 @@ def aggregation(n: int, ks: list[int]) -> list[dict[str, Any]]:
             fresh = copy.deepcopy(strategy)
             tracemalloc.start()
             start = time.perf_counter()
-            fresh.aggregate_train(1, replies)
+            _, metrics = fresh.aggregate_train(1, replies)
             seconds = time.perf_counter() - start
+            if metrics is None or fresh.rejected.get(1):
+                raise RuntimeError(f"{method}: replies were dropped; nothing was aggregated")
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             rows.append({"method": method, "n": size, "k": k, "aggregate_s": seconds,
