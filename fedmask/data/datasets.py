@@ -121,7 +121,11 @@ def get_spec(name: str) -> DatasetSpec:
     if not name:
         raise ValueError(f"dataset: empty; one of {sorted(DATASETS)}, a Hugging Face "
                          "dataset id or a local dataset folder")
-    return _hub_spec(name, _resolve_cache(None))
+    try:
+        return _hub_spec(name, _resolve_cache(None))
+    except hub.DatasetUnavailableError as err:
+        raise hub.DatasetUnavailableError(f"{err} (built-in datasets: {sorted(DATASETS)})"
+                                          ) from None
 
 
 @functools.lru_cache(maxsize=8)

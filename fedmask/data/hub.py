@@ -27,8 +27,9 @@ LABEL_COLUMNS = ("label", "labels", "fine_label")
 TEST_SHARE = 0.2
 
 
-class DatasetUnavailableError(FileNotFoundError):
-    """The dataset is neither a local folder nor reachable on the hub."""
+class DatasetUnavailableError(FileNotFoundError, ValueError):
+    """The dataset is neither a local folder nor reachable on the hub (a bad
+    ``dataset`` value as much as a missing file)."""
 
 
 def is_local(name: str) -> bool:
