@@ -121,27 +121,34 @@ class Downlink:
 
     def lean(self, messages: Iterable[Message], record_key: str) -> list[Message]:
         """`messages` with their `record_key` record coded against what each
-        destination node holds (each message gets its own content)."""
+        destination node holds (each message gets its own content; a state is
+        digested, and coded against one base, once per call)."""
         out = []
+        states: dict[int, tuple[ArrayRecord, str, dict[str, np.ndarray]]] = {}  # id(record)
+        coded: dict[tuple[str, str | None], ArrayRecord] = {}  # (state, base) digests
         for msg in messages:
             record = msg.content.array_records[record_key]
-            state = {k: record[k].numpy() for k in self.kinds if k in record}
-            digest = self._remember(state)
+            if id(record) not in states:  # the record is kept in the value: ids stay unique
+                state = {k: record[k].numpy() for k in self.kinds if k in record}
+                states[id(record)] = (record, self._remember(state), state)
+            _, digest, state = states[id(record)]
             node = msg.metadata.dst_node_id
             base_digest = self.held.get(node)
             base = self.states.get(base_digest) if base_digest else None
-            arrays, config = self._encode(record, state, base), ConfigRecord(
-                dict(msg.content.config_records[CONFIG]))
+            key = (digest, base_digest if base is not None else None)
+            if key not in coded:
+                coded[key] = self._encode(record, state, base)
+            arrays = coded[key]
+            config = ConfigRecord(dict(msg.content.config_records[CONFIG]))
             config.update({STATE_DIGEST: digest, STATE_KEYS: sorted(state),
                            STATE_RECORD: record_key})
             if base is not None:
                 config[BASE_DIGEST] = str(base_digest)
             elif node in self.seen:
                 self.resent_bytes += sum(len(arrays[k].data) for k in state)
-            content = RecordDict({**msg.content.array_records, record_key: arrays,
-                                  **msg.content.metric_records,
-                                  **msg.content.config_records, CONFIG: config})
-            msg.content = content
+            msg.content = RecordDict({**msg.content.array_records, record_key: arrays,
+                                      **msg.content.metric_records,
+                                      **msg.content.config_records, CONFIG: config})
             self.pending[node] = digest
             self.seen.add(node)
             out.append(msg)
