@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='run-config overrides, e.g. "method=\'fedavg\'", or a TOML file '
                              'such as conf/ssfl-small.toml (repeatable; later wins)')
     args = parser.parse_args(argv)
+    if args.gpus_per_client < 0:
+        parser.error(f"--gpus-per-client: must be >= 0, got {args.gpus_per_client}")
     exit_on_sigterm()
     run_configs = expand_run_configs(args.run_config)
     if Path(args.app).resolve() == APP:

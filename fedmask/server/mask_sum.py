@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 BLOCK = 16  # masks per pass: the bits of the code
-_BITS = ((np.arange(1 << BLOCK)[:, None] >> np.arange(BLOCK)) & 1).astype(np.int64)
+_BITS = ((np.arange(1 << BLOCK)[:, None] >> np.arange(BLOCK)) & 1).astype(np.uint8)  # 1 MB
 QUEUE = 2  # masks handed to the worker and not yet added
 _INT32 = 2**31
 
