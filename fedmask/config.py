@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fedmask.data import hub
 from fedmask.data.datasets import DATASETS, PARTITIONS
 from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
@@ -33,6 +34,8 @@ COMMON: dict[str, Option] = {
     "dataset": Option("fashion-mnist", bool,
                       f"one of {sorted(DATASETS)}, a Hugging Face dataset id or a local "
                       "dataset folder"),
+    "image-column": Option(""),
+    "label-column": Option(""),
     "data-root": Option("~/.cache/fedmask/data"),
     "model": choice("cnn", sorted(MODELS)),
     "init": choice("auto", ("auto", *INITS)),
@@ -63,6 +66,9 @@ COMMON: dict[str, Option] = {
     "resume": flag(False),
     "device": Option("auto", valid_device, DEVICE_RULE),
     "precision": choice("float32", PRECISIONS),
+    "loader-workers": non_negative(0),
+    "pin-memory": flag(True),
+    "deterministic": flag(False),
 }
 OPTIONS: dict[str, Option] = {**COMMON, **{key: option for method in REGISTRY.values()
                                            for key, option in method.options.items()}}
@@ -95,4 +101,15 @@ def parse(run_config: Mapping[str, Any]) -> dict[str, Any]:
     for key, sentinel in _AUTO.items():
         if config[key] == sentinel:
             config[key] = REGISTRY[config["method"]].defaults[key]
+    config["dataset"] = _dataset_reference(config)
     return config
+
+
+def _dataset_reference(config: dict[str, Any]) -> str:
+    """``dataset`` with ``image-column`` / ``label-column`` (a Hugging Face dataset's
+    columns) folded in: the one string the data functions take."""
+    for key in ("image-column", "label-column"):
+        if config[key] and config["dataset"] in DATASETS:
+            raise ConfigError(f"{key}: names a column of a Hugging Face dataset; "
+                              f"{config['dataset']!r} is built in (leave {key} empty)")
+    return hub.reference(config["dataset"], config["image-column"], config["label-column"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedmask.config import OPTIONS, ConfigError, parse
+from fedmask.data import hub
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -193,3 +194,11 @@ def test_dataset_is_a_built_in_name_a_hub_id_or_a_folder():
     assert parse({"dataset": "uoft-cs/cifar10"})["dataset"] == "uoft-cs/cifar10"
     with pytest.raises(ConfigError, match="^dataset: .*Hugging Face dataset id"):
         parse({"dataset": ""})
+
+
+def test_columns_apply_to_hugging_face_datasets_only():
+    """Named columns travel with the dataset name; a built-in dataset refuses them."""
+    ref = parse({"dataset": "me/digits", "label-column": "digit"})["dataset"]
+    assert hub.parse_reference(ref) == ("me/digits", "", "digit")
+    with pytest.raises(ConfigError, match="^image-column: .*'mnist' is built in"):
+        parse({"dataset": "mnist", "image-column": "pixels"})

@@ -13,6 +13,7 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
+from fedmask import config as run_config
 from fedmask.data.datasets import client_data, get_spec, load_split
 from fedmask.launch import run_simulation
 
@@ -75,6 +76,38 @@ def test_rgb_and_save_to_disk_folders_and_a_missing_test_split(tmp_path):
     spec = get_spec(str(tmp_path / "rgb"))
     assert (spec.in_channels, spec.image_size, len(spec.mean)) == (3, 16, 3)
     assert len(load_split(str(tmp_path / "rgb"), "unused", train=False)) == 40  # 20% of 200
+
+
+def _renamed(tmp_path: Path, labels: list) -> str:
+    """A folder whose columns no detection finds: images in `pixels` (bytes, not an
+    Image feature), labels in `digit`."""
+    data = _split(len(labels), 0)
+    Dataset.from_dict({"pixels": [np.asarray(p).tolist() for p in data["img"]],
+                       "digit": labels}).save_to_disk(str(tmp_path / "renamed"))
+    return str(tmp_path / "renamed")
+
+
+def test_columns_named_by_the_options_are_read(tmp_path):
+    folder = _renamed(tmp_path, [i % CLASSES for i in range(50)])
+    with pytest.raises(ValueError, match="no Image column .*name it with image-column"):
+        get_spec(folder)
+    cfg = run_config.parse({"dataset": folder, "image-column": "pixels",
+                            "label-column": "digit"})
+    spec = get_spec(cfg["dataset"])
+    assert (spec.num_classes, spec.in_channels, spec.image_size) == (CLASSES, 1, 16)
+    train, test = (load_split(cfg["dataset"], "unused", train=part) for part in (True, False))
+    assert tuple(train.tensors[0].shape) == (40, 1, 16, 16)  # 20% of 50 split off as test
+    labels = train.tensors[1].tolist() + test.tensors[1].tolist()
+    assert sorted(labels) == sorted(i % CLASSES for i in range(50))
+
+
+def test_a_missing_or_unusable_column_names_its_option(tmp_path):
+    folder = _renamed(tmp_path, ["cat", "dog"] * 10)
+    with pytest.raises(ValueError, match=r"image-column: 'img' is not a column .*'pixels'"):
+        get_spec(run_config.parse({"dataset": folder, "image-column": "img"})["dataset"])
+    with pytest.raises(ValueError, match="label-column: 'digit' holds .*class indices"):
+        get_spec(run_config.parse({"dataset": folder, "image-column": "pixels",
+                                   "label-column": "digit"})["dataset"])
 
 
 def test_images_of_several_sizes_are_refused(tmp_path):

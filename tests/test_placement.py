@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -67,12 +68,30 @@ def test_bf16_autocast_trains_and_evaluates():
     assert 0.0 <= training.evaluate(model, _tiny_loader(), precision="bf16")[1] <= 1.0
 
 
+def test_deterministic_switches_the_process_setting_both_ways():
+    try:
+        Placement.from_config(run_config.parse({"deterministic": True}))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    finally:
+        Placement.from_config(run_config.parse({}))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_cpu_and_auto_give_the_same_global_state_on_this_machine():
-    """The CPU path is today's: same seed, same final global state."""
-    results = {name: run_federation({**SMALL, "method": "hidenseek", "device": name},
-                                    SMALL_NODES) for name in ("cpu", "auto")}
+    """The CPU path is today's: same seed, same final global state (deterministic
+    algorithms too, which the CPU path already is)."""
+    runs = {"cpu": {"device": "cpu"}, "auto": {"device": "auto"},
+            "deterministic": {"device": "cpu", "deterministic": True}}
+    try:
+        results = {name: run_federation({**SMALL, "method": "hidenseek", **extra}, SMALL_NODES)
+                   for name, extra in runs.items()}
+    finally:
+        torch.use_deterministic_algorithms(False)
     if _auto().type == "cpu":
         assert results["cpu"]["final_arrays_sha256"] == results["auto"]["final_arrays_sha256"]
+    assert (results["cpu"]["final_arrays_sha256"]
+            == results["deterministic"]["final_arrays_sha256"])
     assert results["cpu"]["config"]["device"] == "cpu"
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from fedmask import config as run_config
 from fedmask.client import method_of, query_reply, train_module, train_reply
 from fedmask.client.settings import LocalSettings
-from fedmask.data.datasets import ClientData, client_data, get_spec
+from fedmask.data.datasets import ClientData, LoaderOptions, client_data, get_spec
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
@@ -32,17 +32,22 @@ def message_seed(seed: int, server_round: int, partition_id: int, phase: str) ->
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
-def node_data(cfg: dict, node_config: dict) -> tuple[ClientData, int]:
+def node_data(cfg: dict, node_config: dict, place: Placement = ON_CPU
+              ) -> tuple[ClientData, int]:
     """This node's data and partition id: its own `data-path` folder when the node
-    config names one (partition id 0 unless given), else its partition of `data-root`."""
+    config names one (partition id 0 unless given), else its partition of `data-root`;
+    loaders with `loader-workers`, memory pinned for a CUDA `place` (`pin-memory`)."""
     partition = int(node_config.get("partition-id", 0))
     common = (cfg["batch-size"], cfg["test-fraction"], cfg["train-limit"])
+    loading = LoaderOptions(cfg["loader-workers"],
+                            cfg["pin-memory"] and place.device.type == "cuda")
     if node_config.get("data-path"):
         return device_data(str(node_config["data-path"]), cfg["dataset"], *common,
-                           seed=message_seed(cfg["seed"], 0, partition, "data")), partition
+                           seed=message_seed(cfg["seed"], 0, partition, "data"),
+                           loading=loading), partition
     return client_data(cfg["dataset"], cfg["data-root"], partition,
                        int(node_config["num-partitions"]), cfg["partition"], cfg["alpha"],
-                       cfg["seed"], *common, cfg["validation-size"]), partition
+                       cfg["seed"], *common, cfg["validation-size"], loading), partition
 
 
 def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
@@ -92,7 +97,7 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     cfg = run_config.parse(context.run_config)
     place = Placement.from_config(cfg, context.node_config)
     spec = get_spec(cfg["dataset"])
-    data, partition = node_data(cfg, context.node_config)
+    data, partition = node_data(cfg, context.node_config, place)
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))

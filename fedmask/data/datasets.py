@@ -112,6 +112,18 @@ class ClientData:
     num_test: int
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a client's DataLoaders feed its device: worker processes (0: the training
+    process loads) and pinned host memory (for CUDA)."""
+
+    workers: int = 0
+    pin_memory: bool = False
+
+
+IN_PROCESS = LoaderOptions()  # the default: no workers, nothing pinned
+
+
 def get_spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` of ``name``: a built-in dataset's, or that of the
     Hugging Face dataset (hub id or local folder, :mod:`fedmask.data.hub`) it names,
@@ -271,6 +283,7 @@ def client_data(
     test_fraction: float = 0.2,
     train_limit: int = 0,
     validation_size: int = 0,
+    loading: LoaderOptions = IN_PROCESS,
 ) -> ClientData:
     """Build the local train/test loaders of one client.
 
@@ -303,6 +316,8 @@ def client_data(
         is capped proportionally (at least 1 example).
     validation_size : int, default 0
         Training examples held out from every client as the central validation set.
+    loading : LoaderOptions, optional
+        DataLoader workers and pinned memory.
 
     Returns
     -------
@@ -318,11 +333,12 @@ def client_data(
     parts = _train_partitions(dataset, _resolve(data_root), _resolve_cache(None),
                               num_partitions, partition, seed, alpha, validation_size)
     return split_loaders(x, y, parts[partition_id], batch_size, test_fraction, train_limit,
-                         _derive_seed(seed, partition_id))
+                         _derive_seed(seed, partition_id), loading)
 
 
 def split_loaders(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, batch_size: int,
-                  test_fraction: float, train_limit: int, seed: int) -> ClientData:
+                  test_fraction: float, train_limit: int, seed: int,
+                  loading: LoaderOptions = IN_PROCESS) -> ClientData:
     """A client's loaders over ``(x, y)[indices]``: a seeded train/test split,
     `train_limit` applied (the test part capped proportionally), seeded shuffling."""
     train_idx, test_idx = split_train_test(indices, test_fraction, seed)
@@ -331,8 +347,8 @@ def split_loaders(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, batch_s
         train_idx, test_idx = train_idx[:train_limit], test_idx[:test_cap]
     generator = torch.Generator().manual_seed(seed)
     return ClientData(
-        train=_loader(x, y, train_idx, batch_size, generator),
-        test=_loader(x, y, test_idx, batch_size),
+        train=_loader(x, y, train_idx, batch_size, loading, generator),
+        test=_loader(x, y, test_idx, batch_size, loading),
         num_train=len(train_idx),
         num_test=len(test_idx),
     )
@@ -562,6 +578,7 @@ def _loader(
     y: torch.Tensor,
     indices: np.ndarray,
     batch_size: int,
+    loading: LoaderOptions = IN_PROCESS,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
     """Loader over ``(x, y)[indices]``; shuffled iff a ``generator`` is given."""
@@ -571,4 +588,6 @@ def _loader(
         batch_size=batch_size,
         shuffle=generator is not None,
         generator=generator,
+        num_workers=loading.workers,
+        pin_memory=loading.pin_memory,
     )

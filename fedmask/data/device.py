@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmask.data.datasets import ClientData, get_spec, load_split, split_loaders
+from fedmask.data.datasets import (
+    IN_PROCESS,
+    ClientData,
+    LoaderOptions,
+    get_spec,
+    load_split,
+    split_loaders,
+)
 
 
 def _is_image_folder(root: Path) -> bool:
@@ -46,7 +53,8 @@ def _image_folder(root: Path, dataset: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def device_data(data_path: str, dataset: str, batch_size: int, test_fraction: float,
-                train_limit: int, seed: int) -> ClientData:
+                train_limit: int, seed: int,
+                loading: LoaderOptions = IN_PROCESS) -> ClientData:
     """This device's loaders over everything in `data_path` (see the module docstring)."""
     root = Path(data_path).expanduser()
     if not root.is_dir():
@@ -57,4 +65,5 @@ def device_data(data_path: str, dataset: str, batch_size: int, test_fraction: fl
         x, y = load_split(dataset, root, train=True).tensors
     if len(y) == 0:
         raise ValueError(f"data-path: no images in {root}")
-    return split_loaders(x, y, np.arange(len(y)), batch_size, test_fraction, train_limit, seed)
+    return split_loaders(x, y, np.arange(len(y)), batch_size, test_fraction, train_limit,
+                         seed, loading)

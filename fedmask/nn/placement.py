@@ -5,11 +5,15 @@ MPS, else the CPU; in a Ray simulation an actor sees the GPUs that
 ``client-resources-num-gpus`` gave it), ``cpu``, ``cuda``, ``cuda:N`` or
 ``mps``. ``precision = "bf16"`` runs forward passes under ``torch.autocast``
 with bfloat16; masks, their aggregation and everything on the wire stay exact.
+``deterministic = true`` switches on PyTorch's deterministic algorithms (an op
+without one raises, naming it) and fixes cuBLAS's workspace, so GPU runs repeat
+bit for bit; CPU runs repeat anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,6 +51,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_deterministic(on: bool) -> None:
+    """PyTorch's deterministic algorithms in this process when `on` (else its default)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on)
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """bfloat16 autocast on `device` when `precision` is ``bf16``; else nothing."""
@@ -68,8 +80,9 @@ class Placement:
                     node_config: Mapping[str, Any] | None = None) -> Placement:
         """From the parsed run config's ``device`` and ``precision``; a node config's
         ``device`` (a SuperNode's own) wins. ValueError naming ``device`` when this
-        process cannot use it."""
+        process cannot use it. Also applies ``deterministic`` to this process."""
         name = str((node_config or {}).get("device", run_config["device"]))
+        use_deterministic(bool(run_config.get("deterministic", False)))
         return cls(resolve_device(name), str(run_config["precision"]))
 
 
