@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -33,13 +33,16 @@ from fedmask.client import node
 from fedmask.server import app
 
 RUN_ID = 1
+Answer = Callable[[Message, Context, str], Message]  # node.handle's signature
 
 
 class LoopbackGrid(Grid):
     """A Grid whose `num_nodes` nodes answer in-process with fedmask's ClientApp
     body, each with its own partition (``partition-id``) and ``context.state``."""
 
-    def __init__(self, run_config: dict[str, Any], num_nodes: int) -> None:
+    def __init__(self, run_config: dict[str, Any], num_nodes: int,
+                 answer: Answer = node.handle) -> None:
+        self.answer = answer
         self.contexts = {
             1000 + pid: Context(run_id=RUN_ID, node_id=1000 + pid, state=RecordDict(),
                                 run_config=run_config,
@@ -68,7 +71,7 @@ class LoopbackGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             context = self.contexts[msg.metadata.dst_node_id]
-            self.replies[msg.metadata.message_id] = node.handle(
+            self.replies[msg.metadata.message_id] = self.answer(
                 msg, context, msg.metadata.message_type.split(".")[0])
             ids.append(msg.metadata.message_id)
         return ids
@@ -82,13 +85,15 @@ class LoopbackGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_federation(run_config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
-    """Run fedmask's ServerApp body on a :class:`LoopbackGrid`; return results.json
-    (written to `out-dir`, or to a temporary folder when the config names none)."""
+def run_federation(run_config: dict[str, Any], num_nodes: int,
+                   answer: Answer = node.handle) -> dict[str, Any]:
+    """Run fedmask's ServerApp body on a :class:`LoopbackGrid` whose nodes reply with
+    `answer` (fedmask's ClientApp body unless given); return results.json (written to
+    `out-dir`, or to a temporary folder when the config names none)."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, 0, 1
     with tempfile.TemporaryDirectory(prefix="fedmask-loopback-") as tmp:
         config = {"out-dir": tmp, "min-nodes": 1, **run_config}
         context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(),
                           run_config=config)
-        path = app.run(LoopbackGrid(config, num_nodes), context)
+        path = app.run(LoopbackGrid(config, num_nodes, answer), context)
         return dict(json.loads(Path(path).read_text()))

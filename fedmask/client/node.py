@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Mapping
 
 import torch
 from flwr.app import Context, Message, RecordDict
@@ -22,6 +23,7 @@ from fedmask.wire.held import restore
 from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
 EVAL_SAMPLES = "eval-samples"
+BeforeReply = Callable[[Message, nn.Module], None]  # sees the trained module, may change it
 
 
 def message_seed(seed: int, server_round: int, partition_id: int, phase: str) -> int:
@@ -51,13 +53,15 @@ def node_data(cfg: dict, node_config: dict, place: Placement = ON_CPU
 
 
 def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
-          place: Placement = ON_CPU) -> Message:
+          place: Placement = ON_CPU, before_reply: BeforeReply | None = None) -> Message:
     """Train the method's module with fedmask's loop (on `place`); reply with what
-    the method sends."""
+    the method sends (of the module as `before_reply`, if given, leaves it)."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
     loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
                         place.device, place.precision)
+    if before_reply is not None:
+        before_reply(msg, net)
     return train_reply(msg, net, data.num_train, {"train-loss": loss})
 
 
@@ -88,12 +92,15 @@ def query(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
     return query_reply(msg, model, data.train, state, data.num_train)
 
 
-HANDLERS = {"train": train, "evaluate": evaluate, "query": query}
+Handler = Callable[[Message, nn.Module, ClientData, RecordDict, Placement], Message]
+HANDLERS: dict[str, Handler] = {"train": train, "evaluate": evaluate, "query": query}
 
 
-def handle(msg: Message, context: Context, phase: str) -> Message:
-    """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method;
-    the reply's metrics gain ``client-s``, the seconds the handler took."""
+def handle(msg: Message, context: Context, phase: str,
+           handlers: Mapping[str, Handler] = HANDLERS) -> Message:
+    """Answer a ``train``, ``evaluate`` or ``query`` message for the configured method
+    (with `handlers`' handler of `phase`); the reply's metrics gain ``client-s``, the
+    seconds the handler took."""
     cfg = run_config.parse(context.run_config)
     place = Placement.from_config(cfg, context.node_config)
     spec = get_spec(cfg["dataset"])
@@ -102,6 +109,6 @@ def handle(msg: Message, context: Context, phase: str) -> Message:
     server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
     start = time.perf_counter()
-    answer = HANDLERS[phase](msg, model, data, context.state, place)
+    answer = handlers[phase](msg, model, data, context.state, place)
     answer.content.metric_records[METRICS][CLIENT_SECONDS] = time.perf_counter() - start
     return answer
