@@ -3,9 +3,10 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedmask.client.deadline import answer_by_deadline
 from fedmask.client.node import handle
 
-app = ClientApp()
+app = ClientApp(mods=[answer_by_deadline])
 
 
 @app.train()

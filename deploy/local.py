@@ -10,6 +10,7 @@ soon as it starts, so ``down`` stops them even when ``up`` failed half way.
 Usage (entry point: deploy/local.sh):
   deploy/local.sh up   [--nodes N] [--timeout S] [--state-dir DIR]   # prints the connection name
   deploy/local.sh run  [--app DIR] [--state-dir DIR] [FLWR RUN ARGS...]  # e.g. --run-config "..."
+  deploy/local.sh restart superlink|node-I [--state-dir DIR]   # after a crash
   deploy/local.sh down [--state-dir DIR]
   deploy/local.sh status [--state-dir DIR]
 STATE_DIR defaults to $FEDMASK_DEPLOY_DIR, else $TMPDIR/fedmask-deploy.
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,6 +46,7 @@ HOST = "127.0.0.1"
 CONNECTION = "fedmask"
 PIDS = "pids.jsonl"
 STATE = "state.json"
+DATABASE = "state.db"  # the SuperLink's: runs, registered keys; survives a restart
 STOP_GRACE_S = 20.0
 
 
@@ -222,8 +225,9 @@ def online_nodes(state: dict) -> list[str]:
     return [n["node-id"] for n in nodes if n["status"] == "online"]
 
 
-def superlink_cmd(certs: Path, port: int) -> list[str]:
+def superlink_cmd(certs: Path, port: int, database: Path) -> list[str]:
     return [str(BIN / "flower-superlink"),
+            "--database", str(database),
             "--ssl-ca-certfile", str(certs / "ca.crt"),
             "--ssl-certfile", str(certs / "server.crt"),
             "--ssl-keyfile", str(certs / "server.key"),
@@ -269,12 +273,42 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def start_superlink(state_dir: Path, state: dict, timeout: float) -> subprocess.Popen:
+    """Start the SuperLink on the deployment's port (its state, registered keys
+    included, in a database file that outlives the process); wait for the port."""
+    home = state_dir / "superlink"
+    link_log = home / "superlink.log"
+    port = int(state["address"].rsplit(":", 1)[1])
+    proc = start(state_dir, "superlink", superlink_cmd(Path(state["certs"]), port,
+                                                       home / DATABASE),
+                 env_for(home), link_log)
+    _wait_port(port, proc, link_log, timeout)
+    state["superlink_pid"] = proc.pid
+    (state_dir / STATE).write_text(json.dumps(state, indent=1))
+    log(f"SuperLink on {HOST}:{port} (TLS, SuperNode auth), PID {proc.pid}")
+    return proc
+
+
+def start_node(state_dir: Path, state: dict, i: int) -> subprocess.Popen:
+    """Start SuperNode `i` with its key, partition and Runtime port (not waiting)."""
+    home, node = state_dir / f"node-{i}", state["nodes"][i]
+    port = int(state["address"].rsplit(":", 1)[1])
+    certs = Path(state["certs"])
+    cmd = supernode_cmd(certs, port, certs / f"node-{i}", node["runtime_port"], i,
+                        state["num_nodes"])
+    proc = start(state_dir, f"node-{i}", cmd, env_for(home), home / "supernode.log")
+    node["pid"] = proc.pid
+    (state_dir / STATE).write_text(json.dumps(state, indent=1))
+    return proc
+
+
 def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
     if _our_processes(state_dir):
         log(f"a deployment from {state_dir} is running; `deploy/local.sh down` first")
         return 1
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / PIDS).unlink(missing_ok=True)
+    (state_dir / "superlink" / DATABASE).unlink(missing_ok=True)  # a new deployment
     certs = state_dir / "certs"
     subprocess.run(["bash", str(REPO / "deploy" / "gen_certs.sh"), str(certs), str(num_nodes)],
                    check=True, stdout=subprocess.DEVNULL)
@@ -285,17 +319,14 @@ def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
     (cli_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "{HOST}:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
-    state = {"connection": CONNECTION, "address": f"{HOST}:{port}", "cli_home": str(cli_home),
-             "certs": str(certs), "num_nodes": num_nodes, "nodes": []}
+    state: dict[str, Any] = {
+        "connection": CONNECTION, "address": f"{HOST}:{port}", "cli_home": str(cli_home),
+        "certs": str(certs), "num_nodes": num_nodes, "nodes": []}
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up below on SIGTERM
     try:
-        home = state_dir / "superlink"
-        link_log = home / "superlink.log"
-        proc = start(state_dir, "superlink", superlink_cmd(certs, port), env_for(home), link_log)
-        _wait_port(port, proc, link_log, timeout)
-        log(f"SuperLink on {HOST}:{port} (TLS, SuperNode auth), PID {proc.pid}")
+        start_superlink(state_dir, state, timeout)
 
         for i in range(num_nodes):
             done = flwr_cli(state, "supernode", "register", str(certs / f"node-{i}.pub"),
@@ -305,26 +336,18 @@ def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
             except (ValueError, KeyError):
                 raise RuntimeError(f"registering node-{i} failed ({done.returncode}):\n"
                                    f"{done.stdout}\n{done.stderr}") from None
-            state["nodes"].append({"name": f"node-{i}", "node_id": str(node_id)})
+            state["nodes"].append({"name": f"node-{i}", "node_id": str(node_id),
+                                   "runtime_port": free_port()})
         log(f"registered {num_nodes} SuperNode keys: "
             f"{[n['node_id'] for n in state['nodes']]}")
 
-        nodes = []
-        for i in range(num_nodes):
-            home = state_dir / f"node-{i}"
-            runtime_port = free_port()
-            cmd = supernode_cmd(certs, port, certs / f"node-{i}", runtime_port, i, num_nodes)
-            nodes.append((start(state_dir, f"node-{i}", cmd, env_for(home),
-                                home / "supernode.log"), home / "supernode.log"))
-            state["nodes"][i].update(runtime_port=runtime_port, pid=nodes[-1][0].pid)
-        (state_dir / STATE).write_text(json.dumps(state, indent=1))
-
+        nodes = [start_node(state_dir, state, i) for i in range(num_nodes)]
         deadline = time.monotonic() + timeout
         while len(online := online_nodes(state)) < num_nodes:
-            for i, (node, node_log) in enumerate(nodes):
+            for i, node in enumerate(nodes):
                 if node.poll() is not None:
                     raise RuntimeError(f"node-{i} exited with code {node.returncode}:\n"
-                                       f"{_tail(node_log)}")
+                                       f"{_tail(state_dir / f'node-{i}' / 'supernode.log')}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(online)}/{num_nodes} SuperNodes online "
                                    f"after {timeout:.0f} s")
@@ -375,6 +398,61 @@ def run(state_dir: Path, app: Path, extra: list[str]) -> int:
         return run_streaming(cmd, env_for(Path(state["cli_home"])))
 
 
+def _stop(pid: int) -> None:
+    """Stop the process group `pid` leads: SIGTERM, then SIGKILL after the grace time."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and (st := _stat(pid)) is not None and st[0] != "Z":
+            time.sleep(0.3)
+
+
+def _wait_listed(state: dict, node_ids: set[str], online: bool, timeout: float) -> None:
+    """Wait until the SuperLink lists every one of `node_ids` online (or none of them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = node_ids & {str(n) for n in online_nodes(state)}
+        if listed == (node_ids if online else set()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"SuperNodes {sorted(node_ids)} not "
+                               f"{'online' if online else 'offline'} after {timeout:.0f} s")
+        time.sleep(1)
+
+
+def restart(state_dir: Path, name: str, timeout: float) -> int:
+    """Start the SuperLink or SuperNode `name` again, as after a crash (stopping it
+    first if it still runs); wait until the SuperNodes it serves, or it, are online."""
+    state = json.loads((state_dir / STATE).read_text()) if (state_dir / STATE).exists() else {}
+    names = ["superlink", *(n["name"] for n in state.get("nodes", []))]
+    if name not in names:
+        log(f"restart: {name!r} is not one of {names} (from {state_dir})")
+        return 2
+    try:
+        if name == "superlink":
+            _stop(state["superlink_pid"])
+            start_superlink(state_dir, state, timeout)
+            waiting = {n["node_id"] for n in state["nodes"] if _stat(n["pid"]) is not None}
+        else:
+            index = names.index(name) - 1
+            _stop(state["nodes"][index]["pid"])
+            waiting = {state["nodes"][index]["node_id"]}
+            log(f"waiting for the SuperLink to see {name} gone (its heartbeat expires "
+                "in about a minute) before it may connect again")
+            _wait_listed(state, waiting, False, timeout)
+            start_node(state_dir, state, index)
+        _wait_listed(state, waiting, True, timeout)
+        record_descendants(state_dir)
+    except (RuntimeError, TimeoutError, OSError) as err:
+        log(f"restart {name} failed: {err}")
+        return 1
+    log(f"{name} restarted; SuperNodes {sorted(waiting)} online")
+    return 0
+
+
 def status(state_dir: Path) -> int:
     state = load_state(state_dir)
     for pid, st in sorted(_our_processes(state_dir).items()):
@@ -391,13 +469,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[9:]))
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "run", "down", "status"):
+    for name in ("up", "run", "restart", "down", "status"):
         p = sub.add_parser(name)
         p.add_argument("--state-dir", type=Path, default=default_state_dir())
         if name == "up":
             p.add_argument("--nodes", type=int, default=2)
+        if name == "restart":
+            p.add_argument("name", help="superlink or node-I")
+        if name in ("up", "restart"):
             p.add_argument("--timeout", type=float, default=300.0,
-                           help="seconds to wait for the SuperLink and all SuperNodes")
+                           help="seconds to wait for the SuperLink and the SuperNodes")
         if name == "run":
             p.add_argument("--app", type=Path, default=REPO)
     args, extra = parser.parse_known_args(argv)
@@ -410,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(state_dir, args.nodes, args.timeout)
     if args.command == "run":
         return run(state_dir, args.app.resolve(), extra)
+    if args.command == "restart":
+        return restart(state_dir, args.name, args.timeout)
     if args.command == "down":
         return down(state_dir)
     return status(state_dir)

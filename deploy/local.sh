@@ -4,6 +4,7 @@
 #
 #   deploy/local.sh up   [--nodes N] [--timeout S] [--state-dir DIR]   # prints the connection name
 #   deploy/local.sh run  [--app DIR] [--state-dir DIR] [flwr run args, e.g. --run-config "k=v ..."]
+#   deploy/local.sh restart superlink|node-I [--state-dir DIR]         # start it again after a crash
 #   deploy/local.sh status [--state-dir DIR]
 #   deploy/local.sh down [--state-dir DIR]                              # stops all it started, by PID
 #

@@ -1,9 +1,12 @@
 """Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink."""
 
+import contextlib
 import functools
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"superlink", "smoke", "deployment"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+DEPLOY = str(ROOT / "deploy" / "local.sh")
+
+
+@contextlib.contextmanager
+def deployed(state: Path, nodes: int) -> Iterator[Path]:
+    """`deploy/local.sh up` with `nodes` SuperNodes in `state`; `down` afterwards, even
+    when the test failed (checking that everything stopped)."""
+    try:
+        up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stderr[-4000:]
+        assert up.stdout.strip() == "fedmask"
+        yield state
+    finally:
+        down = subprocess.run([DEPLOY, "down", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

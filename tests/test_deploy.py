@@ -12,24 +12,13 @@ import pytest
 
 from fedmask.launch import BIN, flower_env, free_port, overrides, run_and_read
 
-from conftest import ROOT, SMALL, SMALL_NODES
-
-DEPLOY = str(ROOT / "deploy" / "local.sh")
+from conftest import DEPLOY, ROOT, SMALL, SMALL_NODES, deployed
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    state = tmp_path_factory.mktemp("deployment")
-    try:
-        up = subprocess.run([DEPLOY, "up", "--nodes", str(SMALL_NODES), "--state-dir",
-                             str(state)], capture_output=True, text=True, timeout=600)
-        assert up.returncode == 0, up.stderr[-4000:]
-        assert up.stdout.strip() == "fedmask"
+    with deployed(tmp_path_factory.mktemp("deployment"), SMALL_NODES) as state:
         yield state
-    finally:
-        down = subprocess.run([DEPLOY, "down", "--state-dir", str(state)],
-                              capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0, down.stderr[-2000:]
 
 
 def _deployed_run(deployment, tmp_path_factory, **config):

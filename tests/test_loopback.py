@@ -18,7 +18,7 @@ def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):
         r["accuracy"] for r in hidenseek["rounds"]]
 
 
-def test_rejected_saliency_replies_are_recorded_before_round_one(monkeypatch):
+def test_rejected_saliency_replies_are_recorded_before_round_one():
     """SSFL's query happens before round 1: a malformed reply is dropped, named in
     results.json's ``initial`` like any round's, and the run goes on."""
     honest = loopback.node.handle
@@ -31,8 +31,8 @@ def test_rejected_saliency_replies_are_recorded_before_round_one(monkeypatch):
                     record[key] = Array(np.full(array.numpy().shape, np.nan, np.float32))
         return reply
 
-    monkeypatch.setattr(loopback.node, "handle", handle)
-    results = run_federation({**SMALL, "method": "ssfl", "num-server-rounds": 1}, SMALL_NODES)
+    results = run_federation({**SMALL, "method": "ssfl", "num-server-rounds": 1}, SMALL_NODES,
+                             handle)
     [rejected] = results["initial"]["rejected_clients"]
     assert rejected["node"] == 1000 and rejected["reason"]
     assert results["initial"]["failed_clients"] == []

@@ -66,8 +66,10 @@ class Ledger:
 
     transfers: list[Transfer] = field(default_factory=list)
 
-    def add(self, msg: Message, direction: str) -> None:
-        node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
+    def add(self, msg: Message, direction: str, node: int | None = None) -> None:
+        """Record `msg` going `direction`, to or from `node` (else its metadata's)."""
+        if node is None:
+            node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
                                        message_bytes(msg), msg.has_error(),
                                        client_seconds(msg)))
@@ -84,6 +86,7 @@ class MeasuringGrid(Grid):
     def __init__(self, inner: Grid) -> None:
         self.inner = inner
         self.ledger = Ledger()
+        self.recipients: dict[str, int] = {}  # message id -> node, until its reply
 
     def set_run(self, run) -> None:  # noqa: ANN001 - Flower's Run type
         self.inner.set_run(run)
@@ -102,18 +105,29 @@ class MeasuringGrid(Grid):
         messages = list(messages)
         for msg in messages:
             self.ledger.add(msg, "down")
-        return self.inner.push_messages(messages)
+        ids = list(self.inner.push_messages(messages))
+        self.recipients.update(zip(ids, (msg.metadata.dst_node_id for msg in messages)))
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull replies; each is counted for the node its message went to (an error
+        reply the SuperLink makes for an unavailable node comes from the SuperLink)."""
         replies = list(self.inner.pull_messages(message_ids))
         for msg in replies:
-            self.ledger.add(msg, "up")
+            self.ledger.add(msg, "up", self.recipients.pop(msg.metadata.reply_to_message_id,
+                                                         None))
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        """Push `messages`, then pull until every reply is in or `timeout` seconds
-        pass (None: wait for all), waiting FIRST_POLL_S doubling to LONGEST_POLL_S."""
+        """Push `messages`, each expiring after `timeout` seconds (its TTL: no node
+        starts, or goes on with, work nobody waits for), then pull until every reply
+        is in or `timeout` seconds pass (None: wait for all), waiting FIRST_POLL_S
+        doubling to LONGEST_POLL_S."""
+        messages = list(messages)
+        for msg in messages:
+            if timeout is not None:
+                msg.metadata.ttl = timeout
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -126,4 +140,6 @@ class MeasuringGrid(Grid):
                 break
             time.sleep(wait)
             wait = min(2 * wait, LONGEST_POLL_S)
+        for message_id in pending:  # unanswered: no reply will be read
+            self.recipients.pop(message_id, None)
         return replies
