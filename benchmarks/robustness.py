@@ -14,9 +14,13 @@ adversary changes its trained module before fedmask encodes the reply:
 - SSFL, FedSparsify (global) and FedAvg: the weights negated and scaled by
   ``--scale`` (the kept values only: the mask stays the server's).
 
-The messages are valid, so validation accepts them (the benchmark fails if any
-reply is rejected). Runs go through ``loopback.py`` (fedmask's server and client
-code in one process per run). Writes ``robustness.{json,md,png}`` under ``--out``.
+The messages are valid, so validation accepts them (the benchmark fails if a reply
+of round 1 is rejected; once an attack has broken the global model, honest replies
+may be rejected too, e.g. for non-finite values: counted as ``rejected_replies``).
+Runs go through ``loopback.py`` (fedmask's server and client code in one process
+per run). Writes ``robustness.{json,md,png}`` under ``--out``, and each run's row
+under ``--out/robustness-runs/`` as it finishes (reused by a rerun of the same
+setting).
 
 Usage::
 
@@ -83,21 +87,37 @@ def answer(msg: Message, context: Context, phase: str, adversaries: int,
 
 def run(method: str, fraction: float, config: dict[str, Any], clients: int,
         scale: float) -> dict[str, Any]:
-    """One run: `method` with round(`fraction` * `clients`) adversaries."""
+    """One run: `method` with round(`fraction` * `clients`) adversaries. Fails if a
+    reply of round 1 was rejected: the attacks must stay well-formed (later rounds
+    may reject honest replies of a global model the attack has broken, e.g. to
+    non-finite values)."""
     torch.set_num_threads(1)
     adversaries = round(fraction * clients)
     start = time.perf_counter()
     results = run_federation({**config, "method": method}, clients,
                              functools.partial(answer, adversaries=adversaries, scale=scale))
     rounds = results["rounds"]
-    rejected = sum(len(r["rejected_clients"]) for r in rounds)
-    if rejected:
-        raise RuntimeError(f"{method} f={fraction}: {rejected} replies rejected; the "
-                           "attacks must stay well-formed")
+    if rounds[0]["rejected_clients"]:
+        raise RuntimeError(f"{method} f={fraction}: round 1 rejected "
+                           f"{rounds[0]['rejected_clients']}; the attacks must stay valid")
     return {"method": method, "fraction": fraction, "adversaries": adversaries,
             "accuracy": [r["accuracy"] for r in rounds], "final_accuracy": rounds[-1]["accuracy"],
             "best_accuracy": max(r["accuracy"] for r in rounds),
+            "rejected_replies": sum(len(r["rejected_clients"]) for r in rounds),
             "seconds": time.perf_counter() - start}
+
+
+def run_once(folder: Path, method: str, fraction: float, config: dict[str, Any],
+             clients: int, scale: float) -> dict[str, Any]:
+    """:func:`run`, its row kept in `folder`: a row of the same setting found there
+    is reused (an interrupted benchmark goes on where it stopped)."""
+    setting = {"config": config, "clients": clients, "scale": scale}
+    path = folder / f"{method}-{fraction:g}.json"
+    if path.exists() and (kept := json.loads(path.read_text()))["setting"] == setting:
+        return dict(kept["row"])
+    row = run(method, fraction, config, clients, scale)
+    path.write_text(json.dumps({"setting": setting, "row": row}))
+    return row
 
 
 def markdown(rows: list[dict[str, Any]], fractions: list[float]) -> str:
@@ -148,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     config = {**BASE, **(SMOKE if args.smoke else {}), "num-server-rounds": args.rounds,
               **parse_pairs(args.run_config)}
     jobs = [(m, f) for m in args.methods for f in args.fractions]
+    kept = args.out / "robustness-runs"
+    kept.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(run, m, f, config, args.clients, args.scale) for m, f in jobs]
+        futures = [pool.submit(run_once, kept, m, f, config, args.clients, args.scale)
+                   for m, f in jobs]
         rows = [future.result() for future in futures]
     for row in rows:
         print(f"{row['method']:12s} f={row['fraction']:<5g} final {row['final_accuracy']:.4f} "
               f"best {row['best_accuracy']:.4f} ({row['seconds']:.0f} s)")
-    args.out.mkdir(parents=True, exist_ok=True)
     setting = {"clients": args.clients, "rounds": args.rounds, "scale": args.scale,
                "smoke": args.smoke, "config": config}
     (args.out / "robustness.json").write_text(json.dumps({**setting, "runs": rows}, indent=2))

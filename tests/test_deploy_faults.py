@@ -36,7 +36,7 @@ from fedmask.server.checkpoint import CHECKPOINT, load
 from conftest import DEPLOY, ROOT, SMALL, deployed
 
 NODES = 2
-TIMEOUT_S = 30.0
+TIMEOUT_S = 40.0
 FAULT = {**SMALL, "method": "hidenseek", "fraction-evaluate": 0.0, "min-nodes": 1,
          "round-timeout-s": TIMEOUT_S}
 T = TypeVar("T")
