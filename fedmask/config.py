@@ -72,7 +72,9 @@ COMMON: dict[str, Option] = {
 }
 OPTIONS: dict[str, Option] = {**COMMON, **{key: option for method in REGISTRY.values()
                                            for key, option in method.options.items()}}
-RESUME_FREE = ("resume", "round-timeout-s", "node-wait-s")  # may change when resuming
+# May change when resuming (they change how long the server waits or how data is fed,
+# never the result).
+RESUME_FREE = ("resume", "round-timeout-s", "node-wait-s", "loader-workers", "pin-memory")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
