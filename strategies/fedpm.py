@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from torch import nn
 
 from fedmask.methods.fedpm import wire
+from fedmask.wire.bits import unpack_mask
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
 
@@ -112,12 +113,12 @@ class FedPM(SeededMaskStrategy):
                 wire.EVAL_SAMPLES: self.eval_samples}
 
     def decode(self, msg: Message) -> np.ndarray:
-        """The client's sampled mask (N bits)."""
+        """The client's sampled mask (N bits, packed)."""
         return wire.decode_sample(msg, self.theta, self.mask_coding)
 
     def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sampled mask, coded against the global theta."""
-        return decoded, self.theta
+        return unpack_mask(decoded, self.num_params), self.theta
 
     @property
     def mask_length(self) -> int:
@@ -132,19 +133,27 @@ class FedPM(SeededMaskStrategy):
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """Add the masks to the Beta posterior (reset first when due), each weighted
         ``count * n_k / examples`` (or 1); theta = the posterior mean or clipped mode."""
-        if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
-            self.alpha, self.beta = np.ones(self.num_params), np.ones(self.num_params)
         ones = total * (count / examples) if self.weighted_aggregation else total
-        self.alpha += ones
-        self.beta += count - ones
+        zeros = count - ones
+        if self.prior_reset and (server_round - 1) % self.prior_reset == 0:
+            self.alpha, self.beta = np.add(ones, 1.0), np.add(zeros, 1.0)
+        else:
+            self.alpha += ones
+            self.beta += zeros
         self.wire_theta = wire.quantise(self._estimate(), self.theta_format)
 
     def _estimate(self) -> np.ndarray:
-        """Theta from the posterior: its mean, or its mode mapped to [EPS, 1 - EPS]."""
+        """Theta from the posterior: its mean, or its mode mapped to [EPS, 1 - EPS]
+        (computed in place: few N-long temporaries)."""
+        total = self.alpha + self.beta
         if self.posterior == "mean":
-            return self.alpha / (self.alpha + self.beta)
-        share = (self.alpha - 1) / np.maximum(self.alpha + self.beta - 2, 1e-12)
-        return EPS + (1 - 2 * EPS) * share
+            return np.divide(self.alpha, total, out=total)
+        share = self.alpha - 1
+        total -= 2
+        share /= np.maximum(total, 1e-12, out=total)
+        share *= 1 - 2 * EPS
+        share += EPS
+        return share
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """The thresholded mask ``theta > 0.5`` of `arrays`, packed (N/8 bytes), or

@@ -13,7 +13,7 @@ from torch import nn
 
 from fedmask.methods.hidenseek import wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
-from fedmask.wire.bits import flatten_masks
+from fedmask.wire.bits import flatten_masks, unpack_mask
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
 
@@ -112,12 +112,12 @@ class HideNseek(SeededMaskStrategy):
         return {wire.NUM_KEPT: self.signs.size}
 
     def decode(self, msg: Message) -> np.ndarray:
-        """The client's K sign bits."""
+        """The client's K sign bits, packed."""
         return wire.decode_signs(msg, self.signs, self.mask_coding)
 
     def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, None]:
         """The flips relative to the global signs, coded as i.i.d. bits."""
-        return decoded != self.signs, None
+        return unpack_mask(decoded, self.signs.size) != self.signs, None
 
     @property
     def mask_length(self) -> int:
@@ -130,7 +130,11 @@ class HideNseek(SeededMaskStrategy):
         `vote_smoothing`), and its majority ``g``; ties keep g."""
         del server_round, count
         beta = self.vote_smoothing
-        self.share = beta * self.share + (1 - beta) * (total / examples)
+        share = total / examples
+        share *= 1 - beta
+        if beta:  # in place: the same sum as beta * share + (1 - beta) * this round's
+            share += beta * self.share
+        self.share = share
         self.signs = np.where(self.share == 0.5, self.signs, self.share > 0.5)
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:

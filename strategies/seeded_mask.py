@@ -26,9 +26,9 @@ from torch import nn
 from fedmask.nn.models import num_prunable
 from fedmask.nn.seeded import SeededNet
 from fedmask.server.mask_sum import MaskSum
-from fedmask.server.validation import mean_metrics
+from fedmask.server.validation import PREFIX_BYTES, mean_metrics
 from fedmask.wire.coding import check_coding
-from fedmask.wire.entropy import binary_entropy, information_bits
+from fedmask.wire.entropy import CodeLength, binary_entropy
 from fedmask.wire.held import Downlink
 from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
@@ -58,6 +58,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     """
 
     LEAN: dict[str, str] = {}  # the global state's array keys and kinds (fedmask.wire.held)
+    ORDER_PREFIX = PREFIX_BYTES  # integer sums of masks: no order changes them
 
     def __init__(self, *, model: nn.Module, seed: int, init: str, mask_coding: str,
                  arrayrecord_key: str, input_shape: tuple[int, ...] | None = None,
@@ -69,6 +70,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.num_params = num_prunable(model)
         self.downlink = Downlink(self.LEAN)
+        self.code_length: CodeLength | None = None  # the entropy report's model
         self.init_validation(model)
 
     # --- what a subclass provides -------------------------------------------------
@@ -105,7 +107,8 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
 
     @abstractmethod
     def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """The bits the entropy coder codes for `decoded`, and its model (None: i.i.d.)."""
+        """The bits the entropy coder codes for `decoded`, and its model (None: i.i.d.;
+        the same object for every reply of a round)."""
 
     # --- shared protocol ----------------------------------------------------------
     def initial_arrays(self) -> ArrayRecord:
@@ -179,5 +182,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         """The coded bits' ideal code length under the coder's model, and their
         i.i.d. entropy, in bits."""
         bits, probs = self.coded_bits(decoded)
+        if self.code_length is None or self.code_length.probs is not probs:
+            self.code_length = CodeLength(probs)  # once per global state
         iid = binary_entropy(bits.mean()) * bits.size if bits.size else 0.0
-        return information_bits(bits, probs), float(iid)
+        return self.code_length(bits), float(iid)

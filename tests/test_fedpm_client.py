@@ -12,6 +12,7 @@ from fedmask.methods.fedpm import wire as wire
 from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
 from fedmask.nn.supermask import BernoulliSupermask, frozen_weight, supermasks
+from fedmask.wire.bits import unpack_mask
 from strategies import FedPM
 
 from conftest import FakeGrid, tiny_client_data
@@ -34,7 +35,8 @@ def _received(strategy, kind="train") -> Message:
 def test_train_reply_is_a_sampled_mask_the_server_accepts(strategy, client_reply):
     reply = fedpm.train(_received(strategy), build_model("cnn", 10, 1, 12), tiny_client_data(),
                         RecordDict())
-    mask = wire.decode_sample(reply, strategy.theta, strategy.mask_coding)
+    mask = unpack_mask(wire.decode_sample(reply, strategy.theta, strategy.mask_coding),
+                       strategy.num_params)
     assert mask.dtype == bool and mask.size == strategy.num_params
     assert 0.3 < mask.mean() < 0.7  # sampled from probabilities that started at 0.5
     arrays, metrics = strategy.aggregate_train(1, [client_reply(reply.content, node=21)])

@@ -11,6 +11,7 @@ from fedmask.methods.hidenseek import wire as wire
 from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
 from fedmask.nn.supermask import frozen_weight, supermasks
+from fedmask.wire.bits import unpack_mask
 from fedmask.wire.entropy import binary_entropy
 from strategies import HideNseek
 
@@ -40,7 +41,8 @@ def _messages(strategy, kind="train", server_round=1):
 def test_train_reply_carries_k_sign_bits_that_the_server_accepts(strategy, client_reply):
     msg = _messages(strategy)[0]
     reply = hidenseek.train(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
-    bits = wire.decode_signs(reply, strategy.signs, strategy.mask_coding)
+    bits = unpack_mask(wire.decode_signs(reply, strategy.signs, strategy.mask_coding),
+                       strategy.signs.size)
     assert wire.UPLINK_KEYS[strategy.mask_coding] in reply.content.array_records[wire.SIGNS]
     assert bits.dtype == bool and bits.size == strategy.signs.size
     assert not bits.all()  # training flipped some signs away from the all-+1 start

@@ -6,9 +6,11 @@ the serialized sizes, before anything is decoded), when its metrics are not one
 ``metrics`` record of finite numbers with a positive, bounded ``num-examples``,
 or when the method's decoder rejects it (keys, dtypes, lengths, values). Accepted
 replies are put in a canonical order (by payload digest) so that aggregation
-does not depend on which node answered first. :class:`ValidatedStrategy` adds
-the quorum rule: with fewer than ``min_train_nodes`` valid replies the round
-keeps the previous global state.
+does not depend on which node answered first; where the aggregate is an integer
+sum, which no order changes, the digest covers only each array's first
+PREFIX_BYTES (the order then only picks which replies a metric samples).
+:class:`ValidatedStrategy` adds the quorum rule: with fewer than
+``min_train_nodes`` valid replies the round keeps the previous global state.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fedmask.wire.records import METRICS, ReplyError, num_examples
 
 T = TypeVar("T")
 SLACK_BYTES = 64 * 1024  # headers of the serialized arrays, small extra records
+PREFIX_BYTES = 4096
 
 
 def reply_limit(model: nn.Module) -> int:
@@ -58,12 +61,15 @@ def check_reply(msg: Message, limit: int) -> int:
     return num_examples(msg)
 
 
-def _digest(msg: Message) -> bytes:
+def _digest(msg: Message, prefix: int | None) -> bytes:
     digest = hashlib.blake2b(digest_size=16)
     for name, record in sorted(msg.content.array_records.items()):
         for key, array in sorted(record.items()):
             digest.update(f"{name}/{key}".encode())
-            digest.update(array.data)
+            if prefix is None:
+                digest.update(array.data)
+            else:  # the length, then the first bytes
+                digest.update(f"/{len(array.data)}".encode() + array.data[:prefix])
     return digest.digest()
 
 
@@ -74,10 +80,11 @@ def _reject(rejected: list[dict[str, Any]], msg: Message, err: Exception) -> Non
                      "reason": str(err)})
 
 
-def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]]
-           ) -> list[Message]:
+def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]],
+           prefix: int | None = None) -> list[Message]:
     """The replies without an error (logged) that pass :func:`check_reply`, in
-    canonical order (by payload digest); the others are added to `rejected`."""
+    canonical order (by the digest of the payloads, or of their first `prefix`
+    bytes); the others are added to `rejected`."""
     passed = []
     for msg in replies:
         if msg.has_error():
@@ -88,7 +95,7 @@ def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]
             passed.append(msg)
         except Exception as err:  # noqa: BLE001 - any bad reply must not stop the round
             _reject(rejected, msg, err)
-    return sorted(passed, key=_digest)
+    return sorted(passed, key=lambda msg: _digest(msg, prefix))
 
 
 def decode_each(messages: list[Message], decode: Callable[[Message], T],
@@ -128,6 +135,7 @@ class ValidatedStrategy:
 
     min_train_nodes: int
     weighted_by_key: str
+    ORDER_PREFIX: int | None = None  # PREFIX_BYTES where the aggregate is an integer sum
 
     def init_validation(self, model: nn.Module) -> None:
         """Derive the reply size limit from `model`; start the rejection log."""
@@ -139,7 +147,8 @@ class ValidatedStrategy:
         """The round's valid replies, decoded one at a time (so that aggregation can
         stream), in canonical order; rejections are logged in ``rejected``."""
         rejected = self.rejected.setdefault(server_round, [])
-        return decode_each(screen(replies, self.reply_limit, rejected), decode, rejected)
+        return decode_each(screen(replies, self.reply_limit, rejected, self.ORDER_PREFIX),
+                           decode, rejected)
 
     def quorum(self, server_round: int, count: int) -> bool:
         """Whether `count` valid replies are enough; logs the count and the verdict."""

@@ -122,10 +122,17 @@ def unpack_mask(packed: np.ndarray, length: int, field: str = "mask") -> np.ndar
     CodecError
         If `packed` or `length` is malformed or padding bits are non-zero.
     """
+    check_packed(packed, length, field)
+    return np.unpackbits(packed, count=length, bitorder=_BITORDER).view(np.bool_)
+
+
+def check_packed(packed: np.ndarray, length: int, field: str = "mask") -> np.ndarray:
+    """`packed` once checked as :func:`unpack_mask` checks it (length, type, byte
+    count, zero padding); raise CodecError naming `field`."""
     _check_length(length, field)
     _check_packed(packed, length, field)
     _check_padding(packed, length, field)
-    return np.unpackbits(packed, count=length, bitorder=_BITORDER).view(np.bool_)
+    return packed
 
 
 def flatten_masks(masks: Mapping[str, Tensor], names: Sequence[str]) -> np.ndarray:

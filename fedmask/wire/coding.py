@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmask.wire import entropy
-from fedmask.wire.bits import CodecError, pack_mask, unpack_mask
+from fedmask.wire.bits import CodecError, check_packed, pack_mask, unpack_mask
 
 CODINGS = ("packed", "entropy")
 
@@ -34,3 +34,13 @@ def decode_mask(payload: np.ndarray, length: int, coding: str,
     if coding == "packed":
         return unpack_mask(payload, length, field)
     return entropy.decode(payload, length, probs, field)
+
+
+def decode_packed(payload: np.ndarray, length: int, coding: str,
+                  probs: np.ndarray | None = None, field: str = "mask") -> np.ndarray:
+    """As :func:`decode_mask`, the bits packed (``ceil(length/8)`` bytes): a
+    ``packed`` payload is checked and returned as it is."""
+    check_coding(coding)
+    if coding == "packed":
+        return check_packed(payload, length, field)
+    return pack_mask(entropy.decode(payload, length, probs, field))

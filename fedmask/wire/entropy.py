@@ -22,6 +22,7 @@ from fedmask.wire.bits import CodecError, pack_mask
 DIGEST_BYTES = 8
 _COUNT = np.dtype("<u4")
 _WORD = np.dtype("<u4")
+_LOG_EPS = np.float32(1e-7)  # float32 code lengths: probabilities kept off 0 and 1
 
 
 def _digest(bits: np.ndarray) -> np.ndarray:
@@ -103,13 +104,32 @@ def decode(payload: np.ndarray, length: int, probs: np.ndarray | None = None,
 
 def information_bits(bits: np.ndarray, probs: np.ndarray | None = None) -> float:
     """Ideal code length of `bits` in bits: ``-sum log2 P(bit)`` under the coder's model."""
-    bits = np.asarray(bits, dtype=bool).reshape(-1)
-    ones = int(np.count_nonzero(bits))
-    if probs is None:  # one probability for all: a closed form
-        p = min(max((ones + 0.5) / (bits.size + 1), 1e-12), 1 - 1e-12)
-        return float(-ones * np.log2(p) - (bits.size - ones) * np.log2(1 - p))
-    model = np.clip(_model_probs(probs, bits.size, ones), 1e-12, 1 - 1e-12)
-    return float(-np.log2(np.where(bits, model, 1.0 - model)).sum())
+    return CodeLength(probs)(bits)
+
+
+class CodeLength:
+    """Ideal code lengths ``-sum log2 P(bit)`` of masks under one model: per-position
+    probabilities of a 1, or i.i.d. (None: the mask's own share of ones). The
+    model's logarithms are taken once (in float32, probabilities kept within
+    [1e-7, 1 - 1e-7]); each mask then costs one dot product."""
+
+    def __init__(self, probs: np.ndarray | None) -> None:
+        self.probs = probs
+        if probs is not None:
+            model = np.asarray(probs, dtype=np.float32).reshape(-1)
+            model = np.clip(model, _LOG_EPS, 1 - _LOG_EPS)
+            self.per_one = np.log2(1 - model)  # every bit 0, then what a 1 adds
+            self.all_zeros = -float(self.per_one.sum(dtype=np.float64))
+            self.per_one -= np.log2(model)
+
+    def __call__(self, bits: np.ndarray) -> float:
+        bits = np.asarray(bits, dtype=bool).reshape(-1)
+        ones = int(np.count_nonzero(bits))
+        if self.probs is None:  # one probability for all: a closed form
+            p = min(max((ones + 0.5) / (bits.size + 1), 1e-12), 1 - 1e-12)
+            return float(-ones * np.log2(p) - (bits.size - ones) * np.log2(1 - p))
+        return self.all_zeros + float(np.dot(bits.view(np.uint8).astype(np.float32),
+                                             self.per_one))
 
 
 def binary_entropy(p: float | np.ndarray) -> float | np.ndarray:

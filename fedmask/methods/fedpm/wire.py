@@ -25,7 +25,7 @@ from torch import nn
 
 from fedmask.nn.supermask import BernoulliSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
-from fedmask.wire.coding import decode_mask, encode_mask
+from fedmask.wire.coding import decode_packed, encode_mask
 from fedmask.wire.records import (
     NUM_PARAMS,
     ReplyError,
@@ -92,9 +92,9 @@ def encode_sample(mask: np.ndarray, theta: np.ndarray, coding: str) -> dict[str,
 
 
 def decode_sample(msg: Message, theta: np.ndarray, coding: str) -> np.ndarray:
-    """A client's sampled mask (N bits); raise ReplyError/CodecError."""
+    """A client's sampled mask (N bits, packed); raise ReplyError/CodecError."""
     payload = reply_array(msg, MASK, SAMPLED_MASK)
-    return decode_mask(payload, theta.size, coding, theta, SAMPLED_MASK)
+    return decode_packed(payload, theta.size, coding, theta, SAMPLED_MASK)
 
 
 def mask_net(model: nn.Module, theta: np.ndarray, estimator: str = "ste") -> nn.Module:

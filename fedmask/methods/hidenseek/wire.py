@@ -25,7 +25,7 @@ from torch import nn
 
 from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
-from fedmask.wire.coding import decode_mask, encode_mask
+from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
 from fedmask.wire.records import (
     NUM_PARAMS,
     ReplyError,
@@ -112,11 +112,10 @@ def encode_signs(signs: np.ndarray, global_signs: np.ndarray, coding: str
 
 
 def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndarray:
-    """A client's K sign bits from its reply; raise ReplyError/CodecError."""
+    """A client's K sign bits from its reply, packed; raise ReplyError/CodecError."""
     key = UPLINK_KEYS[coding]
-    payload = reply_array(msg, SIGNS, key)
-    bits = decode_mask(payload, global_signs.size, coding, field=key)
-    return bits if coding == "packed" else bits != global_signs
+    packed = decode_packed(reply_array(msg, SIGNS, key), global_signs.size, coding, field=key)
+    return packed if coding == "packed" else np.bitwise_xor(packed, pack_mask(global_signs))
 
 
 def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
