@@ -14,6 +14,7 @@ from torch import nn
 from fedmask.methods.hidenseek import wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.wire.bits import flatten_masks, unpack_mask
+from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
 
@@ -106,6 +107,10 @@ class HideNseek(SeededMaskStrategy):
             return wire.encode_masks(self.prune, None)
         margin = wire.margin_codes(self.share) if self.vote == "share" else None
         return wire.encode_masks(self.prune, self.signs, margin=margin)
+
+    def downlink_context(self) -> Context:
+        """P and g coded within each seeded weight's layer and |w| quantile."""
+        return wire.downlink_context(self.model)
 
     def wire_config(self) -> dict[str, Any]:
         """The number of kept weights K."""

@@ -29,7 +29,7 @@ from fedmask.server.mask_sum import MaskSum
 from fedmask.server.validation import PREFIX_BYTES, mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.entropy import CodeLength, binary_entropy
-from fedmask.wire.held import Downlink
+from fedmask.wire.held import Context, Downlink
 from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from strategies.base import MethodStrategy, check_input_shape
 
@@ -69,7 +69,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         self.model, self.mask_coding = model, mask_coding
         self.net = SeededNet.announce(model, seed, self.resolve_init(init))
         self.num_params = num_prunable(model)
-        self.downlink = Downlink(self.LEAN)
+        self.downlink = Downlink(self.LEAN, context=self.downlink_context())
         self.code_length: CodeLength | None = None  # the entropy report's model
         self.init_validation(model)
 
@@ -86,6 +86,11 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def wire_config(self) -> dict[str, Any]:
         """Method-specific keys of the ConfigRecord sent down."""
         return {}
+
+    def downlink_context(self) -> Context | None:
+        """The lean downlink's coding context (:mod:`fedmask.wire.held`; default none),
+        computed once, from the seeded model."""
+        return None
 
     @abstractmethod
     def decode(self, msg: Message) -> Any:

@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedmask.methods.fedpm import wire as wire
 from fedmask.nn.models import build_model
 from fedmask.wire.entropy import information_bits
+from fedmask.wire.held import FRESH, restore
 from strategies import FedPM
 
 from conftest import FakeGrid
@@ -123,6 +124,8 @@ def test_messages_down_carry_seed_theta_and_settings():
     grid = FakeGrid([11, 12])
     sent = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), grid))
     assert len(sent) == 2
+    assert sent[0].content.array_records[wire.THETA][wire.THETA + FRESH].numpy().size < 200
+    restore(sent[0], RecordDict())  # a fresh node: theta coded within its distribution
     theta = sent[0].content.array_records[wire.THETA][wire.THETA].numpy()
     assert theta.dtype == np.uint8 and theta.size == strategy.num_params
     assert np.all(theta == 128)  # 0.5

@@ -11,7 +11,7 @@ from flwr.app.message.message import make_message
 
 from fedmask.wire import entropy
 from fedmask.wire.bits import CodecError
-from fedmask.wire.held import FLIPS, Downlink, StaleStateError, restore
+from fedmask.wire.held import FLIPS, FRESH, Downlink, StaleStateError, restore
 
 KINDS = {"prune": "bits", "signs": "bits", "theta": "codes"}
 
@@ -80,12 +80,15 @@ def test_every_node_decodes_the_same_state_whatever_rounds_it_missed():
 def test_a_node_that_missed_rounds_gets_flips_and_a_fresh_node_everything():
     states, downlink = _states(4), Downlink(KINDS)
     first = _send(downlink, states[0], [1])[0]
-    assert set(first.content.array_records["masks"]) == {"prune", "signs", "theta", "extra"}
+    assert set(first.content.array_records["masks"]) == {"prune", "signs", "theta" + FRESH,
+                                                          "extra"}
     downlink.acknowledge([_ok(1)])
     later = _send(downlink, states[3], [1, 2])
     coded = later[0].content.array_records["masks"]
     assert "prune" not in coded and "signs" + FLIPS in coded and "theta-delta" in coded
-    assert set(later[1].content.array_records["masks"]) == {"prune", "signs", "theta", "extra"}
+    fresh = later[1].content.array_records["masks"]  # in full, or coded where smaller
+    assert set(fresh) == {"prune", "signs", "theta" + FRESH, "extra"}
+    assert len(fresh["theta" + FRESH].data) < 0.5 * states[3]["theta"].nbytes
     flips = sum(len(coded[k].data) for k in ("signs" + FLIPS, "theta-delta"))
     assert flips < 0.6 * (states[3]["signs"].nbytes + states[3]["theta"].nbytes)
 
@@ -159,3 +162,64 @@ def test_codes_round_trip_and_refuse_a_wrong_context():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kinds"):
         Downlink({"x": "floats"})
+
+
+def _magnitude_context(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """A test context: P keeps large |w| (the context is the |w| decile); the
+    signs' context is that of the kept positions, read from P (decoded first)."""
+    bins = (np.arange(4000) % 10).astype(np.uint8)
+    if key == "prune":
+        return bins
+    return bins[np.unpackbits(arrays["prune"]).view(bool)] if key == "signs" else None
+
+
+def _context_states(rounds: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(5)
+    bins = np.arange(4000) % 10
+    prune = rng.random(4000) < np.where(bins >= 5, 0.97, 0.03)  # kept where |w| is large
+    signs = rng.random(int(prune.sum())) < np.where(bins[prune] >= 8, 0.95, 0.3)
+    out = []
+    for _ in range(rounds):
+        signs = signs ^ (rng.random(signs.size) < 0.05 * (bins[prune] < 3))
+        out.append({"prune": np.packbits(prune), "signs": np.packbits(signs)})
+    return out
+
+
+def test_a_method_context_codes_a_fresh_state_smaller_and_every_state_bit_for_bit():
+    states = _context_states(3)
+    kinds = {"prune": "bits", "signs": "bits"}
+    with_context, without = Downlink(kinds, context=_magnitude_context), Downlink(kinds)
+    node_state = RecordDict()
+    for index, state in enumerate(states):
+        msg = _send(with_context, state, [1])[0]
+        plain = _send(without, state, [1])[0]
+        sizes = [sum(len(a.data) for a in m.content.array_records["masks"].values())
+                 for m in (msg, plain)]
+        if index == 0:  # the node holds nothing: the context pays
+            assert sizes[0] < 0.8 * sizes[1], sizes
+        restore(msg, node_state, lambda: _magnitude_context)
+        for key, value in state.items():
+            assert np.array_equal(_full(msg)[key], value)
+        for downlink in (with_context, without):
+            downlink.acknowledge([_ok(1)])
+
+
+def test_a_node_with_another_context_refuses_then_gets_plain_arrays():
+    state, downlink = _context_states(1)[0], Downlink({"prune": "bits", "signs": "bits"},
+                                                       context=_magnitude_context)
+    msg = _send(downlink, state, [1])[0]
+    assert "prune" + FRESH in msg.content.array_records["masks"]
+
+    def other(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+        found = _magnitude_context(key, arrays)
+        return None if found is None else np.roll(found, 1)
+
+    with pytest.raises(CodecError):
+        restore(msg, RecordDict(), lambda: other)
+    downlink.acknowledge([_failed(1)])
+    again = _send(downlink, state, [1])[0]
+    assert set(again.content.array_records["masks"]) == {"prune", "signs", "extra"}
+    assert downlink.drain_resent() == state["prune"].nbytes + state["signs"].nbytes + 2 * 128
+    node_state = RecordDict()
+    restore(again, node_state, lambda: other)  # plain arrays need no context
+    assert np.array_equal(_full(again)["signs"], state["signs"])

@@ -3,17 +3,24 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from torch import nn
 
+from fedmask.client import restore_state
 from fedmask.methods.hidenseek import wire as wire
 from fedmask.nn.models import build_model
 from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.wire.held import FRESH
 from strategies import HideNseek
 
 from conftest import FakeGrid
 
 
+def _model() -> nn.Module:
+    return build_model("cnn", 10, 1, 12)
+
+
 def _strategy(density: float = 0.5) -> HideNseek:
-    model = build_model("cnn", 10, 1, 12)
+    model = _model()
     return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density,
                      synflow_iterations=5, mask_coding="packed",
                      min_train_nodes=1)
@@ -93,13 +100,17 @@ def test_messages_down_carry_seed_hash_and_packed_masks():
     grid = FakeGrid([11, 12, 13])
     first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord({"lr": 0.1}), grid))
     assert len(first) == 3
+    sent = first[0].content.array_records[wire.MASKS]
+    assert wire.SIGN_MASK not in sent  # round 1: all +1, nothing sent
+    assert sent[wire.PRUNE_MASK + FRESH].numpy().size < 0.6 * ((n + 7) // 8)  # a fresh node
+    restore_state(first[0], RecordDict(), _model())
     record = first[0].content.array_records[wire.MASKS]
-    assert wire.SIGN_MASK not in record  # round 1: all +1, nothing sent
-    assert record[wire.PRUNE_MASK].numpy().size == (n + 7) // 8
+    assert np.array_equal(unpack_mask(record[wire.PRUNE_MASK].numpy(), n), strategy.prune)
     config = first[0].content.config_records["config"]
     assert config["seed"] == 3 and config["weight-hash"] == strategy.net.weight_hash
     assert (config[wire.NUM_PARAMS], config[wire.NUM_KEPT], config["lr"]) == (n, k, 0.1)
     later = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
+    restore_state(later[0], RecordDict(), _model())
     signs = later[0].content.array_records[wire.MASKS][wire.SIGN_MASK].numpy()
     assert signs.size == (k + 7) // 8
     assert all(v for v in pack_mask(np.ones(k, bool)) == signs)

@@ -75,9 +75,11 @@ def _down_up_per_client(record):
 def test_hidenseek_sends_p_once_and_then_only_what_changed(hidenseek):
     first, second = hidenseek["rounds"]
     n, kept = hidenseek["num_params"], round(0.5 * hidenseek["num_params"])
-    assert all(c["bytes_down"] > math.ceil(n / 8) for c in first["clients"])  # P in full
-    # evaluation of round 1: P held, g (all new) in full; round 2: the nodes hold g
-    assert math.ceil(kept / 8) < first["eval_bytes_down"] / 3 < math.ceil(n / 8)
+    # round 1: P coded within each weight's layer and |w| quantile (fresh nodes),
+    # well below its packed N/8 bytes
+    assert all(n / 64 < c["bytes_down"] < 0.6 * n / 8 for c in first["clients"])
+    # evaluation of round 1: P held, g (all new) coded likewise; round 2: the nodes hold g
+    assert kept / 64 < first["eval_bytes_down"] / 3 < math.ceil(kept / 8)
     assert all(c["bytes_down"] < 2000 for c in second["clients"])
     down, up = _down_up_per_client(second)
     assert down <= 2 * up, (down, up)
@@ -112,7 +114,9 @@ def test_fedpm_sends_one_entropy_coded_mask(fedpm):
     for record in fedpm["rounds"]:
         assert 0.0 <= record["sampled-accuracy"] <= 1.0
         assert "sampled-accuracy" in record["client_eval_metrics"]
-    assert first["bytes_down"] >= 3 * fedpm["num_params"]  # uint8 theta, in full, to 3 clients
+    # round 1: theta is 0.5 everywhere: coded within its distribution, a fresh node
+    # gets a few hundred bytes instead of N uint8 codes
+    assert all(c["bytes_down"] < 3000 for c in first["clients"])
     assert first["eval_bytes_down"] < 3 * fedpm["num_params"] / 2  # coded against theta held
     assert all(c["bytes_down"] < 2000 for c in second["clients"])  # they hold round 1's theta
     down, up = _down_up_per_client(second)

@@ -55,13 +55,22 @@ def method_of(msg: Message) -> Method:
                      "is the ServerApp running a fedmask strategy?")
 
 
+def restore_state(msg: Message, state: RecordDict, model: nn.Module) -> None:
+    """Rebuild the global state a lean message codes against what this node holds
+    (:func:`fedmask.wire.held.restore`, with the method's coding context if it has
+    one, computed from `model` only when needed)."""
+    hooks = method_of(msg).client_module()
+    context = getattr(hooks, "downlink_context", None)  # a method without one codes without
+    restore(msg, state, None if context is None else lambda: context(msg, model))
+
+
 def train_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     """`model` (a fresh instance of the project's class) set up for this round's
     training: train its ``parameters()`` with any loop, then call :func:`train_reply`.
 
     `state` is the node's ``context.state``: masked methods keep their mask there,
     the mask methods the global state the server codes its messages against."""
-    restore(msg, state)
+    restore_state(msg, state, model)
     net, encode = method_of(msg).client_module().train_module(msg, model, state)
     _ENCODERS[net] = (msg.metadata.message_id, encode)
     return net
@@ -82,7 +91,7 @@ def train_reply(msg: Message, model: nn.Module, num_examples: int,
 def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     """The global model of evaluate message `msg` as a plain module: `model`'s
     class with ordinary weights (masks folded in), eval mode."""
-    restore(msg, state)
+    restore_state(msg, state, model)
     return fold(method_of(msg).client_module().eval_module(msg, model, state))
 
 

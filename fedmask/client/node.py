@@ -12,14 +12,13 @@ from flwr.app import Context, Message, RecordDict
 from torch import nn
 
 from fedmask import config as run_config
-from fedmask.client import method_of, query_reply, train_module, train_reply
+from fedmask.client import method_of, query_reply, restore_state, train_module, train_reply
 from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import ClientData, LoaderOptions, client_data, get_spec
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
 from fedmask.nn.placement import ON_CPU, Placement
-from fedmask.wire.held import restore
 from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
 
 EVAL_SAMPLES = "eval-samples"
@@ -71,7 +70,7 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     mean over `eval-samples` sampled masks, HideNseek the accuracy after
     `personal-epochs` of fine-tuning."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
-    restore(msg, state)
+    restore_state(msg, state, model)
     net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(

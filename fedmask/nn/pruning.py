@@ -276,6 +276,22 @@ def flat_weights(model: nn.Module) -> np.ndarray:
                            for n in prunable_names(model)])
 
 
+def magnitude_bins(model: nn.Module, contexts: int = 256, most: int = 16) -> np.ndarray:
+    """Per prunable weight (in :func:`flat_weights` order) a uint8 context: its
+    layer, and the quantile bin of its ``|w|`` within the layer (as many bins per
+    layer, at most `most`, as `contexts` values allow)."""
+    weights = dict(model.named_parameters())
+    names = prunable_names(model)
+    bins = max(1, min(most, contexts // len(names)))
+    out = []
+    for index, name in enumerate(names):
+        magnitude = weights[name].detach().cpu().abs().numpy().reshape(-1)
+        edges = np.quantile(magnitude, np.arange(1, bins) / bins)
+        layer = min(index, (contexts - 1) // bins) * bins
+        out.append((layer + np.searchsorted(edges, magnitude, side="right")).astype(np.uint8))
+    return np.concatenate(out)
+
+
 @torch.no_grad()
 def apply_flat_mask(model: nn.Module, mask: np.ndarray) -> None:
     """Zero, in place, every prunable weight where the flat `mask` is False."""

@@ -23,7 +23,7 @@ import numpy as np
 
 BLOCK = 16  # masks per pass: the bits of the code
 CHUNK = 32768  # packed bytes (262,144 positions) per step: the buffers stay in cache
-_BITS = ((np.arange(1 << BLOCK)[:, None] >> np.arange(BLOCK)) & 1).astype(np.int64)  # 8 MB
+_BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.int64)  # bit j of b
 QUEUE = 2  # blocks handed to the lanes and not yet added
 LANES = max(1, min(4, os.cpu_count() or 1))  # position ranges summed in parallel
 _INT32 = 2**31
@@ -126,7 +126,8 @@ class MaskSum:
             self._fold()
         self.partial_weight += int(weights.sum())
         self._wait(QUEUE - 1)
-        table = (_BITS @ weights).astype(np.int32)
+        low, high = _BYTE_BITS @ weights[:8], _BYTE_BITS @ weights[8:]  # per code byte
+        table = (high[:, None] + low[None, :]).astype(np.int32).reshape(-1)
         positions = self.partial.reshape(-1, 8)
         self.pending.append([lane.thread.submit(lane.add, masks, table, positions)
                              for lane in self.lanes])

@@ -154,7 +154,8 @@ def encode_codes(codes: np.ndarray, context: np.ndarray) -> np.ndarray:
 
         digest (8 B) | S (2 B) | S symbols | counts (contexts x S, 2 B each) | stream
 
-    where the contexts are those present in `context`, in increasing order.
+    where the contexts are those present in `context`, in increasing order (the
+    symbols of a context that holds one symbol are not in the stream).
     """
     if codes.dtype != np.uint8 or context.dtype != np.uint8 or codes.shape != context.shape:
         raise CodecError("codes", "codes and context must be uint8 arrays of one shape")
@@ -167,7 +168,8 @@ def encode_codes(codes: np.ndarray, context: np.ndarray) -> np.ndarray:
     grouped = index.astype(np.int32)[order]
     start = 0
     for row, size in zip(counts, table.sum(axis=1)):
-        encoder.encode(grouped[start:start + size], _categorical(row))
+        if np.count_nonzero(row) > 1:  # a context with one symbol costs nothing
+            encoder.encode(grouped[start:start + size], _categorical(row))
         start += size
     stream = encoder.get_compressed().astype(_WORD).view(np.uint8)
     return np.concatenate([_digest_bytes(codes), np.array([symbols.size], "<u2").view(np.uint8),
@@ -194,7 +196,9 @@ def decode_codes(payload: np.ndarray, context: np.ndarray, field: str = "codes")
         decoder = constriction.stream.queue.RangeDecoder(payload[table_end:].copy().view(_WORD))
         start = 0
         for row, size in zip(counts, sizes):
-            if size:
+            if np.count_nonzero(row) == 1:
+                grouped[start:start + size] = np.flatnonzero(row)[0]
+            elif size:
                 grouped[start:start + size] = decoder.decode(_categorical(row), int(size))
             start += size
     except (AssertionError, ValueError, RuntimeError) as err:

@@ -11,8 +11,17 @@ remembered state it sends each array of the state as
   range coded as i.i.d. bits;
 - ``KEY-delta``, for per-position ``uint8`` codes (kind ``"codes"``): the codes,
   range coded under the distribution of codes sharing the held code;
-- in full, when coding would not be smaller, or to a node that holds nothing or
-  a state no longer remembered.
+- ``KEY-fresh``, to a node that holds nothing (or a state no longer
+  remembered): the bits or codes range coded under their distribution within
+  each value of a *context* (the method's, see :data:`Context`; bits without one
+  as i.i.d. bits, codes without one under their overall distribution);
+- in full, when coding would not be smaller, or to a node whose last reply was
+  an error (whatever went wrong, it then gets the plain arrays).
+
+A method's context is what both sides derive alike from what they hold anyway:
+HideNseek's is the layer and magnitude quantile of each seeded weight (SynFlow
+keeps large weights, and small ones flip sign first), so P goes to a new node
+in about a quarter of its packed size. Flips are coded within the context too.
 
 The message's config names the state's digest (``state-digest``), the keys of
 the state (``state-keys``) and, when anything was coded against the held state,
@@ -28,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -38,11 +47,19 @@ from fedmask.wire.bits import CodecError
 from fedmask.wire.records import CONFIG
 
 STATE_DIGEST, BASE_DIGEST, STATE_KEYS = "state-digest", "base-digest", "state-keys"
+STATE_SIZES, STATE_KINDS = "state-sizes", "state-kinds"  # config: bytes and kind per key
 STATE_RECORD = "state-record"  # config: the ArrayRecord holding the state
-FLIPS, DELTA = "-flips", "-delta"
+FLIPS, DELTA, FRESH = "-flips", "-delta", "-fresh"
 KINDS = ("bits", "codes")
 HELD, HELD_DIGEST = "fedmask-held", "fedmask-held-digest"  # context.state: arrays, digest
 HISTORY = 8  # global states the server remembers
+
+
+Context = Callable[[str, dict[str, np.ndarray]], "np.ndarray | None"]
+"""A method's coding context of state array `key`, given the state's arrays that
+precede it in sorted key order (as on the wire: bits packed): one uint8 per bit
+(kind ``"bits"``) or code (``"codes"``), or None. Server and node must compute
+it alike (from the seeded weights both rebuild: their hash is checked)."""
 
 
 class StaleStateError(CodecError):
@@ -58,31 +75,71 @@ def state_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _flips(new: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """The changed bits of two packed arrays, as booleans."""
-    return np.unpackbits(np.bitwise_xor(new, held)).view(bool)
+def _bits(packed: np.ndarray) -> np.ndarray:
+    """Every bit of a packed array (padding included), as uint8 0/1."""
+    return np.unpackbits(packed)
 
 
-def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray) -> tuple[str, np.ndarray]:
-    """The smallest of ``key`` in full and its coding against `held`."""
-    if new.shape != held.shape or new.dtype != held.dtype or new.dtype != np.uint8:
+def _context(context: Context | None, key: str, arrays: dict[str, np.ndarray],
+             length: int) -> np.ndarray | None:
+    """The method's context of `key`, padded with zeros to `length`, or None."""
+    found = context(key, arrays) if context is not None else None
+    if found is None:
+        return None
+    if found.dtype != np.uint8 or found.ndim != 1 or found.size > length:
+        raise CodecError(key, f"context of {found.dtype} {found.shape} for {length} symbols")
+    padded = np.zeros(length, dtype=np.uint8)
+    padded[:found.size] = found
+    return padded
+
+
+def _encode_bits(bits: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+    if context is None:
+        return entropy.encode(bits.view(bool))
+    return entropy.encode_codes(bits, context)
+
+
+def _decode_bits(payload: np.ndarray, length: int, context: np.ndarray | None,
+                 field: str) -> np.ndarray:
+    if context is None:
+        return entropy.decode(payload, length, field=field).view(np.uint8)
+    return entropy.decode_codes(payload, context, field)
+
+
+def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray | None,
+          context: np.ndarray | None) -> tuple[str, np.ndarray]:
+    """The smallest of ``key`` in full and its coding against `held` (None: fresh)."""
+    if new.dtype != np.uint8 or (held is not None and (new.shape != held.shape
+                                                        or held.dtype != np.uint8)):
         return key, new
     if kind == "bits":
-        coded, name = entropy.encode(_flips(new, held)), key + FLIPS
+        bits = _bits(new if held is None else np.bitwise_xor(new, held))
+        coded = _encode_bits(bits, context)
+    elif held is None:
+        coded = entropy.encode_codes(new, np.zeros(new.size, np.uint8) if context is None
+                                     else context)
     else:
-        coded, name = entropy.encode_codes(new, held), key + DELTA
+        coded = entropy.encode_codes(new, held)
+    name = key + (FRESH if held is None else FLIPS if kind == "bits" else DELTA)
     return (name, coded) if coded.nbytes < new.nbytes else (key, new)
 
 
-def _decode(record: ArrayRecord, key: str, held: dict[str, np.ndarray]) -> np.ndarray:
-    """Array `key` of the state from `record` and the `held` arrays."""
+def _decode(record: ArrayRecord, key: str, kind: str, size: int,
+            held: dict[str, np.ndarray], context: np.ndarray | None) -> np.ndarray:
+    """Array `key` (`size` bytes) of the state from `record` and the `held` arrays."""
     if key in record:
         return record[key].numpy()
+    if key + FRESH in record:
+        payload = record[key + FRESH].numpy()
+        if kind == "bits":
+            return np.packbits(_decode_bits(payload, 8 * size, context, key + FRESH))
+        return entropy.decode_codes(payload, np.zeros(size, np.uint8) if context is None
+                                    else context, field=key + FRESH)
     if key not in held:
         raise StaleStateError(key, "not in the message, and this node holds none")
     base = held[key]
     if key + FLIPS in record:
-        flips = entropy.decode(record[key + FLIPS].numpy(), base.size * 8, field=key + FLIPS)
+        flips = _decode_bits(record[key + FLIPS].numpy(), base.size * 8, context, key + FLIPS)
         return np.bitwise_xor(base, np.packbits(flips))
     if key + DELTA in record:
         return entropy.decode_codes(record[key + DELTA].numpy(), base, field=key + DELTA)
@@ -98,18 +155,22 @@ class Downlink:
         The state's array keys and their kind, ``"bits"`` (packed) or ``"codes"``.
     history : int
         How many recent global states are remembered as bases.
+    context : Context, optional
+        The method's coding context (see :data:`Context`).
     """
 
-    def __init__(self, kinds: dict[str, str], history: int = HISTORY) -> None:
+    def __init__(self, kinds: dict[str, str], history: int = HISTORY,
+                 context: Context | None = None) -> None:
         unknown = set(kinds.values()) - set(KINDS)
         if unknown:
             raise ValueError(f"kinds: {sorted(unknown)} not in {list(KINDS)}")
-        self.kinds, self.history = kinds, history
+        self.kinds, self.history, self.context = kinds, history, context
         self.states: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self.held: dict[int, str] = {}  # node -> digest of the state it acknowledged
         self.pending: dict[int, str] = {}  # node -> digest of the state last sent
         self.seen: set[int] = set()  # nodes ever sent a state
-        self.resent_bytes = 0  # array bytes sent in full again to a node seen before
+        self.plain: set[int] = set()  # nodes whose last reply was an error
+        self.resent_bytes = 0  # array bytes sent again to a node seen before
 
     def _remember(self, arrays: dict[str, np.ndarray]) -> str:
         digest = state_digest(arrays)
@@ -125,27 +186,30 @@ class Downlink:
         digested, and coded against one base, once per call)."""
         out = []
         states: dict[int, tuple[ArrayRecord, str, dict[str, np.ndarray]]] = {}  # id(record)
-        coded: dict[tuple[str, str | None], ArrayRecord] = {}  # (state, base) digests
+        coded: dict[tuple[str, str | None, bool], ArrayRecord] = {}  # state, base, plain
         for msg in messages:
             record = msg.content.array_records[record_key]
             if id(record) not in states:  # the record is kept in the value: ids stay unique
-                state = {k: record[k].numpy() for k in self.kinds if k in record}
+                state = {k: record[k].numpy() for k in sorted(self.kinds) if k in record}
                 states[id(record)] = (record, self._remember(state), state)
             _, digest, state = states[id(record)]
             node = msg.metadata.dst_node_id
             base_digest = self.held.get(node)
             base = self.states.get(base_digest) if base_digest else None
-            key = (digest, base_digest if base is not None else None)
+            key = (digest, base_digest if base is not None else None, node in self.plain)
             if key not in coded:
-                coded[key] = self._encode(record, state, base)
+                coded[key] = self._encode(record, state, base, plain=node in self.plain)
             arrays = coded[key]
             config = ConfigRecord(dict(msg.content.config_records[CONFIG]))
-            config.update({STATE_DIGEST: digest, STATE_KEYS: sorted(state),
+            config.update({STATE_DIGEST: digest, STATE_KEYS: list(state),
+                           STATE_SIZES: [int(v.size) for v in state.values()],
+                           STATE_KINDS: [self.kinds[k] for k in state],
                            STATE_RECORD: record_key})
             if base is not None:
                 config[BASE_DIGEST] = str(base_digest)
             elif node in self.seen:
-                self.resent_bytes += sum(len(arrays[k].data) for k in state)
+                self.resent_bytes += sum(len(a.data) for k, a in arrays.items()
+                                         if k in state or k.removesuffix(FRESH) in state)
             msg.content = RecordDict({**msg.content.array_records, record_key: arrays,
                                       **msg.content.metric_records,
                                       **msg.content.config_records, CONFIG: config})
@@ -155,38 +219,48 @@ class Downlink:
         return out
 
     def _encode(self, record: ArrayRecord, state: dict[str, np.ndarray],
-                base: dict[str, np.ndarray] | None) -> ArrayRecord:
+                base: dict[str, np.ndarray] | None, plain: bool) -> ArrayRecord:
         arrays = ArrayRecord({k: v for k, v in record.items() if k not in state})
         for key, new in state.items():
-            if base is not None and key in base and np.array_equal(new, base[key]):
+            held = None if base is None else base.get(key)
+            if held is not None and np.array_equal(new, held):
                 continue
-            name, payload = (key, new) if base is None or key not in base else \
-                _code(key, self.kinds[key], new, base[key])
+            if plain:
+                arrays[key] = Array(new)
+                continue
+            kind = self.kinds[key]
+            context = _context(self.context, key, state, new.size * (8 if kind == "bits" else 1))
+            name, payload = _code(key, kind, new, held, context)
             arrays[name] = Array(payload)
         return arrays
 
     def acknowledge(self, replies: Iterable[Message]) -> None:
         """Nodes that answered hold what they were sent; a node whose reply is an
-        error may hold nothing (it is sent its state in full next time)."""
+        error may hold nothing (it is sent its state in full, plain, next time)."""
         for msg in replies:
             node = msg.metadata.src_node_id
             sent = self.pending.pop(node, None)
             if msg.has_error():
                 self.held.pop(node, None)
+                self.plain.add(node)
             elif sent is not None:
                 self.held[node] = sent
+                self.plain.discard(node)
 
     def drain_resent(self) -> int:
-        """Bytes re-sent in full since the last call."""
+        """Bytes re-sent to nodes that lost their state, since the last call."""
         out, self.resent_bytes = self.resent_bytes, 0
         return out
 
 
-def restore(msg: Message, state: RecordDict) -> None:
+def restore(msg: Message, state: RecordDict,
+            context: Callable[[], Context | None] | None = None) -> None:
     """Rebuild `msg`'s lean state record in full from what this node holds (in
     `state`, the node's ``context.state``), check it against the message's digest,
-    and keep it in `state`. Messages without ``state-digest`` are left as they are.
-    Raise StaleStateError when the message is coded against a state not held here."""
+    and keep it in `state`. `context` gives the method's coding context (called
+    only when a coded array needs it). Messages without ``state-digest`` are left
+    as they are. Raise StaleStateError when the message is coded against a state
+    not held here, CodecError when anything fails to decode or check."""
     config = msg.content.config_records.get(CONFIG)
     if config is None or STATE_DIGEST not in config:
         return
@@ -201,14 +275,24 @@ def restore(msg: Message, state: RecordDict) -> None:
                                            f"{base_digest}, this node holds {held_digest}")
     record = msg.content.array_records[record_key]
     keys = [str(k) for k in config[STATE_KEYS]]  # type: ignore[union-attr]
-    full = {key: _decode(record, key, held) for key in keys}
+    sizes = [int(n) for n in config[STATE_SIZES]]  # type: ignore[union-attr]
+    kinds = [str(k) for k in config[STATE_KINDS]]  # type: ignore[union-attr]
+    method_context: Context | None = None
+    full: dict[str, np.ndarray] = {}
+    for key, size, kind in zip(keys, sizes, kinds, strict=True):
+        coding = None
+        if key + FRESH in record or key + FLIPS in record:
+            if method_context is None and context is not None:
+                method_context = context()
+            coding = _context(method_context, key, full, size * (8 if kind == "bits" else 1))
+        full[key] = _decode(record, key, kind, size, held, coding)
     if state_digest(full) != config[STATE_DIGEST]:
         raise CodecError(STATE_DIGEST, "the rebuilt state does not match its digest")
-    coded = {key + suffix for key in keys for suffix in (FLIPS, DELTA)}
+    coded = {key + suffix for key in keys for suffix in (FLIPS, DELTA, FRESH)}
     rest = {k: v for k, v in record.items() if k not in keys and k not in coded}
     msg.content.array_records[record_key] = ArrayRecord(
         {**rest, **{k: Array(v) for k, v in full.items()}})
     state.array_records[HELD] = ArrayRecord({k: Array(v) for k, v in full.items()})
     state.config_records[HELD_DIGEST] = ConfigRecord({"digest": str(config[STATE_DIGEST])})
-    for key in (STATE_DIGEST, BASE_DIGEST, STATE_KEYS, STATE_RECORD):  # restored: once only
-        config.pop(key, None)
+    for key in (STATE_DIGEST, BASE_DIGEST, STATE_KEYS, STATE_SIZES, STATE_KINDS, STATE_RECORD):
+        config.pop(key, None)  # restored: once only

@@ -8,6 +8,7 @@ from torch import nn
 
 from fedmask.methods.hidenseek import wire
 from fedmask.nn.seeded import SeededNet
+from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 
@@ -20,6 +21,12 @@ def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, 
     prune, signs = wire.decode_masks(record, config)
     margin = wire.decode_margin(record, signs.size)
     return wire.sign_net(model, prune, signs, margin), prune, signs
+
+
+def downlink_context(msg: Message, model: nn.Module) -> Context:
+    """The lean downlink's coding context, from the rebuilt seeded weights."""
+    SeededNet.from_config(msg.content.config_records[CONFIG]).rebuild(model)
+    return wire.downlink_context(model)
 
 
 def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:

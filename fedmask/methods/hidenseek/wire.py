@@ -23,9 +23,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
+from fedmask.nn.pruning import magnitude_bins
 from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
+from fedmask.wire.held import Context
 from fedmask.wire.records import (
     NUM_PARAMS,
     ReplyError,
@@ -116,6 +118,21 @@ def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndar
     key = UPLINK_KEYS[coding]
     packed = decode_packed(reply_array(msg, SIGNS, key), global_signs.size, coding, field=key)
     return packed if coding == "packed" else np.bitwise_xor(packed, pack_mask(global_signs))
+
+
+def downlink_context(model: nn.Module) -> Context:
+    """The lean downlink's coding context of P and g (:mod:`fedmask.wire.held`):
+    each weight's layer and ``|w|`` quantile in the seeded `model` (SynFlow keeps
+    large weights; small ones flip sign first), for g read at the kept positions."""
+    bins = magnitude_bins(model)
+
+    def context(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+        if key == PRUNE_MASK:
+            return bins
+        if key == SIGN_MASK:
+            return bins[unpack_mask(arrays[PRUNE_MASK], bins.size, PRUNE_MASK)]
+        return None
+    return context
 
 
 def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
