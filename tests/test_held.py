@@ -124,6 +124,21 @@ def test_a_corrupted_coded_downlink_is_refused(key):
         restore(msg, node_state)
 
 
+@pytest.mark.parametrize("key", ["prune", "signs"])
+def test_a_corrupted_fresh_downlink_is_refused(key):
+    state = _context_states(1)[0]
+    msg = _send(Downlink({"prune": "bits", "signs": "bits"}, context=_magnitude_context),
+                state, [1])[0]
+    record = msg.content.array_records["masks"]
+    payload = record[key + FRESH].numpy().copy()
+    payload[payload.size // 2] ^= 0x5A
+    record[key + FRESH] = Array(payload)
+    node_state = RecordDict()
+    with pytest.raises(CodecError):
+        restore(msg, node_state, lambda: _magnitude_context)
+    assert not node_state.array_records  # nothing kept
+
+
 def test_a_downlink_coded_against_another_state_is_refused():
     states, downlink = _states(3), Downlink(KINDS)
     node_state = RecordDict()

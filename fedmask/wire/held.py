@@ -75,11 +75,6 @@ def state_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _bits(packed: np.ndarray) -> np.ndarray:
-    """Every bit of a packed array (padding included), as uint8 0/1."""
-    return np.unpackbits(packed)
-
-
 def _context(context: Context | None, key: str, arrays: dict[str, np.ndarray],
              length: int) -> np.ndarray | None:
     """The method's context of `key`, padded with zeros to `length`, or None."""
@@ -113,7 +108,7 @@ def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray | None,
                                                         or held.dtype != np.uint8)):
         return key, new
     if kind == "bits":
-        bits = _bits(new if held is None else np.bitwise_xor(new, held))
+        bits = np.unpackbits(new if held is None else np.bitwise_xor(new, held))  # + padding
         coded = _encode_bits(bits, context)
     elif held is None:
         coded = entropy.encode_codes(new, np.zeros(new.size, np.uint8) if context is None
