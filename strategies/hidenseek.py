@@ -109,7 +109,7 @@ class HideNseek(SeededMaskStrategy):
         return wire.encode_masks(self.prune, self.signs, margin=margin)
 
     def downlink_context(self) -> Context:
-        """P and g coded within each seeded weight's layer and |w| quantile."""
+        """P and g coded within each seeded weight's output unit and |w| quantile."""
         return wire.downlink_context(self.model)
 
     def wire_config(self) -> dict[str, Any]:

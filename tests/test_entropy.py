@@ -131,3 +131,38 @@ def test_information_bits_and_binary_entropy():
         1 + 1 + 2 + 0, abs=1e-6)
     p = (3 + 0.5) / 5  # the i.i.d. model's estimate from the ones-count
     assert entropy.information_bits(bits) == pytest.approx(-(3 * math.log2(p) + math.log2(1 - p)))
+
+
+def _grouped_bits(seed: int = 4) -> tuple[np.ndarray, entropy.Groups]:
+    """Bits whose share of ones is set by their group (40 groups of 5,000) and,
+    a little, by their bin."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(rng.permutation(40), 5000)
+    bins = rng.integers(0, entropy.BINS, groups.size).astype(np.uint8)
+    share = rng.random(40)[groups] * (0.75 + bins / (4 * entropy.BINS))
+    return (rng.random(groups.size) < share).astype(np.uint8), entropy.Groups(groups, bins)
+
+
+def test_grouped_round_trips_and_beats_bins_alone():
+    bits, context = _grouped_bits()
+    payload = entropy.encode_grouped(bits, context)
+    assert np.array_equal(entropy.decode_grouped(payload, context), bits)
+    assert payload.size < 0.85 * entropy.encode_codes(bits, context.bins).size
+    odd = entropy.Groups(np.arange(7), np.zeros(7, np.uint8))  # an odd number of groups
+    seven = np.array([1, 0, 1, 1, 0, 0, 1], np.uint8)
+    assert np.array_equal(entropy.decode_grouped(entropy.encode_grouped(seven, odd), odd), seven)
+
+
+def test_grouped_refuses_a_corrupted_header_stream_or_other_context():
+    bits, context = _grouped_bits()
+    payload = entropy.encode_grouped(bits, context)
+    for position in (3, payload.size - 5):  # a group's class, the stream
+        bad = payload.copy()
+        bad[position] ^= 0x33
+        with pytest.raises(CodecError):
+            entropy.decode_grouped(bad, context)
+    other = entropy.Groups(np.roll(context.groups, 1), context.bins)
+    with pytest.raises(CodecError):
+        entropy.decode_grouped(payload, other)
+    with pytest.raises(CodecError, match="truncated"):
+        entropy.decode_grouped(payload[:10], context)

@@ -14,6 +14,7 @@ from fedmask.wire.bits import CodecError
 from fedmask.wire.held import FLIPS, FRESH, Downlink, StaleStateError, restore
 
 KINDS = {"prune": "bits", "signs": "bits", "theta": "codes"}
+SIZE = 20_000  # weights of the context tests
 
 
 def _states(rounds: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -179,20 +180,27 @@ def test_unknown_kind_is_refused():
         Downlink({"x": "floats"})
 
 
-def _magnitude_context(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
-    """A test context: P keeps large |w| (the context is the |w| decile); the
-    signs' context is that of the kept positions, read from P (decoded first)."""
-    bins = (np.arange(4000) % 10).astype(np.uint8)
+def _magnitude_context(key: str, arrays: dict[str, np.ndarray]) -> entropy.Groups | None:
+    """A test context: the bin is the |w| decile, the group a unit of 100 weights;
+    the signs' context is that of the kept positions, read from P (decoded first)."""
+    groups, bins = np.arange(SIZE) // 100, (np.arange(SIZE) % 10).astype(np.uint8)
     if key == "prune":
-        return bins
-    return bins[np.unpackbits(arrays["prune"]).view(bool)] if key == "signs" else None
+        return entropy.Groups(groups, bins)
+    if key != "signs":
+        return None
+    kept = np.unpackbits(arrays["prune"]).view(bool)
+    return entropy.Groups(groups[kept], bins[kept])
 
 
 def _context_states(rounds: int) -> list[dict[str, np.ndarray]]:
+    """P keeps the large |w| of live units (a unit in four is dead), and a unit's
+    signs lean one way (small |w| flip most)."""
     rng = np.random.default_rng(5)
-    bins = np.arange(4000) % 10
-    prune = rng.random(4000) < np.where(bins >= 5, 0.97, 0.03)  # kept where |w| is large
-    signs = rng.random(int(prune.sum())) < np.where(bins[prune] >= 8, 0.95, 0.3)
+    bins, units = np.arange(SIZE) % 10, np.arange(SIZE) // 100
+    alive = (units % 4 != 0) & (rng.random(SIZE) < 0.98)
+    prune = alive & (rng.random(SIZE) < np.where(bins >= 5, 0.97, 0.03))
+    lean = rng.random(SIZE // 100)[units]
+    signs = rng.random(int(prune.sum())) < lean[prune]
     out = []
     for _ in range(rounds):
         signs = signs ^ (rng.random(signs.size) < 0.05 * (bins[prune] < 3))
@@ -227,7 +235,7 @@ def test_a_node_with_another_context_refuses_then_gets_plain_arrays():
 
     def other(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
         found = _magnitude_context(key, arrays)
-        return None if found is None else np.roll(found, 1)
+        return None if found is None else entropy.Groups(found.groups, np.roll(found.bins, 1))
 
     with pytest.raises(CodecError):
         restore(msg, RecordDict(), lambda: other)

@@ -7,6 +7,7 @@ from flwr.app import Message, RecordDict
 
 from fedmask.client import node as hidenseek
 from fedmask.client.settings import LocalSettings
+from fedmask.methods.hidenseek import client as hidenseek_client
 from fedmask.methods.hidenseek import wire as wire
 from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
@@ -93,3 +94,17 @@ def test_share_vote_scores_start_at_w_times_two_p_minus_one():
     g = torch.as_tensor(np.where(strategy.signs, 1.0, -1.0), dtype=torch.float32)
     magnitude = torch.where(g > 0, 128 / 255, 0.5 / 255)  # ties keep g's sign, half a level
     torch.testing.assert_close(scores[kept], weights[kept].abs() * g * magnitude)
+
+
+def test_downlink_context_is_computed_once_per_seeded_net(strategy):
+    first, again = _messages(strategy)[0], _messages(strategy, server_round=2)[0]
+    context = hidenseek_client.downlink_context(first, build_model("cnn", 10, 1, 12))
+    assert hidenseek_client.downlink_context(again, build_model("cnn", 10, 1, 12)) is context
+    other = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=2,
+                      synflow_iterations=5, min_train_nodes=1)
+    fresh = hidenseek_client.downlink_context(_messages(other)[0], build_model("cnn", 10, 1, 12))
+    assert fresh is not context
+    prune = np.packbits(other.prune)
+    assert np.array_equal(fresh(wire.PRUNE_MASK, {}).bins,
+                          wire.downlink_context(other.model)(wire.PRUNE_MASK, {}).bins)
+    assert fresh(wire.SIGN_MASK, {wire.PRUNE_MASK: prune}).groups.size == other.signs.size

@@ -20,6 +20,7 @@ from fedmask.nn.pruning import (
     synflow_mask,
     synflow_scores,
     topk_mask,
+    unit_bins,
 )
 
 INPUT_SHAPE = (3, 8, 8)
@@ -304,6 +305,17 @@ def test_apply_flat_mask_zeroes_exactly_the_pruned_weights():
     after = flat_weights(model)
     np.testing.assert_array_equal(after[mask], before[mask])
     assert np.all(after[~mask] == 0.0)
+
+
+def test_unit_bins_number_output_units_across_layers_and_rank_magnitudes():
+    model = _tiny()  # conv 2x1x3x3 (18 weights), linear 3x8 (24)
+    units, bins = unit_bins(model, bins=4)
+    assert np.array_equal(units, np.r_[np.repeat([0, 1], 9), np.repeat([2, 3, 4], 8)])
+    magnitude = np.abs(flat_weights(model))
+    for layer in (slice(0, 18), slice(18, 42)):
+        order = np.argsort(magnitude[layer], kind="stable")
+        assert np.all(np.diff(bins[layer][order].astype(int)) >= 0)  # bins follow |w|
+        assert set(np.bincount(bins[layer], minlength=4)) <= {4, 5, 6}  # quantiles
 
 
 def test_prune_kept_drops_the_smallest_kept_magnitudes():

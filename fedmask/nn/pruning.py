@@ -276,20 +276,22 @@ def flat_weights(model: nn.Module) -> np.ndarray:
                            for n in prunable_names(model)])
 
 
-def magnitude_bins(model: nn.Module, contexts: int = 256, most: int = 16) -> np.ndarray:
-    """Per prunable weight (in :func:`flat_weights` order) a uint8 context: its
-    layer, and the quantile bin of its ``|w|`` within the layer (as many bins per
-    layer, at most `most`, as `contexts` values allow)."""
+def unit_bins(model: nn.Module, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per prunable weight (in :func:`flat_weights` order): the index of its output
+    unit (its row, the weight's first dimension, numbered on across layers) and
+    the quantile bin (uint8, 0 .. `bins` - 1) of its ``|w|`` within its layer."""
     weights = dict(model.named_parameters())
-    names = prunable_names(model)
-    bins = max(1, min(most, contexts // len(names)))
-    out = []
-    for index, name in enumerate(names):
-        magnitude = weights[name].detach().cpu().abs().numpy().reshape(-1)
+    units, quantiles, first = [], [], 0
+    for name in prunable_names(model):
+        weight = weights[name].detach().cpu()
+        rows = weight.shape[0]
+        units.append(np.repeat(np.arange(first, first + rows, dtype=np.int32),
+                               weight.numel() // rows))
+        first += rows
+        magnitude = weight.abs().numpy().reshape(-1)
         edges = np.quantile(magnitude, np.arange(1, bins) / bins)
-        layer = min(index, (contexts - 1) // bins) * bins
-        out.append((layer + np.searchsorted(edges, magnitude, side="right")).astype(np.uint8))
-    return np.concatenate(out)
+        quantiles.append(np.searchsorted(edges, magnitude, side="right").astype(np.uint8))
+    return np.concatenate(units), np.concatenate(quantiles)
 
 
 @torch.no_grad()

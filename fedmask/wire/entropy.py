@@ -13,6 +13,7 @@ The decoder recomputes the digest, so a corrupted or truncated stream raises
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 import constriction
 import numpy as np
@@ -208,6 +209,69 @@ def decode_codes(payload: np.ndarray, context: np.ndarray, field: str = "codes")
     if not np.array_equal(_digest_bytes(codes), payload[:DIGEST_BYTES]):
         raise CodecError(field, "decoded codes do not match their digest (corrupted stream)")
     return codes
+
+
+class Groups(NamedTuple):
+    """A coding context of bits both sides hold: per position its group (integers
+    0 .. G - 1, such as the output unit of a weight) and its bin (uint8 below
+    :data:`BINS`, such as the weight's magnitude quantile)."""
+
+    groups: np.ndarray
+    bins: np.ndarray
+
+
+BINS = CLASSES = 16  # bins of a Groups context; levels of a group's share of ones
+
+
+def _group_classes(bits: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+    """Each group's share of ones, ``(ones + 1/2) / (n + 1)``, in CLASSES levels."""
+    ones = np.bincount(groups, weights=bits, minlength=count)
+    sizes = np.bincount(groups, minlength=count)
+    share = (ones + 0.5) / (sizes + 1)
+    return np.minimum(share * CLASSES, CLASSES - 1).astype(np.uint8)
+
+
+def _grouped_contexts(classes: np.ndarray, context: Groups) -> tuple[np.ndarray, int]:
+    """Each position's index among the (class, bin) contexts present, and their count."""
+    codes = classes[context.groups].astype(np.intp) * BINS + context.bins
+    present, index = np.unique(codes, return_inverse=True)
+    return index, present.size
+
+
+def encode_grouped(bits: np.ndarray, context: Groups) -> np.ndarray:
+    """Range-code the 0/1 ``uint8`` `bits` under the share of ones of their (class,
+    bin), the class being the share of ones in the bit's group. Payload::
+
+        classes (4 bits per group) | shares (1 B per (class, bin) present) | encode payload
+
+    where a share ``s`` stands for the probability ``s / 256`` of a one."""
+    count = int(context.groups.max()) + 1 if context.groups.size else 0
+    classes = _group_classes(bits, context.groups, count)
+    paired = np.resize(classes, 2 * ((count + 1) // 2)) if count else classes
+    index, present = _grouped_contexts(classes, context)
+    ones = np.bincount(index, weights=bits, minlength=present)
+    shares = np.clip(np.rint(256 * ones / np.bincount(index, minlength=present)), 1, 255)
+    return np.concatenate([((paired[0::2] << 4) | paired[1::2]).astype(np.uint8),
+                           shares.astype(np.uint8),
+                           encode(bits.view(bool), shares[index] / 256)])
+
+
+def decode_grouped(payload: np.ndarray, context: Groups, field: str = "bits") -> np.ndarray:
+    """Inverse of :func:`encode_grouped` given the same `context` (0/1 ``uint8``);
+    raise CodecError."""
+    if not isinstance(payload, np.ndarray) or payload.dtype != np.uint8 or payload.ndim != 1:
+        raise CodecError(field, "expected a 1-D uint8 array")
+    count = int(context.groups.max()) + 1 if context.groups.size else 0
+    head = (count + 1) // 2
+    if payload.size < head:
+        raise CodecError(field, f"payload of {payload.size} bytes is truncated")
+    classes = np.stack([payload[:head] >> 4, payload[:head] & 15], axis=1).reshape(-1)
+    index, present = _grouped_contexts(classes, context)
+    if payload.size < head + present:
+        raise CodecError(field, f"payload of {payload.size} bytes is truncated")
+    shares = payload[head:head + present].astype(np.float64)
+    bits = decode(payload[head + present:], context.bins.size, shares[index] / 256, field)
+    return bits.view(np.uint8)
 
 
 def _quantise_counts(table: np.ndarray) -> np.ndarray:

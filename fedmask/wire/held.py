@@ -12,16 +12,20 @@ remembered state it sends each array of the state as
 - ``KEY-delta``, for per-position ``uint8`` codes (kind ``"codes"``): the codes,
   range coded under the distribution of codes sharing the held code;
 - ``KEY-fresh``, to a node that holds nothing (or a state no longer
-  remembered): the bits or codes range coded under their distribution within
-  each value of a *context* (the method's, see :data:`Context`; bits without one
-  as i.i.d. bits, codes without one under their overall distribution);
+  remembered): bits range coded within a *context* (the method's, see
+  :data:`Context`; without one as i.i.d. bits), codes under their overall
+  distribution;
 - in full, when coding would not be smaller, or to a node whose last reply was
   an error (whatever went wrong, it then gets the plain arrays).
 
-A method's context is what both sides derive alike from what they hold anyway:
-HideNseek's is the layer and magnitude quantile of each seeded weight (SynFlow
-keeps large weights, and small ones flip sign first), so P goes to a new node
-in about a quarter of its packed size. Flips are coded within the context too.
+A method's context is what both sides derive alike from what they hold anyway,
+as groups and bins (:class:`~fedmask.wire.entropy.Groups`): each group's share
+of ones travels first, in 4 bits, then each bit is coded under its (share, bin).
+HideNseek's groups are the seeded weights' output units (with the sign of w,
+for g), its bins their magnitude quantiles within the layer: SynFlow keeps
+whole units' large weights, and a unit's signs flip together, so P goes to a
+new node in about a tenth of its packed size. Flips are coded within the
+context too.
 
 The message's config names the state's digest (``state-digest``), the keys of
 the state (``state-keys``) and, when anything was coded against the held state,
@@ -55,11 +59,11 @@ HELD, HELD_DIGEST = "fedmask-held", "fedmask-held-digest"  # context.state: arra
 HISTORY = 8  # global states the server remembers
 
 
-Context = Callable[[str, dict[str, np.ndarray]], "np.ndarray | None"]
-"""A method's coding context of state array `key`, given the state's arrays that
-precede it in sorted key order (as on the wire: bits packed): one uint8 per bit
-(kind ``"bits"``) or code (``"codes"``), or None. Server and node must compute
-it alike (from the seeded weights both rebuild: their hash is checked)."""
+Context = Callable[[str, dict[str, np.ndarray]], "entropy.Groups | None"]
+"""A method's coding context of bits array `key`, given the state's arrays that
+precede it in sorted key order (as on the wire: bits packed): a group and a bin
+per bit, or None. Server and node must compute it alike (from the seeded
+weights both rebuild: their hash is checked)."""
 
 
 class StaleStateError(CodecError):
@@ -76,33 +80,38 @@ def state_digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def _context(context: Context | None, key: str, arrays: dict[str, np.ndarray],
-             length: int) -> np.ndarray | None:
-    """The method's context of `key`, padded with zeros to `length`, or None."""
+            length: int) -> entropy.Groups | None:
+    """The method's context of bits `key`, padded with group and bin 0 to `length`
+    bits, or None."""
     found = context(key, arrays) if context is not None else None
     if found is None:
         return None
-    if found.dtype != np.uint8 or found.ndim != 1 or found.size > length:
-        raise CodecError(key, f"context of {found.dtype} {found.shape} for {length} symbols")
-    padded = np.zeros(length, dtype=np.uint8)
-    padded[:found.size] = found
+    groups, bins = found
+    if (groups.ndim != 1 or groups.dtype.kind not in "iu" or groups.shape != bins.shape
+            or groups.size > length or (groups.size and groups.min() < 0)
+            or bins.dtype != np.uint8 or (bins.size and bins.max() >= entropy.BINS)):
+        raise CodecError(key, f"context of {groups.dtype} groups {groups.shape} and "
+                              f"{bins.dtype} bins {bins.shape} for {length} bits")
+    padded = entropy.Groups(np.zeros(length, dtype=np.intp), np.zeros(length, dtype=np.uint8))
+    padded.groups[:groups.size], padded.bins[:bins.size] = groups, bins
     return padded
 
 
-def _encode_bits(bits: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+def _encode_bits(bits: np.ndarray, context: entropy.Groups | None) -> np.ndarray:
     if context is None:
         return entropy.encode(bits.view(bool))
-    return entropy.encode_codes(bits, context)
+    return entropy.encode_grouped(bits, context)
 
 
-def _decode_bits(payload: np.ndarray, length: int, context: np.ndarray | None,
+def _decode_bits(payload: np.ndarray, length: int, context: entropy.Groups | None,
                  field: str) -> np.ndarray:
     if context is None:
         return entropy.decode(payload, length, field=field).view(np.uint8)
-    return entropy.decode_codes(payload, context, field)
+    return entropy.decode_grouped(payload, context, field)
 
 
 def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray | None,
-          context: np.ndarray | None) -> tuple[str, np.ndarray]:
+          context: entropy.Groups | None) -> tuple[str, np.ndarray]:
     """The smallest of ``key`` in full and its coding against `held` (None: fresh)."""
     if new.dtype != np.uint8 or (held is not None and (new.shape != held.shape
                                                         or held.dtype != np.uint8)):
@@ -111,8 +120,7 @@ def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray | None,
         bits = np.unpackbits(new if held is None else np.bitwise_xor(new, held))  # + padding
         coded = _encode_bits(bits, context)
     elif held is None:
-        coded = entropy.encode_codes(new, np.zeros(new.size, np.uint8) if context is None
-                                     else context)
+        coded = entropy.encode_codes(new, np.zeros(new.size, np.uint8))
     else:
         coded = entropy.encode_codes(new, held)
     name = key + (FRESH if held is None else FLIPS if kind == "bits" else DELTA)
@@ -120,7 +128,7 @@ def _code(key: str, kind: str, new: np.ndarray, held: np.ndarray | None,
 
 
 def _decode(record: ArrayRecord, key: str, kind: str, size: int,
-            held: dict[str, np.ndarray], context: np.ndarray | None) -> np.ndarray:
+            held: dict[str, np.ndarray], context: entropy.Groups | None) -> np.ndarray:
     """Array `key` (`size` bytes) of the state from `record` and the `held` arrays."""
     if key in record:
         return record[key].numpy()
@@ -128,8 +136,7 @@ def _decode(record: ArrayRecord, key: str, kind: str, size: int,
         payload = record[key + FRESH].numpy()
         if kind == "bits":
             return np.packbits(_decode_bits(payload, 8 * size, context, key + FRESH))
-        return entropy.decode_codes(payload, np.zeros(size, np.uint8) if context is None
-                                    else context, field=key + FRESH)
+        return entropy.decode_codes(payload, np.zeros(size, np.uint8), field=key + FRESH)
     if key not in held:
         raise StaleStateError(key, "not in the message, and this node holds none")
     base = held[key]
@@ -224,7 +231,8 @@ class Downlink:
                 arrays[key] = Array(new)
                 continue
             kind = self.kinds[key]
-            context = _context(self.context, key, state, new.size * (8 if kind == "bits" else 1))
+            context = (_context(self.context, key, state, new.size * 8) if kind == "bits"
+                       else None)
             name, payload = _code(key, kind, new, held, context)
             arrays[name] = Array(payload)
         return arrays
@@ -276,10 +284,10 @@ def restore(msg: Message, state: RecordDict,
     full: dict[str, np.ndarray] = {}
     for key, size, kind in zip(keys, sizes, kinds, strict=True):
         coding = None
-        if key + FRESH in record or key + FLIPS in record:
+        if kind == "bits" and (key + FRESH in record or key + FLIPS in record):
             if method_context is None and context is not None:
                 method_context = context()
-            coding = _context(method_context, key, full, size * (8 if kind == "bits" else 1))
+            coding = _context(method_context, key, full, size * 8)
         full[key] = _decode(record, key, kind, size, held, coding)
     if state_digest(full) != config[STATE_DIGEST]:
         raise CodecError(STATE_DIGEST, "the rebuilt state does not match its digest")

@@ -23,10 +23,18 @@ def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, 
     return wire.sign_net(model, prune, signs, margin), prune, signs
 
 
+_CONTEXTS: dict[str, Context] = {}  # weight hash -> context, of the last seeded net only
+
+
 def downlink_context(msg: Message, model: nn.Module) -> Context:
-    """The lean downlink's coding context, from the rebuilt seeded weights."""
-    SeededNet.from_config(msg.content.config_records[CONFIG]).rebuild(model)
-    return wire.downlink_context(model)
+    """The lean downlink's coding context, from the rebuilt seeded weights (once
+    per seeded net: kept by its checked weight hash)."""
+    net = SeededNet.from_config(msg.content.config_records[CONFIG])
+    if net.weight_hash not in _CONTEXTS:
+        net.rebuild(model)
+        _CONTEXTS.clear()
+        _CONTEXTS[net.weight_hash] = wire.downlink_context(model)
+    return _CONTEXTS[net.weight_hash]
 
 
 def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:

@@ -23,10 +23,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
-from fedmask.nn.pruning import magnitude_bins
+from fedmask.nn.pruning import flat_weights, unit_bins
 from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
+from fedmask.wire.entropy import Groups
 from fedmask.wire.held import Context
 from fedmask.wire.records import (
     NUM_PARAMS,
@@ -122,15 +123,18 @@ def decode_signs(msg: Message, global_signs: np.ndarray, coding: str) -> np.ndar
 
 def downlink_context(model: nn.Module) -> Context:
     """The lean downlink's coding context of P and g (:mod:`fedmask.wire.held`):
-    each weight's layer and ``|w|`` quantile in the seeded `model` (SynFlow keeps
-    large weights; small ones flip sign first), for g read at the kept positions."""
-    bins = magnitude_bins(model)
+    each seeded weight's output unit (SynFlow keeps a unit's large weights or
+    none) and ``|w|`` quantile within its layer; for g, read at the kept
+    positions, the unit split by the sign of w (a unit's signs flip together)."""
+    units, bins = unit_bins(model)
+    positive = flat_weights(model) > 0
 
-    def context(key: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    def context(key: str, arrays: dict[str, np.ndarray]) -> Groups | None:
         if key == PRUNE_MASK:
-            return bins
+            return Groups(units, bins)
         if key == SIGN_MASK:
-            return bins[unpack_mask(arrays[PRUNE_MASK], bins.size, PRUNE_MASK)]
+            kept = unpack_mask(arrays[PRUNE_MASK], bins.size, PRUNE_MASK)
+            return Groups((2 * units + positive)[kept], bins[kept])
         return None
     return context
 
