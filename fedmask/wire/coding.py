@@ -40,7 +40,6 @@ def decode_packed(payload: np.ndarray, length: int, coding: str,
                   probs: np.ndarray | None = None, field: str = "mask") -> np.ndarray:
     """As :func:`decode_mask`, the bits packed (``ceil(length/8)`` bytes): a
     ``packed`` payload is checked and returned as it is."""
-    check_coding(coding)
     if coding == "packed":
         return check_packed(payload, length, field)
-    return pack_mask(entropy.decode(payload, length, probs, field))
+    return pack_mask(decode_mask(payload, length, coding, probs, field))
