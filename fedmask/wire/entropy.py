@@ -233,9 +233,11 @@ def _group_classes(bits: np.ndarray, groups: np.ndarray, count: int) -> np.ndarr
 
 def _grouped_contexts(classes: np.ndarray, context: Groups) -> tuple[np.ndarray, int]:
     """Each position's index among the (class, bin) contexts present, and their count."""
-    codes = classes[context.groups].astype(np.intp) * BINS + context.bins
-    present, index = np.unique(codes, return_inverse=True)
-    return index, present.size
+    if context.bins.dtype != np.uint8 or (context.bins.size and context.bins.max() >= BINS):
+        raise CodecError("context", f"bins must be uint8 below {BINS}")
+    codes = classes[context.groups] * np.uint8(BINS) + context.bins  # < 256
+    present = np.bincount(codes, minlength=CLASSES * BINS) > 0
+    return (np.cumsum(present) - 1)[codes], int(present.sum())
 
 
 def encode_grouped(bits: np.ndarray, context: Groups) -> np.ndarray:

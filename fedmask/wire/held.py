@@ -92,7 +92,7 @@ def _context(context: Context | None, key: str, arrays: dict[str, np.ndarray],
             or bins.dtype != np.uint8 or (bins.size and bins.max() >= entropy.BINS)):
         raise CodecError(key, f"context of {groups.dtype} groups {groups.shape} and "
                               f"{bins.dtype} bins {bins.shape} for {length} bits")
-    padded = entropy.Groups(np.zeros(length, dtype=np.intp), np.zeros(length, dtype=np.uint8))
+    padded = entropy.Groups(np.zeros(length, dtype=groups.dtype), np.zeros(length, np.uint8))
     padded.groups[:groups.size], padded.bins[:bins.size] = groups, bins
     return padded
 
