@@ -96,6 +96,45 @@ def test_share_vote_scores_start_at_w_times_two_p_minus_one():
     torch.testing.assert_close(scores[kept], weights[kept].abs() * g * magnitude)
 
 
+def test_layer_score_scale_starts_each_layer_in_units_of_its_kept_weights_rms():
+    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1,
+                         synflow_iterations=5, min_train_nodes=1, score_scale="layer")
+    strategy.signs = np.arange(strategy.signs.size) % 3 == 0
+    msg = _messages(strategy, server_round=2)[0]
+    net = hidenseek.train_module(msg, build_model("cnn", 10, 1, 12), RecordDict())
+    g = np.zeros(strategy.prune.size)
+    g[strategy.prune] = np.where(strategy.signs, 1.0, -1.0)
+    start = 0
+    for name, mask in supermasks(net).items():
+        weight = frozen_weight(net, name).flatten().numpy()
+        layer = slice(start, start + weight.size)
+        kept, start = strategy.prune[layer], layer.stop
+        rms = np.sqrt(np.mean(weight[kept].astype(np.float64) ** 2))
+        np.testing.assert_allclose(mask.scores.detach().flatten().numpy()[kept],
+                                   np.abs(weight[kept]) * g[layer][kept] / rms, rtol=1e-5)
+    assert start == strategy.prune.size
+
+
+def test_layer_scale_is_one_in_a_layer_that_keeps_nothing():
+    model = build_model("cnn", 10, 1, 12)
+    prune = np.zeros(sum(p.numel() for p in model.parameters()), dtype=bool)
+    prune[-5:] = True  # only the last layer keeps weights
+    scale = wire.layer_scale(model, prune)
+    last = model[-1].weight.detach().flatten().numpy()
+    assert np.all(scale[:-last.size] == 1.0)
+    np.testing.assert_allclose(scale[-1], 1 / np.sqrt(np.mean(last[-5:].astype(np.float64) ** 2)),
+                               rtol=1e-6)
+
+
+def test_unknown_score_scale_is_refused():
+    with pytest.raises(ValueError, match="score-scale"):
+        HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=1,
+                  synflow_iterations=5, score_scale="unit")
+    with pytest.raises(ValueError, match="score-scale"):
+        wire.sign_net(build_model("cnn", 10, 1, 12), np.ones(10, bool), np.ones(10, bool),
+                      score_scale="unit")
+
+
 def test_downlink_context_is_computed_once_per_seeded_net(strategy):
     first, again = _messages(strategy)[0], _messages(strategy, server_round=2)[0]
     context = hidenseek_client.downlink_context(first, build_model("cnn", 10, 1, 12))

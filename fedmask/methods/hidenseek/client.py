@@ -20,7 +20,8 @@ def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, 
     record = msg.content.array_records[wire.MASKS]
     prune, signs = wire.decode_masks(record, config)
     margin = wire.decode_margin(record, signs.size)
-    return wire.sign_net(model, prune, signs, margin), prune, signs
+    scale = str(config.get(wire.SCORE_SCALE, "weight"))
+    return wire.sign_net(model, prune, signs, margin, scale), prune, signs
 
 
 _CONTEXTS: dict[str, Context] = {}  # weight hash -> context, of the last seeded net only

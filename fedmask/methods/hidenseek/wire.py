@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
-from fedmask.nn.pruning import flat_weights, unit_bins
+from fedmask.nn.pruning import flat_weights, prunable_names, unit_bins
 from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
@@ -43,6 +43,8 @@ MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
 SIGN_MARGIN = "sign-margin"
 VOTES = ("majority", "share")
+SCORE_SCALE = "score-scale"
+SCORE_SCALES = ("weight", "layer")
 _MARGIN_LEVELS = 255
 UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
 NUM_KEPT = "num-kept"
@@ -139,15 +141,38 @@ def downlink_context(model: nn.Module) -> Context:
     return context
 
 
+def layer_scale(model: nn.Module, prune: np.ndarray) -> np.ndarray:
+    """Per prunable position (flat order): 1 / the RMS of its layer's kept weights
+    (1 in a layer that keeps none), so that ``|w| * scale`` is in the layer's units."""
+    weights = flat_weights(model)
+    scale = np.ones(weights.size, dtype=np.float32)
+    params = dict(model.named_parameters())
+    start = 0
+    for name in prunable_names(model):
+        layer = slice(start, start + params[name].numel())
+        kept = weights[layer][prune[layer]].astype(np.float64)
+        rms = float(np.sqrt(np.mean(kept ** 2))) if kept.size else 0.0
+        if rms > 0:
+            scale[layer] = 1 / rms
+        start = layer.stop
+    return scale
+
+
 def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
-             margin: np.ndarray | None = None) -> nn.Module:
+             margin: np.ndarray | None = None, score_scale: str = "weight") -> nn.Module:
     """Attach sign supermasks ``w * P * sign(s)`` to the seeded `model` (in place).
 
     Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions;
-    `margin` (K magnitudes, see :func:`decode_margin`) scales them.
+    `margin` (K magnitudes, see :func:`decode_margin`) scales them, and with
+    `score_scale` ``"layer"`` so does :func:`layer_scale` (every layer's signs
+    then take as many steps to flip).
     """
+    if score_scale not in SCORE_SCALES:
+        raise ValueError(f"{SCORE_SCALE}: {score_scale!r} is not one of {list(SCORE_SCALES)}")
     full = np.ones(prune.size, dtype=np.float32)
     full[prune] = np.where(signs, 1.0, -1.0) * (1.0 if margin is None else margin)
+    if score_scale == "layer":
+        full *= layer_scale(model, prune)
     model.requires_grad_(False)  # only the scores train
     return attach_flat(model, SignSupermask, prune, full)
 
