@@ -51,7 +51,9 @@ GRID: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5, "min-local-steps": 40},
         {"lr": 0.1, "score-scale": "layer", "min-local-steps": 20},
         {"lr": 0.05, "score-scale": "layer", "min-local-steps": 20},
-        {"lr": 0.2, "score-scale": "layer", "min-local-steps": 20}],
+        {"lr": 0.2, "score-scale": "layer", "min-local-steps": 20},
+        {"lr": 0.01, "score-memory": True, "min-local-steps": 20},
+        {"lr": 0.01, "score-memory": True, "min-local-steps": 40}],
     "fedpm": [
         {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
         {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},

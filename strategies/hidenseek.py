@@ -62,6 +62,9 @@ class HideNseek(SeededMaskStrategy):
     score_scale : {"weight", "layer"}
         Clients' scores start at ``|w| * g`` (``"weight"``, the paper's) or at
         ``|w| / rms * g``, rms of the layer's kept weights (``"layer"``).
+    score_memory : bool
+        A node starts from the score magnitudes it last trained (kept in its
+        ``context.state``, K float32), with the global signs, where it holds them.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -76,7 +79,8 @@ class HideNseek(SeededMaskStrategy):
                  mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
                  vote: str = "majority", vote_smoothing: float = 0.0,
-                 score_scale: str = "weight", **kwargs: Any) -> None:
+                 score_scale: str = "weight", score_memory: bool = False,
+                 **kwargs: Any) -> None:
         if vote not in wire.VOTES:
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
@@ -92,6 +96,7 @@ class HideNseek(SeededMaskStrategy):
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
         self.share = np.ones(self.signs.size)  # smoothed share voting +1 (all, before round 1)
         self.vote, self.vote_smoothing, self.score_scale = vote, vote_smoothing, score_scale
+        self.score_memory = score_memory
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
 
     def summary(self) -> None:
@@ -119,8 +124,9 @@ class HideNseek(SeededMaskStrategy):
         return wire.downlink_context(self.model)
 
     def wire_config(self) -> dict[str, Any]:
-        """The number of kept weights K and the clients' score scale."""
-        return {wire.NUM_KEPT: self.signs.size, wire.SCORE_SCALE: self.score_scale}
+        """The number of kept weights K and how clients start their scores."""
+        return {wire.NUM_KEPT: self.signs.size, wire.SCORE_SCALE: self.score_scale,
+                wire.SCORE_MEMORY: self.score_memory}
 
     def decode(self, msg: Message) -> np.ndarray:
         """The client's K sign bits, packed."""

@@ -135,6 +135,44 @@ def test_unknown_score_scale_is_refused():
                       score_scale="unit")
 
 
+def _memory_strategy(seed=1, score_memory=True):
+    return HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=seed,
+                     synflow_iterations=5, min_train_nodes=1, score_memory=score_memory)
+
+
+def _start_scores(strategy, state, server_round=2):
+    msg = _messages(strategy, server_round=server_round)[0]
+    net = hidenseek.train_module(msg, build_model("cnn", 10, 1, 12), state)
+    return wire.read_scores(net, strategy.prune), net
+
+
+def test_score_memory_restarts_from_the_magnitudes_the_node_last_trained():
+    strategy, state = _memory_strategy(), RecordDict()
+    hidenseek.train(_messages(strategy)[0], build_model("cnn", 10, 1, 12), tiny_client_data(),
+                    state)
+    (trained,) = state.array_records[hidenseek_client.MEMORY].values()
+    trained = trained.numpy()
+    assert trained.dtype == np.float32 and trained.shape == (strategy.signs.size,)
+    strategy.signs = np.arange(strategy.signs.size) % 2 == 0
+    start, net = _start_scores(strategy, state)
+    np.testing.assert_array_equal(start, np.where(strategy.signs, 1, -1) * np.abs(trained))
+    weights = torch.cat([frozen_weight(net, n).flatten() for n in supermasks(net)]).numpy()
+    assert not np.allclose(np.abs(start), np.abs(weights[strategy.prune]))  # not |w|
+
+
+def test_score_memory_ignores_scores_of_another_seeded_net_and_is_off_by_default():
+    strategy, state = _memory_strategy(seed=1), RecordDict()
+    hidenseek.train(_messages(strategy)[0], build_model("cnn", 10, 1, 12), tiny_client_data(),
+                    state)
+    other = _memory_strategy(seed=2)
+    start, net = _start_scores(other, state)
+    weights = torch.cat([frozen_weight(net, n).flatten() for n in supermasks(net)]).numpy()
+    np.testing.assert_allclose(start, np.abs(weights[other.prune]))  # |w| * (+1)
+    plain, fresh = _memory_strategy(score_memory=False), RecordDict()
+    hidenseek.train(_messages(plain)[0], build_model("cnn", 10, 1, 12), tiny_client_data(), fresh)
+    assert hidenseek_client.MEMORY not in fresh.array_records
+
+
 def test_downlink_context_is_computed_once_per_seeded_net(strategy):
     first, again = _messages(strategy)[0], _messages(strategy, server_round=2)[0]
     context = hidenseek_client.downlink_context(first, build_model("cnn", 10, 1, 12))

@@ -19,12 +19,15 @@ has settled.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
 from fedmask.nn.pruning import flat_weights, prunable_names, unit_bins
-from fedmask.nn.supermask import SignSupermask
+from fedmask.nn.supermask import SignSupermask, supermasks
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
 from fedmask.wire.entropy import Groups
@@ -45,6 +48,7 @@ SIGN_MARGIN = "sign-margin"
 VOTES = ("majority", "share")
 SCORE_SCALE = "score-scale"
 SCORE_SCALES = ("weight", "layer")
+SCORE_MEMORY = "score-memory"
 _MARGIN_LEVELS = 255
 UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
 NUM_KEPT = "num-kept"
@@ -175,6 +179,30 @@ def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
         full *= layer_scale(model, prune)
     model.requires_grad_(False)  # only the scores train
     return attach_flat(model, SignSupermask, prune, full)
+
+
+def _scores(model: nn.Module) -> list[torch.Tensor]:
+    """The score tensors of `model`'s sign supermasks, in flat order."""
+    return [cast(SignSupermask, mask).scores for mask in supermasks(model).values()]
+
+
+def read_scores(model: nn.Module, prune: np.ndarray) -> np.ndarray:
+    """The K scores (float32) of the kept positions of `model`'s sign supermasks."""
+    flat = np.concatenate([s.detach().cpu().numpy().ravel() for s in _scores(model)])
+    return flat[prune].astype(np.float32)
+
+
+@torch.no_grad()
+def restart_scores(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
+                   magnitudes: np.ndarray) -> None:
+    """Set the kept scores of `model`'s sign supermasks to ``g * |magnitudes|`` (K each)."""
+    scores = _scores(model)
+    flat = np.concatenate([s.detach().cpu().numpy().ravel() for s in scores])
+    flat[prune] = np.where(signs, 1.0, -1.0) * np.abs(magnitudes)
+    start = 0
+    for score in scores:
+        score.copy_(torch.from_numpy(flat[start:start + score.numel()]).view_as(score))
+        start += score.numel()
 
 
 def read_signs(model: nn.Module, prune: np.ndarray) -> np.ndarray:
