@@ -65,6 +65,14 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "ssfl": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
     "fedsparsify": [{"lr": 0.02}, {"lr": 0.05}, {"lr": 0.02, "min-local-steps": 20}],
 }
+# Each method's default setting without and with the ``min-local-steps`` default
+# (``--grid steps``): does the data-poor clients' default hold where clients have more data?
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
+    "fedavg": {"lr": 0.02}, "hidenseek": {"lr": 0.01}, "fedpm": {"lr": 0.2, "posterior": "mode"},
+    "mpfl": {"lr": 0.02}, "ssfl": {"lr": 0.02}, "fedsparsify": {"lr": 0.02}}
+GRIDS = {"main": GRID,
+         "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
+                   for method, setting in DEFAULT_SETTINGS.items()}}
 # Data regimes: the standard profile, and the same with 400 images per client.
 REGIMES = {"standard": {}, "limited": {"train-limit": 400}}
 VALIDATION_SIZE = 2000
@@ -79,12 +87,12 @@ def run_one(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
 
 
 def candidates(methods: list[str], datasets: list[str], regimes: list[str],
-               rounds: int, common: dict[str, Any]) -> list[dict[str, Any]]:
+               rounds: int, common: dict[str, Any], grid: str = "main") -> list[dict[str, Any]]:
     """Every (method, setting, dataset, regime) to run, with its full run config."""
     profile = PROFILES["standard"]["run_config"]
     runs = []
     for method in methods:
-        for index, setting in enumerate(GRID[method]):
+        for index, setting in enumerate(GRIDS[grid][method]):
             for dataset in datasets:
                 for regime in regimes:
                     config = {**profile, **REGIMES[regime], **common, **setting,
@@ -149,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist"])
+    parser.add_argument("--grid", default="main", choices=list(GRIDS),
+                        help="main: every candidate of GRID; steps: each method's default "
+                             "setting at 0 and 20 min-local-steps")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
     parser.add_argument("--score-rounds", type=int, default=5,
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a sweep JSON whose runs of the same settings are kept, not re-run")
     args = parser.parse_args(argv)
     runs = candidates(args.methods, args.datasets, args.regimes, args.rounds,
-                      parse_pairs(args.run_config))
+                      parse_pairs(args.run_config), args.grid)
     done = reusable(args.reuse) if args.reuse else {}
     for run in runs:
         run.update(done.get(_run_key(run), {}))
