@@ -59,12 +59,6 @@ class HideNseek(SeededMaskStrategy):
     vote_smoothing : float
         beta in [0, 1): the server's share is ``beta * previous + (1 - beta) * this
         round's`` (0: this round's votes alone); g is its majority.
-    score_scale : {"weight", "layer"}
-        Clients' scores start at ``|w| * g`` (``"weight"``, the paper's) or at
-        ``|w| / rms * g``, rms of the layer's kept weights (``"layer"``).
-    score_memory : bool
-        A node starts from the score magnitudes it last trained (kept in its
-        ``context.state``, K float32), with the global signs, where it holds them.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -79,15 +73,11 @@ class HideNseek(SeededMaskStrategy):
                  mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
                  vote: str = "majority", vote_smoothing: float = 0.0,
-                 score_scale: str = "weight", score_memory: bool = False,
                  **kwargs: Any) -> None:
         if vote not in wire.VOTES:
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
             raise ValueError(f"vote-smoothing: must be in [0, 1), got {vote_smoothing}")
-        if score_scale not in wire.SCORE_SCALES:
-            raise ValueError(f"score-scale: {score_scale!r} is not one of "
-                             f"{list(wire.SCORE_SCALES)}")
         shape = input_shape or linear_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
@@ -95,8 +85,7 @@ class HideNseek(SeededMaskStrategy):
         self.prune = flatten_masks(masks, prunable_names(model))
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
         self.share = np.ones(self.signs.size)  # smoothed share voting +1 (all, before round 1)
-        self.vote, self.vote_smoothing, self.score_scale = vote, vote_smoothing, score_scale
-        self.score_memory = score_memory
+        self.vote, self.vote_smoothing = vote, vote_smoothing
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
 
     def summary(self) -> None:
@@ -124,9 +113,8 @@ class HideNseek(SeededMaskStrategy):
         return wire.downlink_context(self.model)
 
     def wire_config(self) -> dict[str, Any]:
-        """The number of kept weights K and how clients start their scores."""
-        return {wire.NUM_KEPT: self.signs.size, wire.SCORE_SCALE: self.score_scale,
-                wire.SCORE_MEMORY: self.score_memory}
+        """The number of kept weights K."""
+        return {wire.NUM_KEPT: self.signs.size}
 
     def decode(self, msg: Message) -> np.ndarray:
         """The client's K sign bits, packed."""
@@ -172,5 +160,4 @@ class HideNseek(SeededMaskStrategy):
     def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global network ``w * P * g`` that `arrays` describe, for evaluation."""
         prune, signs = wire.decode_masks(arrays, self.config(ConfigRecord()))
-        return wire.sign_net(copy.deepcopy(self.model), prune, signs,
-                             score_scale=self.score_scale)
+        return wire.sign_net(copy.deepcopy(self.model), prune, signs)

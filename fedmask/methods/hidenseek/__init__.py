@@ -3,9 +3,9 @@ supermask, majority vote of the signs. Wire contract: :mod:`.wire`; client side:
 :mod:`.client`; server side: :class:`strategies.hidenseek.HideNseek`."""
 
 from fedmask.methods import Method
-from fedmask.methods.hidenseek.wire import SCORE_SCALES, VOTES
+from fedmask.methods.hidenseek.wire import VOTES
 from fedmask.nn.pruning import SCOPES
-from fedmask.options import choice, flag, in_range, non_negative, positive
+from fedmask.options import choice, in_range, non_negative, positive
 
 METHOD = Method(
     name="hidenseek",
@@ -19,17 +19,12 @@ METHOD = Method(
                                            "accuracy (0 = off)"),
         "vote": choice("majority", VOTES, "HideNseek: only the majority signs go down, or "
                                           "with them the vote margins clients start from"),
-        "score-scale": choice("weight", SCORE_SCALES,
-                              "HideNseek: scores start at |w| * g (weight) or at |w| over "
-                              "the RMS of the layer's kept weights (layer)"),
-        "score-memory": flag(False, "HideNseek: a node starts its scores at the magnitudes "
-                                    "it last trained (with the global signs), not at |w|"),
         "vote-smoothing": in_range(0.0, 0.0, 1.0, hi_open=True,
                                    help="HideNseek: weight of the previous rounds' vote share "
                                         "in the server's share (0 = this round's only)"),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
-               "personal-epochs", "vote", "vote-smoothing", "score-scale", "score-memory"),
+               "personal-epochs", "vote", "vote-smoothing"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
     personalised=True,
 )

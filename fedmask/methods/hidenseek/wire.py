@@ -19,15 +19,12 @@ has settled.
 
 from __future__ import annotations
 
-from typing import cast
-
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from torch import nn
 
-from fedmask.nn.pruning import flat_weights, prunable_names, unit_bins
-from fedmask.nn.supermask import SignSupermask, supermasks
+from fedmask.nn.pruning import flat_weights, unit_bins
+from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
 from fedmask.wire.entropy import Groups
@@ -46,9 +43,6 @@ MASKS, SIGNS = "masks", "signs"
 PRUNE_MASK, SIGN_MASK, SIGN_FLIPS = "prune-mask", "sign-mask", "sign-flips"
 SIGN_MARGIN = "sign-margin"
 VOTES = ("majority", "share")
-SCORE_SCALE = "score-scale"
-SCORE_SCALES = ("weight", "layer")
-SCORE_MEMORY = "score-memory"
 _MARGIN_LEVELS = 255
 UPLINK_KEYS = {"packed": SIGN_MASK, "entropy": SIGN_FLIPS}
 NUM_KEPT = "num-kept"
@@ -145,64 +139,17 @@ def downlink_context(model: nn.Module) -> Context:
     return context
 
 
-def layer_scale(model: nn.Module, prune: np.ndarray) -> np.ndarray:
-    """Per prunable position (flat order): 1 / the RMS of its layer's kept weights
-    (1 in a layer that keeps none), so that ``|w| * scale`` is in the layer's units."""
-    weights = flat_weights(model)
-    scale = np.ones(weights.size, dtype=np.float32)
-    params = dict(model.named_parameters())
-    start = 0
-    for name in prunable_names(model):
-        layer = slice(start, start + params[name].numel())
-        kept = weights[layer][prune[layer]].astype(np.float64)
-        rms = float(np.sqrt(np.mean(kept ** 2))) if kept.size else 0.0
-        if rms > 0:
-            scale[layer] = 1 / rms
-        start = layer.stop
-    return scale
-
-
 def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
-             margin: np.ndarray | None = None, score_scale: str = "weight") -> nn.Module:
+             margin: np.ndarray | None = None) -> nn.Module:
     """Attach sign supermasks ``w * P * sign(s)`` to the seeded `model` (in place).
 
     Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions;
-    `margin` (K magnitudes, see :func:`decode_margin`) scales them, and with
-    `score_scale` ``"layer"`` so does :func:`layer_scale` (every layer's signs
-    then take as many steps to flip).
+    `margin` (K magnitudes, see :func:`decode_margin`) scales them.
     """
-    if score_scale not in SCORE_SCALES:
-        raise ValueError(f"{SCORE_SCALE}: {score_scale!r} is not one of {list(SCORE_SCALES)}")
     full = np.ones(prune.size, dtype=np.float32)
     full[prune] = np.where(signs, 1.0, -1.0) * (1.0 if margin is None else margin)
-    if score_scale == "layer":
-        full *= layer_scale(model, prune)
     model.requires_grad_(False)  # only the scores train
     return attach_flat(model, SignSupermask, prune, full)
-
-
-def _scores(model: nn.Module) -> list[torch.Tensor]:
-    """The score tensors of `model`'s sign supermasks, in flat order."""
-    return [cast(SignSupermask, mask).scores for mask in supermasks(model).values()]
-
-
-def read_scores(model: nn.Module, prune: np.ndarray) -> np.ndarray:
-    """The K scores (float32) of the kept positions of `model`'s sign supermasks."""
-    flat = np.concatenate([s.detach().cpu().numpy().ravel() for s in _scores(model)])
-    return flat[prune].astype(np.float32)
-
-
-@torch.no_grad()
-def restart_scores(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
-                   magnitudes: np.ndarray) -> None:
-    """Set the kept scores of `model`'s sign supermasks to ``g * |magnitudes|`` (K each)."""
-    scores = _scores(model)
-    flat = np.concatenate([s.detach().cpu().numpy().ravel() for s in scores])
-    flat[prune] = np.where(signs, 1.0, -1.0) * np.abs(magnitudes)
-    start = 0
-    for score in scores:
-        score.copy_(torch.from_numpy(flat[start:start + score.numel()]).view_as(score))
-        start += score.numel()
 
 
 def read_signs(model: nn.Module, prune: np.ndarray) -> np.ndarray:
