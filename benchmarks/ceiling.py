@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from fedmask import config as run_config
@@ -62,15 +63,20 @@ def union_loader(cfg: dict[str, Any], num_nodes: int) -> tuple[DataLoader, int]:
     return loader, round(sum(per_client) / num_nodes)
 
 
-def ceiling(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
-    """Train `config`'s method's network centrally (see the module doc); return its
-    accuracy, the steps and the seconds taken."""
-    cfg = run_config.parse({**config, "method": ceiling_method(config["method"])})
+def initial_network(cfg: dict[str, Any]) -> nn.Module:
+    """The trainable network of the parsed run config `cfg`'s method before round 1."""
     torch.manual_seed(cfg["seed"])
     spec = get_spec(cfg["dataset"])
     model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
     strategy = build_strategy(cfg, model, (spec.in_channels, spec.image_size, spec.image_size))
-    net = strategy.evaluation_model(strategy.initial_arrays())
+    return strategy.evaluation_model(strategy.initial_arrays())
+
+
+def ceiling(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
+    """Train `config`'s method's network centrally (see the module doc); return its
+    accuracy, the steps and the seconds taken."""
+    cfg = run_config.parse({**config, "method": ceiling_method(config["method"])})
+    net = initial_network(cfg)
     loader, steps_per_round = union_loader(cfg, num_nodes)
     steps = steps_per_round * cfg["num-server-rounds"]
     start = time.perf_counter()

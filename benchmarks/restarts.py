@@ -24,27 +24,16 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from ceiling import union_loader
+from ceiling import initial_network, union_loader
 from torch import nn
 
 from fedmask import config as run_config
-from fedmask.data.datasets import get_spec
 from fedmask.launch import parse_pairs
 from fedmask.nn import training
-from fedmask.nn.models import build_model
 from fedmask.nn.supermask import SignSupermask, frozen_weight, supermasks
-from fedmask.server.app import build_strategy, central_loader
+from fedmask.server.app import central_loader
 
 RESTARTS = ("none", "optimizer", "scores")
-
-
-def sign_net(cfg: dict[str, Any]) -> nn.Module:
-    """HideNseek's global network before round 1 (scores at ``|w|``)."""
-    torch.manual_seed(cfg["seed"])
-    spec = get_spec(cfg["dataset"])
-    model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
-    strategy = build_strategy(cfg, model, (spec.in_channels, spec.image_size, spec.image_size))
-    return strategy.evaluation_model(strategy.initial_arrays())
 
 
 @torch.no_grad()
@@ -58,7 +47,7 @@ def restart_scores(net: nn.Module) -> None:
 def train(config: dict[str, Any], restart: str, steps: int, num_nodes: int) -> list[float]:
     """Train in rounds of `steps` steps with `restart`; the accuracy every 10 rounds."""
     cfg = run_config.parse({**config, "method": "hidenseek"})
-    net = sign_net(cfg)
+    net = initial_network(cfg)  # HideNseek: scores at |w|
     loader, per_round = union_loader(cfg, num_nodes)
     rounds = per_round * cfg["num-server-rounds"] // steps
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
