@@ -2,7 +2,9 @@
 
 import json
 
-from sweep import GRID, candidates, choose, markdown, reusable
+from sweep import DEFAULT_SETTINGS, GRID, candidates, choose, markdown, reusable
+
+from fedmask.methods import REGISTRY
 
 
 def _run(method, setting, dataset, accuracy):
@@ -37,3 +39,17 @@ def test_reused_runs_are_matched_by_their_full_config(tmp_path):
     path.write_text(json.dumps({"runs": [run]}))
     done = reusable(path)
     assert len(done) == 1 and list(done.values())[0]["accuracy"] == [0.5]
+
+
+def test_steps_grid_runs_each_methods_default_setting_without_and_with_the_minimum():
+    runs = candidates(["fedpm", "fedavg"], ["mnist"], ["standard"], 3, {}, grid="steps")
+    assert [(r["method"], r["config"]["min-local-steps"]) for r in runs] == [
+        ("fedpm", 0), ("fedpm", 20), ("fedavg", 0), ("fedavg", 20)]
+    for run in runs:
+        assert run["config"]["lr"] == DEFAULT_SETTINGS[run["method"]]["lr"]
+        assert run["config"]["train-limit"] == 1200 and run["config"]["validation-size"] > 0
+    assert set(DEFAULT_SETTINGS) == set(REGISTRY)
+    for method, setting in DEFAULT_SETTINGS.items():  # the settings are fedmask's defaults
+        assert setting["lr"] == REGISTRY[method].defaults["lr"]
+        options = REGISTRY[method].options
+        assert all(options[k].default == v for k, v in setting.items() if k != "lr")
