@@ -48,7 +48,11 @@ GRID: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "vote-smoothing": 0.5, "min-local-steps": 20},
         {"lr": 0.005, "min-local-steps": 20}, {"lr": 0.01, "min-local-steps": 40},
         {"lr": 0.005, "min-local-steps": 40},
-        {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5, "min-local-steps": 40}],
+        {"lr": 0.01, "vote": "share", "vote-smoothing": 0.5, "min-local-steps": 40},
+        {"lr": 0.01, "min-local-steps": 20, "init": "signed-constant"},
+        {"optimizer": "sgd", "lr": 0.3, "min-local-steps": 20},
+        {"optimizer": "sgd", "lr": 1.0, "min-local-steps": 20},
+        {"lr": 0.01, "min-local-steps": 20, "batch-size": 32}],
     "fedpm": [
         {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
         {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},
