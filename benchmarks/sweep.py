@@ -54,11 +54,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         {"optimizer": "sgd", "lr": 1.0, "min-local-steps": 20},
         {"lr": 0.01, "min-local-steps": 20, "batch-size": 32},
         {"lr": 0.01, "min-local-steps": 20, "density": 0.7},
-        {"lr": 0.01, "min-local-steps": 20, "density": 1.0},
-        {"lr": 0.01, "min-local-steps": 20, "flip-threshold": 0.4},
-        {"lr": 0.01, "min-local-steps": 20, "flip-threshold": 0.3},
-        {"lr": 0.01, "min-local-steps": 20, "flip-threshold": 0.6},
-        {"lr": 0.02, "min-local-steps": 20, "flip-threshold": 0.6}],
+        {"lr": 0.01, "min-local-steps": 20, "density": 1.0}],
     "fedpm": [
         {"lr": 0.1}, {"lr": 0.1, "posterior": "mode"}, {"lr": 0.03, "posterior": "mode"},
         {"lr": 0.1, "posterior": "mode", "weighted-aggregation": True},

@@ -59,9 +59,6 @@ class HideNseek(SeededMaskStrategy):
     vote_smoothing : float
         beta in [0, 1): the server's share is ``beta * previous + (1 - beta) * this
         round's`` (0: this round's votes alone); g is its majority.
-    flip_threshold : float
-        tau in (0, 1): a sign of g flips where the share voting against it exceeds
-        tau (0.5: g is the majority, ties keep g; above 0.5 a flip needs more).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -76,13 +73,11 @@ class HideNseek(SeededMaskStrategy):
                  mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
                  vote: str = "majority", vote_smoothing: float = 0.0,
-                 flip_threshold: float = 0.5, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         if vote not in wire.VOTES:
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
             raise ValueError(f"vote-smoothing: must be in [0, 1), got {vote_smoothing}")
-        if not 0.0 < flip_threshold < 1.0:
-            raise ValueError(f"flip-threshold: must be in (0, 1), got {flip_threshold}")
         shape = input_shape or linear_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
@@ -91,7 +86,6 @@ class HideNseek(SeededMaskStrategy):
         self.signs = np.ones(int(self.prune.sum()), dtype=bool)
         self.share = np.ones(self.signs.size)  # smoothed share voting +1 (all, before round 1)
         self.vote, self.vote_smoothing = vote, vote_smoothing
-        self.flip_threshold = flip_threshold
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
 
     def summary(self) -> None:
@@ -138,8 +132,7 @@ class HideNseek(SeededMaskStrategy):
 
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
         """The share voting +1, weighted by examples (smoothed across rounds by
-        `vote_smoothing`); g flips where more than `flip_threshold` of it votes
-        against g (the majority at 0.5; ties keep g)."""
+        `vote_smoothing`), and its majority ``g``; ties keep g."""
         del server_round, count
         beta = self.vote_smoothing
         share = total / examples
@@ -147,8 +140,7 @@ class HideNseek(SeededMaskStrategy):
         if beta:  # in place: the same sum as beta * share + (1 - beta) * this round's
             share += beta * self.share
         self.share = share
-        tau = self.flip_threshold
-        self.signs = np.where(self.signs, share >= 1 - tau, share > tau)
+        self.signs = np.where(self.share == 0.5, self.signs, self.share > 0.5)
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """P and g of `arrays`, each range coded where that is smaller than packed."""

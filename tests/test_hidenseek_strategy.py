@@ -163,21 +163,6 @@ def test_vote_smoothing_keeps_part_of_the_previous_share(reply):
     assert not strategy.signs.any()
 
 
-def test_flip_threshold_flips_signs_a_minority_votes_against(reply):
-    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
-                         synflow_iterations=5, min_train_nodes=1, flip_threshold=0.3,
-                         mask_coding="packed")
-    k = strategy.signs.size
-    a, b = np.ones(k, bool), np.ones(k, bool)
-    a[:2], b[0] = False, False  # position 0: 4 of 10 examples vote -1; 1: 1 of 10
-    strategy.aggregate_train(1, [reply(a, 1), reply(b, 3), reply(np.ones(k, bool), 6)])
-    assert list(strategy.signs[:3]) == [False, True, True]  # 0.4 > 0.3 flips, 0.1 does not
-    c = np.zeros(k, bool)
-    c[0] = True  # position 0 (now -1): 3 of 10 vote +1, not more than 0.3: stays -1
-    strategy.aggregate_train(2, [reply(c, 3), reply(np.zeros(k, bool), 7)])
-    assert not strategy.signs[0] and not strategy.signs[1:].any()
-
-
 def test_share_vote_sends_margins_from_round_two(reply):
     strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
                          synflow_iterations=5, min_train_nodes=1, vote="share",
@@ -194,9 +179,7 @@ def test_share_vote_sends_margins_from_round_two(reply):
 
 
 @pytest.mark.parametrize("kwargs, match", [({"vote": "mean"}, "vote"),
-                                           ({"vote_smoothing": 1.0}, "vote-smoothing"),
-                                           ({"flip_threshold": 1.0}, "flip-threshold"),
-                                           ({"flip_threshold": 0.0}, "flip-threshold")])
+                                           ({"vote_smoothing": 1.0}, "vote-smoothing")])
 def test_bad_vote_options_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), **kwargs)

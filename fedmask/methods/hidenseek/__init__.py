@@ -22,12 +22,9 @@ METHOD = Method(
         "vote-smoothing": in_range(0.0, 0.0, 1.0, hi_open=True,
                                    help="HideNseek: weight of the previous rounds' vote share "
                                         "in the server's share (0 = this round's only)"),
-        "flip-threshold": in_range(0.5, 0.0, 1.0, lo_open=True, hi_open=True,
-                                   help="HideNseek: a global sign flips where more than this "
-                                        "share of the vote flips it (0.5 = majority)"),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
-               "personal-epochs", "vote", "vote-smoothing", "flip-threshold"),
+               "personal-epochs", "vote", "vote-smoothing"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
     personalised=True,
 )
