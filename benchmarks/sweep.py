@@ -109,10 +109,14 @@ def candidates(methods: list[str], datasets: list[str], regimes: list[str],
     return runs
 
 
+# Where data and outputs live does not change a run's result.
+LOCATIONS = ("out-dir", "data-root")
+
+
 def _run_key(run: dict[str, Any]) -> str:
     """What makes two runs the same: method, dataset, regime and full run config
-    (out-dir aside)."""
-    config = {k: v for k, v in run["config"].items() if k != "out-dir"}
+    (where data and outputs live aside)."""
+    config = {k: v for k, v in run["config"].items() if k not in LOCATIONS}
     return json.dumps([run["method"], run["dataset"], run["regime"], config], sort_keys=True)
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from sweep import DEFAULT_SETTINGS, GRID, candidates, choose, markdown, reusable
+from sweep import DEFAULT_SETTINGS, GRID, _run_key, candidates, choose, markdown, reusable
 
 from fedmask.methods import REGISTRY
 
@@ -39,6 +39,16 @@ def test_reused_runs_are_matched_by_their_full_config(tmp_path):
     path.write_text(json.dumps({"runs": [run]}))
     done = reusable(path)
     assert len(done) == 1 and list(done.values())[0]["accuracy"] == [0.5]
+
+
+def test_reuse_ignores_where_the_data_lives(tmp_path):
+    here, there = (candidates(["fedavg"], ["mnist"], ["limited"], 3, {"data-root": root})[0]
+                   for root in ("/work/shared/data", "../shared/data"))
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"runs": [{**here, "accuracy": [0.5], "seconds": 1.0}]}))
+    other = candidates(["fedavg"], ["mnist"], ["limited"], 3, {"data-root": "/d", "seed": 1})[0]
+    done = reusable(path)
+    assert _run_key(there) in done and _run_key(other) not in done
 
 
 def test_steps_grid_runs_each_methods_default_setting_without_and_with_the_minimum():
