@@ -113,7 +113,7 @@ def candidates(methods: list[str], datasets: list[str], regimes: list[str],
 LOCATIONS = ("out-dir", "data-root")
 
 
-def _run_key(run: dict[str, Any]) -> str:
+def run_key(run: dict[str, Any]) -> str:
     """What makes two runs the same: method, dataset, regime and full run config
     (where data and outputs live aside)."""
     config = {k: v for k, v in run["config"].items() if k not in LOCATIONS}
@@ -122,7 +122,7 @@ def _run_key(run: dict[str, Any]) -> str:
 
 def reusable(path: Path) -> dict[str, dict[str, Any]]:
     """The accuracy and seconds of every run of the sweep JSON at `path`."""
-    return {_run_key(run): {"accuracy": run["accuracy"], "seconds": run["seconds"]}
+    return {run_key(run): {"accuracy": run["accuracy"], "seconds": run["seconds"]}
             for run in json.loads(path.read_text())["runs"]}
 
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
                       parse_pairs(args.run_config), args.grid)
     done = reusable(args.reuse) if args.reuse else {}
     for run in runs:
-        run.update(done.get(_run_key(run), {}))
+        run.update(done.get(run_key(run), {}))
     todo = [run for run in runs if "accuracy" not in run]
     nodes = PROFILES["standard"]["num_supernodes"]
     print(f"sweep: {len(todo)} runs of {args.rounds} rounds ({len(runs) - len(todo)} reused), "

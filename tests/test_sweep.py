@@ -2,7 +2,7 @@
 
 import json
 
-from sweep import DEFAULT_SETTINGS, GRID, _run_key, candidates, choose, markdown, reusable
+from sweep import DEFAULT_SETTINGS, GRID, candidates, choose, markdown, reusable, run_key
 
 from fedmask.methods import REGISTRY
 
@@ -48,7 +48,7 @@ def test_reuse_ignores_where_the_data_lives(tmp_path):
     path.write_text(json.dumps({"runs": [{**here, "accuracy": [0.5], "seconds": 1.0}]}))
     other = candidates(["fedavg"], ["mnist"], ["limited"], 3, {"data-root": "/d", "seed": 1})[0]
     done = reusable(path)
-    assert _run_key(there) in done and _run_key(other) not in done
+    assert run_key(there) in done and run_key(other) not in done
 
 
 def test_steps_grid_runs_each_methods_default_setting_without_and_with_the_minimum():
