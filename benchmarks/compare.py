@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import functools
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -93,11 +94,23 @@ PROFILES: dict[str, dict[str, Any]] = {
     "limited": {"rounds": 30, "num_supernodes": 20, "run_config": {
         "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.5,
         "fraction-train": 0.5, "fraction-evaluate": 0.15, "train-limit": 400}},
+    # Stress regimes: the limited profile under harder label skew (Dirichlet 0.1), and
+    # with two classes per client (shards).
+    "limited-skew": {"rounds": 30, "num_supernodes": 20, "run_config": {
+        "dataset": "fashion-mnist", "partition": "dirichlet", "alpha": 0.1,
+        "fraction-train": 0.5, "fraction-evaluate": 0.15, "train-limit": 400}},
+    "limited-shards": {"rounds": 30, "num_supernodes": 20, "run_config": {
+        "dataset": "fashion-mnist", "partition": "shards",
+        "fraction-train": 0.5, "fraction-evaluate": 0.15, "train-limit": 400}},
     "paper": {"rounds": 100, "num_supernodes": 100, "run_config": {
         "dataset": "cifar10", "model": "conv6", "partition": "dirichlet", "alpha": 0.3,
         "fraction-train": 0.1, "fraction-evaluate": 0.1}},
 }
 SWING_ROUNDS = 10  # the stability figure looks at this many last rounds
+SEED_TAG = "-seed"  # a run of entry E with seed offset S is named E-seedS (--seeds > 1)
+# Figures reported with their standard deviation over seeds.
+SPREAD_FIELDS = ("accuracy", "last10_accuracy", "personal_accuracy", "ceiling", "of_ceiling",
+                 "swing")
 ROUND_FIELDS = ("round", "accuracy", "personal_accuracy", "density", "cumulative_mb_up",
                 "cumulative_mb_down", "uplink_bpp", "client_s_mean", "client_s_max",
                 "aggregate_s", "wall_s", "overhead_share")
@@ -218,6 +231,41 @@ def runner_for(in_process_runs: bool, parallel: int, work: Path) -> Iterator[Run
         yield lambda config, nodes: workers.submit(in_process, config, nodes).result()
 
 
+def seeded(configs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str, Any]]:
+    """With `seeds` > 1, every entry's config once per seed offset S (its ``seed``
+    plus S: partition, weights, sampling), named ENTRY-seedS; else `configs`."""
+    if seeds == 1:
+        return configs
+    return {f"{entry}{SEED_TAG}{s}": {**config, "seed": int(config.get("seed", 0)) + s}
+            for entry, config in configs.items() for s in range(seeds)}
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary rows of runs named ENTRY-seedS merged into one row per entry: every
+    figure its mean over the seeds, SPREAD_FIELDS also with FIELD_std (sample
+    standard deviation); ratios to the baseline recomputed from the means."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["entry"].rsplit(SEED_TAG, 1)[0], []).append(row)
+    merged = []
+    for entry, group in groups.items():
+        out: dict[str, Any] = {"entry": entry, "seeds": len(group)}
+        for key in group[0]:
+            values = [r[key] for r in group]
+            if key == "entry" or any(v is None for v in values):
+                out.setdefault(key, None)
+                continue
+            out[key] = statistics.mean(values)
+            if key in SPREAD_FIELDS:
+                out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        merged.append(out)
+    base = merged[0]
+    for row in merged:
+        row["accuracy_vs_base"] = row["accuracy"] - base["accuracy"]
+        row["uplink_vs_base"] = row["mb_up"] / base["mb_up"]
+    return merged
+
+
 def swing(rounds: list[dict[str, float | None]], last: int = SWING_ROUNDS) -> float:
     """The largest change of central accuracy between consecutive rounds among the
     `last` rounds."""
@@ -246,6 +294,8 @@ def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, 
                      "accuracy_vs_base": last["accuracy"] - base["accuracy"],
                      "ceiling": ceiling[entry], "of_ceiling": last["accuracy"] / ceiling[entry],
                      "swing": swing(rounds),
+                     "last10_accuracy": statistics.mean(
+                         float(r["accuracy"] or 0.0) for r in rounds[-SWING_ROUNDS:]),
                      "uplink_vs_base": last["cumulative_mb_up"] / base["cumulative_mb_up"],
                      **model_size(results[entry])})
     return rows
@@ -259,22 +309,31 @@ def model_size(results: dict[str, Any]) -> dict[str, float]:
             "model_vs_float32": size / results["float32_state_dict_bytes"]}
 
 
+def spread(row: dict[str, Any], key: str, digits: int = 4) -> str:
+    """``row[key]``, with `` ± std`` where the row has one (empty when None)."""
+    if row[key] is None:
+        return ""
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table."""
-    lines = ["| method | accuracy | ceiling | of ceiling | swing (last 10) | personalised "
-             "| density | MB up | MB down | uplink bpp "
+    """The summary as a Markdown table (means ± standard deviations over seeds)."""
+    lines = ["| method | accuracy | mean of last 10 | ceiling | of ceiling | swing (last 10) "
+             "| personalised | density | MB up | MB down | uplink bpp "
              "(last round) | up / first | client s / round | aggregation s | round s | run min "
              "| model file bytes | model bpp | model / float32 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        personal = "" if r["personal_accuracy"] is None else f"{r['personal_accuracy']:.4f}"
-        lines.append(f"| {r['entry']} | {r['accuracy']:.4f} | {r['ceiling']:.4f} "
-                     f"| {r['of_ceiling']:.3f} | {r['swing']:.4f} | {personal} "
+        lines.append(f"| {r['entry']} | {spread(r, 'accuracy')} "
+                     f"| {spread(r, 'last10_accuracy')} | {spread(r, 'ceiling')} "
+                     f"| {spread(r, 'of_ceiling', 3)} | {spread(r, 'swing')} "
+                     f"| {spread(r, 'personal_accuracy')} "
                      f"| {r['density']:.3f} "
                      f"| {r['mb_up']:.2f} | {r['mb_down']:.2f} | {r['uplink_bpp']:.3f} "
                      f"| {r['uplink_vs_base']:.3f} | {r['client_s_mean']:.1f} "
                      f"| {r['aggregate_s']:.3f} | {r['wall_s']:.1f} | {r['run_s'] / 60:.1f} "
-                     f"| {r['model_bytes']:,} | {r['model_bpp']:.3f} "
+                     f"| {r['model_bytes']:,.0f} | {r['model_bpp']:.3f} "
                      f"| {r['model_vs_float32']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -305,22 +364,24 @@ def plot(figures: dict[str, list[dict[str, float | None]]], title: str, path: Pa
 
 def report(profile: str, runs: dict[str, EntryRun], rounds: int, nodes: int,
            run_config: dict[str, Any], out: Path) -> str:
-    """Write OUT.json (per round and final figures, each entry's central ceiling),
+    """Write OUT.json (per round and final figures, each entry's central ceiling; with
+    several seeds, each run's figures under ``runs`` and their means in ``summary``),
     OUT.md and OUT.png from the entries' runs; return the Markdown table."""
     figures = {entry: per_round(run.results) for entry, run in runs.items()}
     run_s = {entry: run.run_s for entry, run in runs.items()}
     ceiling = ceilings({entry: run.results["config"] for entry, run in runs.items()}, nodes)
     rows = summary(figures, run_s, {entry: run.results for entry, run in runs.items()},
                    {entry: figure["accuracy"] for entry, figure in ceiling.items()})
-    table = markdown(rows)
+    merged = over_seeds(rows) if any(SEED_TAG in entry for entry in runs) else rows
+    table = markdown(merged)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
         {"profile": profile, "rounds": rounds, "num_supernodes": nodes,
          "total_s": sum(run_s.values()),
          "run_config": run_config, "entry_config": {e: run.results["config"] for e,
                                                     run in runs.items()},
-         "ceiling": ceiling,
-         "summary": rows, "per_round": figures}, indent=2))
+         "ceiling": ceiling, "summary": merged,
+         **({"runs": rows} if merged is not rows else {}), "per_round": figures}, indent=2))
     out.with_suffix(".md").write_text(table)
     plot(figures, f"{profile}: {run_config.get('dataset')}, {nodes} clients",
          out.with_suffix(".png"))
@@ -339,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="key=value overrides common to all (JSON values)")
     parser.add_argument("--parallel", type=positive_int,
                         help="entries run at a time (default: the profile's, else 1)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="run every entry this many times, with seeds seed..seed+N-1, "
+                             "and report means and standard deviations")
     parser.add_argument("--in-process", action="store_true",
                         help="run each entry in-process (loopback.py: the same server and "
                              "client code, no Ray or gRPC; timings are not Flower's)")
@@ -350,13 +414,14 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or profile["rounds"]
     nodes = args.num_supernodes or profile["num_supernodes"]
     run_config = {**profile["run_config"], **parse_pairs(args.run_config)}
-    print(f"profile {args.profile}: {len(args.methods)} methods x {rounds} rounds, "
-          f"{nodes} clients", flush=True)
+    print(f"profile {args.profile}: {len(args.methods)} methods x {rounds} rounds x "
+          f"{args.seeds} seeds, {nodes} clients", flush=True)
     with tempfile.TemporaryDirectory(prefix="fedmask-compare-") as work:
         parallel = args.parallel or profile.get("parallel", 1)
         with runner_for(args.in_process, parallel, Path(work)) as runner:
-            runs = run_all(runner, entry_configs(profile, args.methods, run_config), rounds,
-                           nodes, Path(work), functools.partial(print, flush=True), parallel)
+            configs = seeded(entry_configs(profile, args.methods, run_config), args.seeds)
+            runs = run_all(runner, configs, rounds, nodes, Path(work),
+                           functools.partial(print, flush=True), parallel)
     table = report(args.profile, runs, rounds, nodes, run_config, args.out)
     print(f"\n{table}\nwritten: {args.out}.json, .md, .png")
 

@@ -130,7 +130,8 @@ class FedPM(SeededMaskStrategy):
         the (weighted) clients keeping it."""
         return num_examples if self.weighted_aggregation else 1
 
-    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int
+               ) -> dict[str, float]:
         """Add the masks to the Beta posterior (reset first when due), each weighted
         ``count * n_k / examples`` (or 1); theta = the posterior mean or clipped mode."""
         ones = total * (count / examples) if self.weighted_aggregation else total
@@ -141,6 +142,7 @@ class FedPM(SeededMaskStrategy):
             self.alpha += ones
             self.beta += zeros
         self.wire_theta = wire.quantise(self._estimate(), self.theta_format)
+        return {}
 
     def _estimate(self) -> np.ndarray:
         """Theta from the posterior: its mean, or its mode mapped to [EPS, 1 - EPS]

@@ -130,9 +130,11 @@ class HideNseek(SeededMaskStrategy):
         sum is the examples voting +1."""
         return self.signs.size
 
-    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int
+               ) -> dict[str, float]:
         """The share voting +1, weighted by examples (smoothed across rounds by
-        `vote_smoothing`), and its majority ``g``; ties keep g."""
+        `vote_smoothing`), and its majority ``g``; ties keep g. Metrics: the share
+        of global signs that flipped, and the mean vote margin ``|2p - 1|``."""
         del server_round, count
         beta = self.vote_smoothing
         share = total / examples
@@ -140,7 +142,11 @@ class HideNseek(SeededMaskStrategy):
         if beta:  # in place: the same sum as beta * share + (1 - beta) * this round's
             share += beta * self.share
         self.share = share
-        self.signs = np.where(self.share == 0.5, self.signs, self.share > 0.5)
+        signs = np.where(self.share == 0.5, self.signs, self.share > 0.5)
+        flipped = float(np.mean(signs != self.signs))
+        self.signs = signs
+        return {"sign-flip-share": flipped,
+                "vote-margin": float(np.abs(2 * self.share - 1).mean())}
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """P and g of `arrays`, each range coded where that is smaller than packed."""

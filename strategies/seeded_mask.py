@@ -106,9 +106,11 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         return num_examples
 
     @abstractmethod
-    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int) -> None:
+    def commit(self, server_round: int, total: np.ndarray, count: int, examples: int
+               ) -> dict[str, float]:
         """Update the global state from `total`, per position the weight of the
-        `count` masks (of `examples` examples) that set it."""
+        `count` masks (of `examples` examples) that set it; return the round's
+        metrics of the update (may be empty)."""
 
     @abstractmethod
     def coded_bits(self, decoded: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -167,7 +169,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         replies = list(replies)
         self.downlink.acknowledge(replies)
         total, contents, examples = MaskSum(self.mask_length), [], 0
-        entropy: list[tuple[float, float]] = []
+        entropy: list[tuple[float, float, float]] = []
         for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
             total.add(decoded, self.mask_weight(n))
             contents.append(msg.content)
@@ -177,17 +179,18 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         if not self.quorum(server_round, len(contents)):
             return None, None
         metrics = mean_metrics(contents, self.weighted_by_key)
-        model_bits, iid_bits = np.mean(entropy, axis=0) / self.num_params
-        metrics.update({"mask-entropy-bpp": float(model_bits),
-                        "mask-iid-entropy-bpp": float(iid_bits)})
-        self.commit(server_round, total.total(), len(contents), examples)
+        model_bits, iid_bits, ones = np.mean(entropy, axis=0)
+        metrics.update({"mask-entropy-bpp": float(model_bits / self.num_params),
+                        "mask-iid-entropy-bpp": float(iid_bits / self.num_params),
+                        "mask-coded-share": float(ones)})
+        metrics.update(self.commit(server_round, total.total(), len(contents), examples))
         return self.global_arrays(), metrics
 
-    def _entropy_bits(self, decoded: Any) -> tuple[float, float]:
-        """The coded bits' ideal code length under the coder's model, and their
-        i.i.d. entropy, in bits."""
+    def _entropy_bits(self, decoded: Any) -> tuple[float, float, float]:
+        """The coded bits' ideal code length under the coder's model, their i.i.d.
+        entropy, in bits, and their share of ones."""
         bits, probs = self.coded_bits(decoded)
         if self.code_length is None or self.code_length.probs is not probs:
             self.code_length = CodeLength(probs)  # once per global state
-        iid = binary_entropy(bits.mean()) * bits.size if bits.size else 0.0
-        return self.code_length(bits), float(iid)
+        ones = float(bits.mean()) if bits.size else 0.0
+        return self.code_length(bits), binary_entropy(ones) * bits.size, ones

@@ -7,7 +7,18 @@ import math
 
 import pytest
 
-from compare import ENTRIES, PROFILES, ROUND_FIELDS, entry_configs, main, report, swing
+from compare import (
+    ENTRIES,
+    PROFILES,
+    ROUND_FIELDS,
+    entry_configs,
+    main,
+    markdown,
+    over_seeds,
+    report,
+    seeded,
+    swing,
+)
 from conftest import DATA_ROOT, SMALL_NODES, SMOKE
 
 
@@ -82,3 +93,37 @@ def test_swing_is_the_largest_round_to_round_change_of_the_last_rounds():
     assert swing(rounds, last=3) == pytest.approx(0.1)
     assert swing(rounds) == pytest.approx(0.8)
     assert swing(rounds[:1]) == 0.0
+
+
+def test_seeds_run_every_entry_with_consecutive_seeds():
+    configs = {"fedavg": {"method": "fedavg", "seed": 5}, "hidenseek": {"method": "hidenseek"}}
+    assert seeded(configs, 1) is configs
+    runs = seeded(configs, 3)
+    assert list(runs) == [f"{e}-seed{s}" for e in ("fedavg", "hidenseek") for s in range(3)]
+    assert [runs[f"fedavg-seed{s}"]["seed"] for s in range(3)] == [5, 6, 7]
+    assert [runs[f"hidenseek-seed{s}"]["seed"] for s in range(3)] == [0, 1, 2]
+
+
+def _row(entry: str, accuracy: float, mb_up: float, personal: float | None = None) -> dict:
+    figures = {k: 0.5 for k in ("run_s", "density", "mb_down", "uplink_bpp", "client_s_mean",
+                                "aggregate_s", "wall_s", "accuracy_vs_base", "ceiling",
+                                "of_ceiling", "swing", "last10_accuracy", "uplink_vs_base",
+                                "model_bytes", "model_bpp", "model_vs_float32")}
+    return {**figures, "entry": entry, "accuracy": accuracy, "mb_up": mb_up,
+            "personal_accuracy": personal}
+
+
+def test_over_seeds_reports_means_and_standard_deviations():
+    rows = [_row("fedavg-seed0", 0.8, 10.0), _row("fedavg-seed1", 0.6, 10.0),
+            _row("hidenseek-seed0", 0.7, 0.1, 0.9), _row("hidenseek-seed1", 0.5, 0.1, 0.7)]
+    fedavg, hidenseek = over_seeds(rows)
+    assert fedavg["entry"] == "fedavg" and fedavg["seeds"] == 2
+    assert fedavg["accuracy"] == pytest.approx(0.7)
+    assert fedavg["accuracy_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std
+    assert fedavg["personal_accuracy"] is None and "personal_accuracy_std" not in fedavg
+    assert hidenseek["personal_accuracy"] == pytest.approx(0.8)
+    assert hidenseek["accuracy_vs_base"] == pytest.approx(-0.1)
+    assert hidenseek["uplink_vs_base"] == pytest.approx(0.01)
+    assert "mb_up_std" not in hidenseek  # only accuracy figures carry a spread
+    table = markdown([fedavg, hidenseek])
+    assert "| fedavg | 0.7000 ± 0.1414 |" in table and "| 0.8000 ± 0.1414 |" in table

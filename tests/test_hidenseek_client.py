@@ -87,7 +87,8 @@ def test_share_vote_scores_start_at_w_times_two_p_minus_one():
     strategy.signs = np.arange(k) % 2 == 0
     strategy.share = np.where(strategy.signs, 0.75, 0.5)  # margins 1/2; ties (share 1/2)
     msg = _messages(strategy, server_round=2)[0]
-    net = hidenseek.train_module(msg, build_model("cnn", 10, 1, 12), RecordDict())
+    net = hidenseek.train_module(msg, build_model("cnn", 10, 1, 12), RecordDict(),
+                                 lr=hidenseek_client.SCORE_LR)  # scores unscaled
     scores = torch.cat([m.scores.detach().flatten() for m in supermasks(net).values()])
     weights = torch.cat([frozen_weight(net, name).flatten() for name in supermasks(net)])
     kept = torch.as_tensor(strategy.prune)

@@ -61,6 +61,22 @@ def test_weighted_majority_vote_hand_computed(reply):
     assert metrics["train-loss"] == pytest.approx(1.0)
 
 
+def test_round_metrics_measure_the_vote(reply):
+    strategy = _strategy()
+    k = strategy.signs.size
+    agree = np.ones(k, bool)
+    _, metrics = strategy.aggregate_train(1, [reply(agree, 4), reply(agree, 2)])
+    assert strategy.signs.all()  # an all-agreeing vote keeps the state
+    assert metrics["sign-flip-share"] == 0.0 and metrics["vote-margin"] == 1.0
+    assert metrics["mask-coded-share"] == 0.0  # no client flipped a sign
+    half = np.arange(k) < k // 2  # one client flips the second half, outvoting the other
+    _, metrics = strategy.aggregate_train(2, [reply(half, 3), reply(agree, 1)])
+    np.testing.assert_array_equal(strategy.signs, half)
+    assert metrics["sign-flip-share"] == pytest.approx((k - k // 2) / k)
+    assert metrics["vote-margin"] == pytest.approx((k // 2 + (k - k // 2) * 0.5) / k)
+    assert metrics["mask-coded-share"] == pytest.approx((k - k // 2) / k / 2)
+
+
 def test_tie_keeps_previous_sign(reply):
     strategy = _strategy()
     k = strategy.signs.size

@@ -13,6 +13,7 @@ from fedmask.nn.supermask import (
     attach,
     fixed_samples,
     frozen_weight,
+    lr_ratio,
     supermasks,
 )
 
@@ -129,13 +130,19 @@ def linear_grads(lin: nn.Linear):
     return w_eff.grad, frozen_weight(lin, "weight"), supermasks(lin)["weight"].scores.grad
 
 
-def test_sign_scores_grad_is_grad_times_weight_times_prune_mask():
+def unit_rms(grad: torch.Tensor, count: int) -> torch.Tensor:
+    """`grad` rescaled to unit RMS over `count` positions (UnitRMSGrad)."""
+    return grad / grad.square().sum().div(count).sqrt()
+
+
+def test_sign_scores_grad_is_grad_times_weight_times_prune_mask_at_unit_rms():
     lin = nn.Linear(5, 4)
     attach(lin, random_sign_mask, ["weight"])
     prune = supermasks(lin)["weight"].prune_mask
     grad_eff, w, grad_scores = linear_grads(lin)
-    expected = grad_eff * w * prune
-    assert torch.equal(grad_scores, expected)
+    expected = unit_rms(grad_eff * w * prune, int(prune.sum()))
+    torch.testing.assert_close(grad_scores, expected)
+    assert grad_scores.square().sum().div(prune.sum()).sqrt().item() == pytest.approx(1.0)
     assert (grad_scores != 0).sum() == (prune != 0).sum()
 
 
@@ -148,7 +155,7 @@ def test_bernoulli_scores_grad(estimator):
     grad_m = grad_eff * w
     t = supermasks(lin)["weight"].theta().detach()
     expected = grad_m * t * t * (1 - t) if estimator == "theta" else grad_m * t * (1 - t)
-    assert torch.allclose(grad_scores, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_scores, unit_rms(expected, expected.numel()))
     assert (grad_scores != 0).all()
 
 
@@ -306,3 +313,55 @@ def test_fixed_samples_scores_one_mask_per_pass():
     thresholded = model[0].weight  # back to theta > 0.5 (all zero at exactly 0.5)
     assert torch.equal(thresholded, torch.zeros_like(thresholded))
     assert supermasks(model)["0.weight"].fixed is None
+
+
+# --- scores scaled to the training loop's learning rate --------------------------
+
+
+def test_lr_ratio_scales_the_parameter_not_the_mask():
+    w = torch.randn(4, 6)
+    prune = torch.rand(4, 6) > 0.3
+    sign = torch.where(torch.rand(4, 6) > 0.5, 1.0, -1.0)
+    plain, scaled = SignSupermask(w, prune, sign), SignSupermask(w, prune, sign, lr_ratio=0.1)
+    torch.testing.assert_close(scaled.scores.detach(), plain.scores.detach() * 0.1)
+    assert torch.equal(plain(w), scaled(w))
+    theta = torch.rand(4, 6) * 0.8 + 0.1
+    torch.testing.assert_close(BernoulliSupermask(theta, lr_ratio=0.01).theta(),
+                               BernoulliSupermask(theta).theta())
+
+
+def _one_step(mask: nn.Module, optimiser, lr: float) -> torch.Tensor:
+    """One optimiser step on `mask`'s scores (a fixed loss), the new logits or scores
+    divided by the mask's lr_ratio."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3, bias=False)
+    attach(lin, lambda n, w: mask, ["weight"])
+    opt = optimiser([mask.scores], lr=lr)
+    lin(torch.ones(2, 6)).pow(2).sum().backward()
+    opt.step()
+    return mask.scores.detach() / mask.lr_ratio
+
+
+@pytest.mark.parametrize("optimiser", [torch.optim.SGD, torch.optim.Adam])
+def test_a_step_moves_the_logits_alike_at_any_lr(optimiser):
+    theta = torch.rand(3, 6) * 0.8 + 0.1
+    slow = _one_step(BernoulliSupermask(theta, lr_ratio=0.01 / 0.2), optimiser, 0.01)
+    fast = _one_step(BernoulliSupermask(theta, lr_ratio=0.5 / 0.2), optimiser, 0.5)
+    torch.testing.assert_close(slow, fast)
+    assert not torch.allclose(slow, torch.logit(theta))  # the step moved them
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_lr_ratio_raises(bad):
+    with pytest.raises(ValueError, match="lr_ratio"):
+        SignSupermask(torch.ones(2), torch.ones(2, dtype=torch.bool), lr_ratio=bad)
+    with pytest.raises(ValueError, match="lr_ratio"):
+        BernoulliSupermask(torch.full((2,), 0.5), lr_ratio=bad)
+
+
+def test_lr_ratio_needs_a_known_positive_lr():
+    assert lr_ratio(0.1, 0.2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="lr: the message's config names no learning rate"):
+        lr_ratio(None, 0.2)
+    with pytest.raises(ValueError, match="lr: must be a positive number"):
+        lr_ratio(-0.1, 0.2)

@@ -29,7 +29,7 @@ from fedmask.methods.fedavg.client import ARRAYS
 from fedmask.nn.batches import as_pairs
 from fedmask.nn.supermask import fold
 from fedmask.wire.held import restore
-from fedmask.wire.records import CONFIG, NUM_EXAMPLES, Encoder, reply
+from fedmask.wire.records import CONFIG, NUM_EXAMPLES, Encoder, config_value, reply
 
 _ENCODERS: weakref.WeakKeyDictionary[nn.Module, tuple[str, Encoder]] = \
     weakref.WeakKeyDictionary()
@@ -64,14 +64,26 @@ def restore_state(msg: Message, state: RecordDict, model: nn.Module) -> None:
     restore(msg, state, None if context is None else lambda: context(msg, model))
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+def message_lr(msg: Message) -> float | None:
+    """The ``lr`` of the message's config (None where it names none)."""
+    config = msg.content.config_records.get(CONFIG)
+    return None if config is None or "lr" not in config else config_value(config, "lr", float)
+
+
+def train_module(msg: Message, model: nn.Module, state: RecordDict, *,
+                 lr: float | None = None) -> nn.Module:
     """`model` (a fresh instance of the project's class) set up for this round's
-    training: train its ``parameters()`` with any loop, then call :func:`train_reply`.
+    training: train its ``parameters()`` with any loop and optimiser, then call
+    :func:`train_reply`.
 
     `state` is the node's ``context.state``: masked methods keep their mask there,
-    the mask methods the global state the server codes its messages against."""
+    the mask methods the global state the server codes its messages against.
+    `lr` is the learning rate your loop trains with (default: the message's
+    ``lr``): HideNseek and FedPM scale their scores by it, so that SGD (with or
+    without momentum) and Adam train them alike at any rate."""
     restore_state(msg, state, model)
-    net, encode = method_of(msg).client_module().train_module(msg, model, state)
+    lr = message_lr(msg) if lr is None else lr
+    net, encode = method_of(msg).client_module().train_module(msg, model, state, lr)
     _ENCODERS[net] = (msg.metadata.message_id, encode)
     return net
 

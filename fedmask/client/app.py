@@ -14,6 +14,7 @@ from torch import nn
 from fedmask.client import (
     eval_module,
     eval_reply,
+    message_lr,
     method_of,
     query_reply,
     train_module,
@@ -46,10 +47,10 @@ def local_epochs(msg: Message, context: Context, batches_per_epoch: int) -> int:
 
 def learning_rate(msg: Message) -> float:
     """``lr`` of the message's config (the strategy's default unless the ServerApp set one)."""
-    config = msg.content.config_records[CONFIG]
-    if "lr" not in config:
+    lr = message_lr(msg)
+    if lr is None:
         raise ValueError("lr: the train config names no learning rate")
-    return config_value(config, "lr", float)
+    return lr
 
 
 def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context], Loaders],

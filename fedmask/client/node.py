@@ -59,9 +59,13 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
     net = train_module(msg, model, state)
     loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
                         place.device, place.precision)
+    metrics = {"train-loss": loss}
+    if data.num_test:  # the module this node trained, before the server aggregates
+        metrics["trained-accuracy"] = training.evaluate(net, data.test, place.device,
+                                                        place.precision)[1]
     if before_reply is not None:
         before_reply(msg, net)
-    return train_reply(msg, net, data.num_train, {"train-loss": loss})
+    return train_reply(msg, net, data.num_train, metrics)
 
 
 def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,

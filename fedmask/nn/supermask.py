@@ -7,6 +7,7 @@ trainable ``scores`` tensor on every access.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
@@ -18,6 +19,22 @@ from torch.nn.utils import parametrize
 _THETA_EPS = 1e-6
 ESTIMATORS = ("ste", "theta")
 _EVAL_MODES = ("threshold", "sample")
+
+
+class UnitRMSGrad(torch.autograd.Function):
+    """Identity; the gradient is rescaled to unit RMS over `count` positions (the
+    trainable ones), so a plain SGD step moves the scores by about `lr` whatever
+    the loss's scale, as an Adam step does."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, count: int) -> Tensor:
+        ctx.count = max(count, 1)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        rms = grad.float().square().sum().div(ctx.count).sqrt()
+        return grad / rms.clamp_min(torch.finfo(torch.float32).tiny).to(grad.dtype), None
 
 
 class SignSTE(torch.autograd.Function):
@@ -57,6 +74,24 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def _check_ratio(lr_ratio: float) -> None:
+    """Raise ValueError unless `lr_ratio` is a positive finite number."""
+    if not math.isfinite(lr_ratio) or lr_ratio <= 0:
+        raise ValueError(f"lr_ratio: must be a positive number, got {lr_ratio}")
+
+
+def lr_ratio(lr: float | None, reference: float) -> float:
+    """`lr` (the learning rate the user's loop trains with) over a method's
+    `reference` rate, the ``lr_ratio`` of its supermasks; ValueError naming ``lr``
+    when it is unknown or not a positive number."""
+    if lr is None:
+        raise ValueError("lr: the message's config names no learning rate; pass the one "
+                         "your loop trains with: fedmask.client.train_module(..., lr=...)")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr: must be a positive number, got {lr}")
+    return lr / reference
+
+
 class SignSupermask(nn.Module):
     """Parametrisation ``w -> w * prune_mask * sign(scores)``.
 
@@ -68,26 +103,38 @@ class SignSupermask(nn.Module):
         Boolean tensor shaped like `weight`; False positions are zeroed.
     sign : torch.Tensor, optional
         ±1 float tensor shaped like `weight` (default all +1): the initial signs.
+    lr_ratio : float
+        The training loop's learning rate over the method's reference rate: the
+        parameter holds ``lr_ratio * |weight| * sign``, so that any optimiser moves
+        the scores, relative to their size, as the reference one does.
 
     Notes
     -----
-    Through `SignSTE`, ``dL/dscores = dL/dw_eff * w * prune_mask``. Where
-    ``weight == 0`` the score is 0 and the sign reads as +1 whatever `sign` was.
+    Through `SignSTE`, ``dL/dscores`` is ``dL/dw_eff * w * prune_mask`` rescaled to
+    unit RMS over the kept positions (:class:`UnitRMSGrad`). Where ``weight == 0``
+    the score is 0 and the sign reads as +1 whatever `sign` was.
     """
 
-    def __init__(self, weight: Tensor, prune_mask: Tensor, sign: Tensor | None = None):
+    def __init__(self, weight: Tensor, prune_mask: Tensor, sign: Tensor | None = None,
+                 lr_ratio: float = 1.0):
         super().__init__()
         if prune_mask.dtype != torch.bool:
             raise ValueError(f"prune_mask: expected dtype torch.bool, got {prune_mask.dtype}")
         _check_like("prune_mask", prune_mask, weight)
+        _check_ratio(lr_ratio)
         sign = torch.ones_like(weight) if sign is None else sign
         _check_like("sign", sign, weight)
-        self.scores = nn.Parameter(weight.detach().abs() * sign)
+        self.scores = nn.Parameter(weight.detach().abs() * sign * lr_ratio)
+        self.kept = int(prune_mask.sum())
         self.prune_mask: Tensor
         self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
 
+    def trainable_scores(self) -> Tensor:
+        """The scores, their gradient rescaled by :class:`UnitRMSGrad`."""
+        return cast(Tensor, UnitRMSGrad.apply(self.scores, self.kept))
+
     def forward(self, w: Tensor) -> Tensor:
-        return w * self.prune_mask * SignSTE.apply(self.scores)
+        return w * self.prune_mask * SignSTE.apply(self.trainable_scores())
 
     def signs(self) -> Tensor:
         """Boolean tensor, True where ``sign(scores)`` is +1, over all positions."""
@@ -113,21 +160,34 @@ class BernoulliSupermask(nn.Module):
         gradient scaled by theta, then through the sigmoid).
     eval_mode : {"threshold", "sample"}
         Mask used when not training.
+    lr_ratio : float
+        The training loop's learning rate over the method's reference rate: the
+        parameter holds ``lr_ratio * logit(theta)`` and the logits are the parameter
+        over `lr_ratio`, so that any optimiser moves the logits as the reference
+        one does. The gradient reaching the parameter is rescaled to unit RMS
+        (:class:`UnitRMSGrad`).
     """
 
-    def __init__(self, theta: Tensor, estimator: str = "ste", eval_mode: str = "threshold"):
+    def __init__(self, theta: Tensor, estimator: str = "ste", eval_mode: str = "threshold",
+                 lr_ratio: float = 1.0):
         super().__init__()
         _check_choice("estimator", estimator, ESTIMATORS)
         _check_choice("eval_mode", eval_mode, _EVAL_MODES)
+        _check_ratio(lr_ratio)
         self.estimator = estimator
         self.eval_mode = eval_mode
+        self.lr_ratio = lr_ratio
         clamped = theta.detach().clamp(_THETA_EPS, 1 - _THETA_EPS)
-        self.scores = nn.Parameter(torch.logit(clamped))
+        self.scores = nn.Parameter(torch.logit(clamped) * lr_ratio)
         self.fixed: Tensor | None = None
 
+    def trainable_scores(self) -> Tensor:
+        """The scores, their gradient rescaled by :class:`UnitRMSGrad`."""
+        return cast(Tensor, UnitRMSGrad.apply(self.scores, self.scores.numel()))
+
     def theta(self) -> Tensor:
-        """Keep probabilities ``sigmoid(scores)``."""
-        return torch.sigmoid(self.scores)
+        """Keep probabilities ``sigmoid(scores / lr_ratio)``."""
+        return torch.sigmoid(self.trainable_scores() / self.lr_ratio)
 
     def _probabilities(self) -> Tensor:
         """`theta` with the autograd path selected by `estimator`."""

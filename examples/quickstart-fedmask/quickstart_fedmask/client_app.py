@@ -39,6 +39,7 @@ def train(msg: Message, context: Context):
         context.run_config["local-epochs"],
         msg.content["config"]["lr"],
         device,
+        context.run_config["optimizer"],
     )
 
     # Construct and return reply Message

@@ -83,11 +83,15 @@ def load_centralized_dataset(data_path: str):
     return DataLoader(ImageFolderSplit(data_path, "test"), batch_size=128)
 
 
-def train(net, trainloader, epochs, lr, device):
-    """Train the model on the training set."""
+def train(net, trainloader, epochs, lr, device, optimizer="sgd"):
+    """Train the model on the training set (SGD with momentum 0.9, as Flower's
+    quickstart, or Adam)."""
     net.to(device)  # move model to GPU if available
     criterion = torch.nn.CrossEntropyLoss().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    if optimizer == "adam":
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     net.train()
     running_loss = 0.0
     for _ in range(epochs):

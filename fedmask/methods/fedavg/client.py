@@ -15,9 +15,11 @@ def _load(msg: Message, model: nn.Module) -> nn.Module:
     return model
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
-    """The global model, all weights trainable, encoded as its float32 state dict."""
-    del state
+def train_module(msg: Message, model: nn.Module, state: RecordDict, lr: float | None
+                 ) -> TrainModule:
+    """The global model, all weights trainable (at the loop's own `lr`), encoded as
+    its float32 state dict."""
+    del state, lr
     return _load(msg, model), lambda trained: {ARRAYS: ArrayRecord(trained.state_dict())}
 
 

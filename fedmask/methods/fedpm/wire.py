@@ -97,11 +97,14 @@ def decode_sample(msg: Message, theta: np.ndarray, coding: str) -> np.ndarray:
     return decode_packed(payload, theta.size, coding, theta, SAMPLED_MASK)
 
 
-def mask_net(model: nn.Module, theta: np.ndarray, estimator: str = "ste") -> nn.Module:
-    """Attach Bernoulli supermasks with keep probabilities `theta` to `model` (in place)."""
+def mask_net(model: nn.Module, theta: np.ndarray, estimator: str = "ste",
+             lr_ratio: float = 1.0) -> nn.Module:
+    """Attach Bernoulli supermasks with keep probabilities `theta` to `model` (in
+    place); `lr_ratio`: see :class:`~fedmask.nn.supermask.BernoulliSupermask`."""
     theta32 = theta.astype(np.float32)
     model.requires_grad_(False)  # only the scores train
-    return attach_flat(model, lambda w, t: BernoulliSupermask(t, estimator), theta32)
+    return attach_flat(model, lambda w, t: BernoulliSupermask(t, estimator, lr_ratio=lr_ratio),
+                       theta32)
 
 
 def sample_mask(model: nn.Module) -> np.ndarray:

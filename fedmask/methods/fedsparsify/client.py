@@ -17,12 +17,13 @@ from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule, config_value
 eval_module = masked.eval_module
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
+def train_module(msg: Message, model: nn.Module, state: RecordDict, lr: float | None
+                 ) -> TrainModule:
     """Global variant: masked FedAvg. Local: the same module, encoded as the values
     of its `target-kept` largest weights plus that mask."""
     config = msg.content.config_records[CONFIG]
     if config_value(config, wire.VARIANT, str) != "local":
-        return masked.train_module(msg, model, state)
+        return masked.train_module(msg, model, state, lr)
     net, mask = masked.masked_net(msg, model, state)
 
     def encode(trained: nn.Module) -> dict:

@@ -8,19 +8,27 @@ from torch import nn
 
 from fedmask.methods.hidenseek import wire
 from fedmask.nn.seeded import SeededNet
+from fedmask.nn.supermask import lr_ratio
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
+# The learning rate at which the scores are stored as they are (|w| g): at any other
+# lr they are scaled by lr / SCORE_LR, so every loop moves them alike relative to
+# their size (chosen with benchmarks/optimizers.py; see the README).
+SCORE_LR = 0.005
 
-def _global_net(msg: Message, model: nn.Module) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+
+def _global_net(msg: Message, model: nn.Module, ratio: float = 1.0
+                ) -> tuple[nn.Module, np.ndarray, np.ndarray]:
     """Rebuild the seeded weights, check the hash, attach P and the global signs
-    (scaled by the vote margins where the message carries them)."""
+    (scaled by the vote margins where the message carries them), scores scaled by
+    `ratio`."""
     config = msg.content.config_records[CONFIG]
     SeededNet.from_config(config).rebuild(model)
     record = msg.content.array_records[wire.MASKS]
     prune, signs = wire.decode_masks(record, config)
     margin = wire.decode_margin(record, signs.size)
-    return wire.sign_net(model, prune, signs, margin), prune, signs
+    return wire.sign_net(model, prune, signs, margin, ratio), prune, signs
 
 
 _CONTEXTS: dict[str, Context] = {}  # weight hash -> context, of the last seeded net only
@@ -37,11 +45,13 @@ def downlink_context(msg: Message, model: nn.Module) -> Context:
     return _CONTEXTS[net.weight_hash]
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
-    """``w * P * sign(s)`` with trainable scores from the global signs, and the
-    encoder of the reply: the K sign bits, packed or entropy-coded flips."""
+def train_module(msg: Message, model: nn.Module, state: RecordDict, lr: float | None
+                 ) -> TrainModule:
+    """``w * P * sign(s)`` with trainable scores from the global signs (scaled for a
+    loop at learning rate `lr`), and the encoder of the reply: the K sign bits,
+    packed or entropy-coded flips."""
     del state  # HideNseek nodes hold nothing between rounds
-    net, prune, global_signs = _global_net(msg, model)
+    net, prune, global_signs = _global_net(msg, model, lr_ratio(lr, SCORE_LR))
     coding = str(msg.content.config_records[CONFIG].get(MASK_CODING, "packed"))
     return net, lambda trained: wire.encode_signs(wire.read_signs(trained, prune),
                                                   global_signs, coding)

@@ -140,16 +140,17 @@ def downlink_context(model: nn.Module) -> Context:
 
 
 def sign_net(model: nn.Module, prune: np.ndarray, signs: np.ndarray,
-             margin: np.ndarray | None = None) -> nn.Module:
+             margin: np.ndarray | None = None, lr_ratio: float = 1.0) -> nn.Module:
     """Attach sign supermasks ``w * P * sign(s)`` to the seeded `model` (in place).
 
     Scores start at ``|w| * g``: `signs` (K bits) give g on the kept positions;
-    `margin` (K magnitudes, see :func:`decode_margin`) scales them.
+    `margin` (K magnitudes, see :func:`decode_margin`) scales them; `lr_ratio`:
+    see :class:`~fedmask.nn.supermask.SignSupermask`.
     """
     full = np.ones(prune.size, dtype=np.float32)
     full[prune] = np.where(signs, 1.0, -1.0) * (1.0 if margin is None else margin)
     model.requires_grad_(False)  # only the scores train
-    return attach_flat(model, SignSupermask, prune, full)
+    return attach_flat(model, lambda w, p, s: SignSupermask(w, p, s, lr_ratio), prune, full)
 
 
 def read_signs(model: nn.Module, prune: np.ndarray) -> np.ndarray:

@@ -52,8 +52,11 @@ def weights_arrays(msg: Message, net: nn.Module, mask: np.ndarray,
     return {wire.WEIGHTS: weights, **(arrays or {})}
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
-    """The masked net, trainable, and the encoder of its kept values."""
+def train_module(msg: Message, model: nn.Module, state: RecordDict, lr: float | None
+                 ) -> TrainModule:
+    """The masked net, trainable (at the loop's own `lr`), and the encoder of its
+    kept values."""
+    del lr
     net, mask = masked_net(msg, model, state)
     return trainable(net, mask), lambda trained: weights_arrays(msg, trained, mask)
 

@@ -15,12 +15,13 @@ from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule, config_value
 eval_module = masked.eval_module
 
 
-def train_module(msg: Message, model: nn.Module, state: RecordDict) -> TrainModule:
+def train_module(msg: Message, model: nn.Module, state: RecordDict, lr: float | None
+                 ) -> TrainModule:
     """Phase 1: ``w0 * C`` to train, encoded as the client's vote: C pruned by a
     further `prune-rate`. Phase 2: masked FedAvg."""
     config = msg.content.config_records[CONFIG]
     if config_value(config, PHASE, int) != 1:
-        return masked.train_module(msg, model, state)
+        return masked.train_module(msg, model, state, lr)
     net, mask = masked.masked_net(msg, model, state)
     rate = config_value(config, wire.PRUNE_RATE, float)
     structure = config_value(config, wire.PRUNE_STRUCTURE, str)
