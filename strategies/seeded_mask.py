@@ -193,4 +193,4 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         if self.code_length is None or self.code_length.probs is not probs:
             self.code_length = CodeLength(probs)  # once per global state
         ones = float(bits.mean()) if bits.size else 0.0
-        return self.code_length(bits), binary_entropy(ones) * bits.size, ones
+        return self.code_length(bits), float(binary_entropy(ones) * bits.size), ones
