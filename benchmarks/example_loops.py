@@ -4,8 +4,9 @@ The example project (``examples/quickstart-fedmask``, Flower's quickstart
 conventions) trains with its own ``train()``: SGD with momentum 0.9 at the run
 config's ``lr`` (Flower's template) or Adam. Each loop runs through real ``flwr
 run`` simulations, ``--repeats`` times (the project's shuffling is unseeded), and
-so does fedmask's own app on the same data (FashionMNIST, 2 clients of 600
-training images, every client every round, the same rounds) with seeds 0..R-1.
+so does fedmask's own app on the same data and network (FashionMNIST, 2 clients
+of 600 training images, every client every round, the same rounds; ``model =
+"lenet"``, the example's CNN) with seeds 0..R-1.
 It prints, per method and loop, the mean and standard deviation of the last
 round's central accuracy and its ratio to fedmask's app's mean.
 
@@ -45,7 +46,8 @@ def own_run(env: dict[str, str], method: str, seed: int, args: argparse.Namespac
             out: Path) -> float:
     """fedmask's app's last central accuracy on the same data, with its own loop."""
     config = {"method": method, "num-server-rounds": args.rounds, "data-root": args.data_root,
-              "dataset": "fashion-mnist", "partition": "iid", "train-limit": 600,
+              "dataset": "fashion-mnist", "model": "lenet", "partition": "iid",
+              "train-limit": 600,
               "fraction-train": 1.0, "fraction-evaluate": 1.0, "batch-size": 32,
               "local-epochs": 1, "seed": seed, "out-dir": str(out)}
     return run_simulation(env, config, 2, timeout=1800)["rounds"][-1]["accuracy"]

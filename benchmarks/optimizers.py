@@ -18,10 +18,17 @@ probabilities for ``--rounds * --steps`` steps from 0.5 (the global theta of rou
 1). Both use the seeded network of fedmask's app and the quickstart-style ``Net``
 of ``examples/quickstart-fedmask`` (biases, as a user's model has).
 
+``--score-lrs`` instead runs fedmask's variant at several reference rates (the
+methods' ``SCORE_LR``: the loop lr at which the scores are stored unscaled) and
+prints, per rate, each loop's accuracy and their mean and lowest: how SCORE_LR was
+chosen.
+
 Usage::
 
     .venv/bin/python benchmarks/optimizers.py --data-root ../shared/data \\
         --out benchmarks/results/optimizers.json
+    .venv/bin/python benchmarks/optimizers.py --methods hidenseek \\
+        --score-lrs 0.01 0.005 0.0033 0.002 --out benchmarks/results/optimizers-score-lr.json
 """
 
 from __future__ import annotations
@@ -116,12 +123,13 @@ def seeded_net(init: str, seed: int) -> nn.Module:
 
 
 def hidenseek(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, loop: tuple, variant: str,
-              args: argparse.Namespace, seed: int) -> float:
+              args: argparse.Namespace, seed: int, score_lr: float | None = None) -> float:
     """Rounds of sign-supermask training, each from the previous round's signs."""
     net = seeded_net("kaiming-normal", seed)
     prune = flatten_masks(synflow_mask(net, 0.5, (1, 28, 28), 20), prunable_names(net))
     signs = np.ones(int(prune.sum()), dtype=bool)
-    ratio = loop[2] / hidenseek_client.SCORE_LR if variant == "fedmask" else 1
+    score_lr = score_lr or hidenseek_client.SCORE_LR
+    ratio = loop[2] / score_lr if variant == "fedmask" else 1
     kind = SignSupermask if variant == "fedmask" else RawSign
     for r in range(args.rounds):
         model = seeded_net("kaiming-normal", seed)
@@ -134,10 +142,11 @@ def hidenseek(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, loop: tuple, variant
 
 
 def fedpm(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, loop: tuple, variant: str,
-          args: argparse.Namespace, seed: int) -> float:
+          args: argparse.Namespace, seed: int, score_lr: float | None = None) -> float:
     """Probability-supermask training from theta = 0.5; the thresholded mask's accuracy."""
     model = seeded_net("signed-constant", seed)
-    ratio = loop[2] / fedpm_client.SCORE_LR if variant == "fedmask" else 1
+    score_lr = score_lr or fedpm_client.SCORE_LR
+    ratio = loop[2] / score_lr if variant == "fedmask" else 1
     kind = BernoulliSupermask if variant == "fedmask" else RawBernoulli
     theta = np.full(sum(p.numel() for n, p in model.named_parameters()
                         if n in prunable_names(model)), 0.5, dtype=np.float32)
@@ -149,6 +158,23 @@ def fedpm(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, loop: tuple, variant: st
 METHODS = {"hidenseek": hidenseek, "fedpm": fedpm}
 
 
+def score_lr_rows(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, args: argparse.Namespace
+                  ) -> list[dict[str, Any]]:
+    """fedmask's variant at each reference rate of ``--score-lrs``: per loop the mean
+    accuracy over the seeds, and the mean and lowest of those over the loops."""
+    rows = []
+    for method in args.methods:
+        for score_lr in args.score_lrs:
+            accs = [statistics.mean(METHODS[method](x, y, tx, ty, loop, "fedmask", args, seed,
+                                                    score_lr) for seed in range(args.seeds))
+                    for loop in LOOPS]
+            rows.append({"method": method, "score_lr": score_lr, "per_loop": accs,
+                         "mean": statistics.mean(accs), "lowest": min(accs)})
+            print(f"{method:10s} SCORE_LR {score_lr:<8g} " + " ".join(f"{a:.3f}" for a in accs)
+                  + f"  mean {rows[-1]['mean']:.3f}  lowest {rows[-1]['lowest']:.3f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="../shared/data")
@@ -158,6 +184,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--score-lrs", nargs="*", type=float, default=[],
+                        help="instead: fedmask's variant at each of these reference rates "
+                             "(SCORE_LR), mean and lowest accuracy over the loops")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -166,7 +195,9 @@ def main() -> None:
     x, y = train.tensors[0][:args.train_size], train.tensors[1][:args.train_size]
     tx, ty = test.tensors[0][:2000], test.tensors[1][:2000]
     rows: list[dict[str, Any]] = []
-    for method in args.methods:
+    if args.score_lrs:
+        rows = score_lr_rows(x, y, tx, ty, args)
+    for method in [] if args.score_lrs else args.methods:
         for loop in LOOPS:
             row: dict[str, Any] = {"method": method, "loop": loop[0]}
             for variant in ("raw", "fedmask"):

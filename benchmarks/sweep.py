@@ -75,11 +75,21 @@ GRID: dict[str, list[dict[str, Any]]] = {
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "fedavg": {"lr": 0.02}, "hidenseek": {"lr": 0.01}, "fedpm": {"lr": 0.2, "posterior": "mode"},
     "mpfl": {"lr": 0.02}, "ssfl": {"lr": 0.02}, "fedsparsify": {"lr": 0.02}}
-GRIDS = {"main": GRID,
+# HideNseek's aggregation under label skew (``--grid skew``, with ``--regimes limited
+# skew shards``): after the optimiser-agnostic scores, lr no longer sets a speed (Adam
+# at its default); FedAvg and FedPM at their defaults are the references.
+SKEW_GRID: dict[str, list[dict[str, Any]]] = {
+    "fedavg": [{}],
+    "hidenseek": [{}, {"vote-smoothing": 0.5}, {"vote": "share"},
+                  {"optimizer": "sgd", "lr": 0.1}]}
+GRIDS = {"main": GRID, "skew": SKEW_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
-# Data regimes: the standard profile, and the same with 400 images per client.
-REGIMES = {"standard": {}, "limited": {"train-limit": 400}}
+# Data regimes: the standard profile, the same with 400 images per client, and that
+# under harder label skew (Dirichlet 0.1) or with two classes per client (shards).
+REGIMES = {"standard": {}, "limited": {"train-limit": 400},
+           "skew": {"train-limit": 400, "alpha": 0.1},
+           "shards": {"train-limit": 400, "partition": "shards"}}
 VALIDATION_SIZE = 2000
 
 
@@ -97,7 +107,7 @@ def candidates(methods: list[str], datasets: list[str], regimes: list[str],
     profile = PROFILES["standard"]["run_config"]
     runs = []
     for method in methods:
-        for index, setting in enumerate(GRIDS[grid][method]):
+        for index, setting in enumerate(GRIDS[grid].get(method, [])):
             for dataset in datasets:
                 for regime in regimes:
                     config = {**profile, **REGIMES[regime], **common, **setting,
@@ -168,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist"])
     parser.add_argument("--grid", default="main", choices=list(GRIDS),
                         help="main: every candidate of GRID; steps: each method's default "
-                             "setting at 0 and 20 min-local-steps")
+                             "setting at 0 and 20 min-local-steps; skew: HideNseek's "
+                             "aggregation options (SKEW_GRID)")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
     parser.add_argument("--score-rounds", type=int, default=5,

@@ -45,6 +45,8 @@ COMMON: dict[str, Option] = {
     "num-server-rounds": positive(5),
     "local-epochs": positive(1),
     "min-local-steps": non_negative(MIN_LOCAL_STEPS),
+    "personal-epochs": non_negative(1, help="HideNseek and FedAvg (FedAvg-FT): fine-tuning "
+                                            "epochs for personalised accuracy (0 = off)"),
     "batch-size": positive(64),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS)),
     "lr": non_negative(0.0),

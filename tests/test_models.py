@@ -20,12 +20,12 @@ from fedmask.nn.models import (
 from fedmask.nn.pruning import prunable_names
 
 SHAPES = [(1, 28), (3, 32)]  # (in_channels, image_size)
-CASES = [(name, c, s) for name in ("cnn", "conv4", "conv6") for c, s in SHAPES]
+CASES = [(name, c, s) for name in ("cnn", "lenet", "conv4", "conv6") for c, s in SHAPES]
 CASES.append(("resnet18", 3, 32))
 
 
 def test_models_registry_names() -> None:
-    assert set(MODELS) == {"cnn", "conv4", "conv6", "resnet18"}
+    assert set(MODELS) == {"cnn", "lenet", "conv4", "conv6", "resnet18"}
 
 
 @pytest.mark.parametrize(("name", "channels", "size"), CASES)

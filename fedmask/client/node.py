@@ -3,6 +3,7 @@ loop, and the method's hooks (the same ones :mod:`fedmask.client` offers users).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -74,15 +75,18 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     mean over `eval-samples` sampled masks, HideNseek the accuracy after
     `personal-epochs` of fine-tuning."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
+    fresh = copy.deepcopy(model)  # for the personalised fine-tuning
     restore_state(msg, state, model)
     net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
     settings = LocalSettings.from_message(msg)
-    if method.personalised and settings.personal_epochs > 0:
-        settings.fit(net, data.train, settings.personal_epochs, 0, place.device, place.precision)
-        metrics["personal-accuracy"] = training.evaluate(net, data.test, place.device,
+    if method.personalised and settings.personal_epochs > 0:  # trained as in a round
+        tuned = train_module(msg, fresh, state)
+        settings.fit(tuned, data.train, settings.personal_epochs, 0, place.device,
+                     place.precision)
+        metrics["personal-accuracy"] = training.evaluate(tuned, data.test, place.device,
                                                          place.precision)[1]
     return reply(msg, metrics)
 

@@ -42,6 +42,20 @@ def cnn(num_classes: int, in_channels: int, image_size: int, norm: str = "none")
     )
 
 
+def lenet(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The CNN of Flower's quickstart-pytorch (PyTorch's 60-minute blitz): 5x5 convs of
+    6 and 16 channels with max-pooling, linear layers of 120 and 84; bias-free."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120, bias=False), nn.ReLU(),
+        nn.Linear(120, 84, bias=False), nn.ReLU(),
+        nn.Linear(84, num_classes, bias=False),
+    )
+
+
 def _conv_stack(widths: list[int], in_channels: int, norm: str) -> list[nn.Module]:
     """Pairs of 3x3 convs, each pair followed by 2x2 max-pooling (supermask papers)."""
     layers: list[nn.Module] = []
@@ -106,7 +120,7 @@ def resnet18(num_classes: int, in_channels: int, image_size: int, norm: str = "g
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn": cnn, "conv4": conv4, "conv6": conv6, "resnet18": resnet18,
+    "cnn": cnn, "lenet": lenet, "conv4": conv4, "conv6": conv6, "resnet18": resnet18,
 }
 
 

@@ -9,4 +9,5 @@ METHOD = Method(
     strategy="strategies.fedavg:FedAvg",
     client="fedmask.methods.fedavg.client",
     defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
+    personalised=True,  # FedAvg-FT: the global model fine-tuned on each client
 )

@@ -12,8 +12,9 @@ from fedmask.nn.supermask import lr_ratio
 from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 # The learning rate at which the scores are the logits themselves: at any other lr
-# they are scaled by lr / SCORE_LR, so every loop moves the logits alike (chosen with
-# benchmarks/optimizers.py; see the README).
+# they are scaled by lr / SCORE_LR, so every loop moves the logits alike. FedPM's
+# default Adam rate, so fedmask's own loop trains as tuned (chosen with
+# benchmarks/optimizers.py --score-lrs; see the README).
 SCORE_LR = 0.2
 
 

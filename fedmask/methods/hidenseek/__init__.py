@@ -5,7 +5,7 @@ supermask, majority vote of the signs. Wire contract: :mod:`.wire`; client side:
 from fedmask.methods import Method
 from fedmask.methods.hidenseek.wire import VOTES
 from fedmask.nn.pruning import SCOPES
-from fedmask.options import choice, in_range, non_negative, positive
+from fedmask.options import choice, in_range, positive
 
 METHOD = Method(
     name="hidenseek",
@@ -15,8 +15,6 @@ METHOD = Method(
         "synflow-iterations": positive(100, "HideNseek: SynFlow pruning iterations"),
         "prune-scope": choice("global", SCOPES,
                               "HideNseek: SynFlow threshold across layers or per layer"),
-        "personal-epochs": non_negative(1, "HideNseek: fine-tuning epochs for personalised "
-                                           "accuracy (0 = off)"),
         "vote": choice("majority", VOTES, "HideNseek: only the majority signs go down, or "
                                           "with them the vote margins clients start from"),
         "vote-smoothing": in_range(0.0, 0.0, 1.0, hi_open=True,

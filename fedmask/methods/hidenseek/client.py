@@ -14,8 +14,9 @@ from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
 # The learning rate at which the scores are stored as they are (|w| g): at any other
 # lr they are scaled by lr / SCORE_LR, so every loop moves them alike relative to
-# their size (chosen with benchmarks/optimizers.py; see the README).
-SCORE_LR = 0.005
+# their size. HideNseek's default Adam rate, so fedmask's own loop trains as tuned
+# (chosen with benchmarks/optimizers.py --score-lrs; see the README).
+SCORE_LR = 0.01
 
 
 def _global_net(msg: Message, model: nn.Module, ratio: float = 1.0
