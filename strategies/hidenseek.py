@@ -57,8 +57,9 @@ class HideNseek(SeededMaskStrategy):
         them the vote margin ``|2p - 1|`` (8-bit codes) of the share p voting +1, and
         clients start from the scores ``|w| * (2p - 1)`` instead of ``|w| * g``.
     vote_smoothing : float
-        beta in [0, 1): the server's share is ``beta * previous + (1 - beta) * this
-        round's`` (0: this round's votes alone); g is its majority.
+        beta in [0, 1): from round 2 the server's share is ``beta * previous + (1 -
+        beta) * this round's`` (0: this round's votes alone, the paper's majority
+        vote); g is its majority.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -72,7 +73,7 @@ class HideNseek(SeededMaskStrategy):
                  seed: int = 0, init: str = "auto", density: float = 0.5,
                  mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
-                 vote: str = "majority", vote_smoothing: float = 0.0,
+                 vote: str = "majority", vote_smoothing: float = 0.5,
                  **kwargs: Any) -> None:
         if vote not in wire.VOTES:
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
@@ -133,10 +134,11 @@ class HideNseek(SeededMaskStrategy):
     def commit(self, server_round: int, total: np.ndarray, count: int, examples: int
                ) -> dict[str, float]:
         """The share voting +1, weighted by examples (smoothed across rounds by
-        `vote_smoothing`), and its majority ``g``; ties keep g. Metrics: the share
+        `vote_smoothing` from round 2 on: round 1's votes stand alone, as nothing was
+        voted before), and its majority ``g``; ties keep g. Metrics: the share
         of global signs that flipped, and the mean vote margin ``|2p - 1|``."""
-        del server_round, count
-        beta = self.vote_smoothing
+        del count
+        beta = self.vote_smoothing if server_round > 1 else 0.0
         share = total / examples
         share *= 1 - beta
         if beta:  # in place: the same sum as beta * share + (1 - beta) * this round's

@@ -19,11 +19,11 @@ def _model() -> nn.Module:
     return build_model("cnn", 10, 1, 12)
 
 
-def _strategy(density: float = 0.5) -> HideNseek:
+def _strategy(density: float = 0.5, **kwargs) -> HideNseek:
     model = _model()
     return HideNseek(model=model, input_shape=(1, 12, 12), seed=3, density=density,
                      synflow_iterations=5, mask_coding="packed",
-                     min_train_nodes=1)
+                     min_train_nodes=1, **kwargs)
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_weighted_majority_vote_hand_computed(reply):
 
 
 def test_round_metrics_measure_the_vote(reply):
-    strategy = _strategy()
+    strategy = _strategy(vote_smoothing=0.0)
     k = strategy.signs.size
     agree = np.ones(k, bool)
     _, metrics = strategy.aggregate_train(1, [reply(agree, 4), reply(agree, 2)])
@@ -170,13 +170,27 @@ def test_vote_smoothing_keeps_part_of_the_previous_share(reply):
                          synflow_iterations=5, min_train_nodes=1, vote_smoothing=0.5,
                          mask_coding="packed")
     k = strategy.signs.size
-    down = np.zeros(k, bool)
-    strategy.aggregate_train(1, [reply(down, 3), reply(down, 1)])  # share 0.5*1 + 0.5*0
-    np.testing.assert_allclose(strategy.share, 0.5)
-    assert strategy.signs.all()  # a tie keeps g
-    strategy.aggregate_train(2, [reply(down, 1)])  # 0.5*0.5 + 0.5*0
-    np.testing.assert_allclose(strategy.share, 0.25)
+    down, up = np.zeros(k, bool), np.ones(k, bool)
+    mixed = np.arange(k) % 2 == 0
+    strategy.aggregate_train(1, [reply(up, 3), reply(mixed, 1)])  # round 1 stands alone
+    np.testing.assert_allclose(strategy.share, np.where(mixed, 1.0, 0.75))
+    strategy.aggregate_train(2, [reply(down, 3), reply(up, 1)])  # 0.5*previous + 0.5*0.25
+    np.testing.assert_allclose(strategy.share, np.where(mixed, 0.625, 0.5))
+    np.testing.assert_array_equal(strategy.signs, up)  # a tie (0.5) keeps g
+    strategy.aggregate_train(3, [reply(down, 1)])  # 0.5*previous + 0.5*0
+    np.testing.assert_allclose(strategy.share, np.where(mixed, 0.3125, 0.25))
     assert not strategy.signs.any()
+
+
+def test_no_smoothing_is_the_papers_majority_vote(reply):
+    strategy = HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), seed=3,
+                         synflow_iterations=5, min_train_nodes=1, vote_smoothing=0.0,
+                         mask_coding="packed")
+    k = strategy.signs.size
+    mixed = np.arange(k) % 3 == 0
+    strategy.aggregate_train(1, [reply(np.zeros(k, bool), 5)])
+    strategy.aggregate_train(2, [reply(mixed, 3), reply(~mixed, 2)])  # 3 vs 2 examples
+    np.testing.assert_array_equal(strategy.signs, mixed)  # this round's majority alone
 
 
 def test_share_vote_sends_margins_from_round_two(reply):

@@ -14,6 +14,7 @@ from fedmask.nn.supermask import (
     fixed_samples,
     frozen_weight,
     lr_ratio,
+    momentum_gain,
     supermasks,
 )
 
@@ -365,3 +366,23 @@ def test_lr_ratio_needs_a_known_positive_lr():
         lr_ratio(None, 0.2)
     with pytest.raises(ValueError, match="lr: must be a positive number"):
         lr_ratio(-0.1, 0.2)
+
+
+@pytest.mark.parametrize(("momentum", "dampening", "nesterov", "gain"),
+                         [(0.9, 0.0, False, 10.0), (0.9, 0.5, False, 5.0),
+                          (0.9, 0.0, True, 10.0), (0.5, 0.0, False, 2.0)])
+def test_momentum_gain(momentum, dampening, nesterov, gain):
+    group = {"momentum": momentum, "dampening": dampening, "nesterov": nesterov}
+    assert momentum_gain(group) == pytest.approx(gain)
+
+
+def test_sgd_momentum_moves_scores_by_about_lr_and_leaves_other_parameters_alone():
+    mask = SignSupermask(torch.ones(4), torch.ones(4, dtype=torch.bool))
+    weight = nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([mask.scores, weight], lr=0.01, momentum=0.9)
+    for _ in range(200):  # a steady gradient of 1 per position
+        mask.scores.grad, weight.grad = torch.ones(4), torch.ones(4)
+        before = mask.scores.detach().clone(), weight.detach().clone()
+        opt.step()
+    torch.testing.assert_close(before[0] - mask.scores.detach(), torch.full((4,), 0.01))
+    torch.testing.assert_close(before[1] - weight.detach(), torch.full((4,), 0.1))

@@ -17,7 +17,7 @@ METHOD = Method(
                               "HideNseek: SynFlow threshold across layers or per layer"),
         "vote": choice("majority", VOTES, "HideNseek: only the majority signs go down, or "
                                           "with them the vote margins clients start from"),
-        "vote-smoothing": in_range(0.0, 0.0, 1.0, hi_open=True,
+        "vote-smoothing": in_range(0.5, 0.0, 1.0, hi_open=True,
                                    help="HideNseek: weight of the previous rounds' vote share "
                                         "in the server's share (0 = this round's only)"),
     },
