@@ -8,9 +8,9 @@ worth of data, and reports the test accuracy of the resulting global network:
 
 - ``fedmask``: the supermasks as fedmask builds them (scores stored in units of
   the loop's lr over the method's reference lr, gradients rescaled to unit RMS per
-  layer; :mod:`fedmask.nn.supermask`);
+  layer, SGD momentum's gain undone; :mod:`fedmask.nn.supermask`);
 - ``raw``: the paper's parametrisation, measured in the same run as the baseline
-  (scores ``|w| g`` or ``logit(theta)`` trained as they are).
+  (scores ``|w| g`` or ``logit(theta)`` trained as they are, momentum included).
 
 HideNseek runs ``--rounds`` rounds of ``--steps`` steps, each restarting its scores
 from the signs the previous one ended with (one client's vote); FedPM trains its
@@ -52,7 +52,7 @@ from fedmask.methods.hidenseek import client as hidenseek_client
 from fedmask.methods.hidenseek.wire import read_signs
 from fedmask.nn.models import seeded_init
 from fedmask.nn.pruning import prunable_names, synflow_mask
-from fedmask.nn.supermask import BernoulliSupermask, SignSupermask
+from fedmask.nn.supermask import _SCORE_FLAG, BernoulliSupermask, SignSupermask
 from fedmask.wire.bits import flatten_masks
 from fedmask.wire.records import attach_flat
 
@@ -72,8 +72,19 @@ LOOPS = [
 ]
 
 
+def unmarked(mask: nn.Module) -> nn.Module:
+    """`mask` with its scores no longer marked as supermask scores: SGD's momentum
+    then moves them as it moves any parameter."""
+    delattr(mask.scores, _SCORE_FLAG)
+    return mask
+
+
 class RawSign(SignSupermask):
     """The paper's sign supermask: scores ``|w| g``, gradient as it comes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        unmarked(self)
 
     def trainable_scores(self) -> Tensor:
         return self.scores
@@ -81,6 +92,10 @@ class RawSign(SignSupermask):
 
 class RawBernoulli(BernoulliSupermask):
     """The paper's Bernoulli supermask: logits trained as they are."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        unmarked(self)
 
     def trainable_scores(self) -> Tensor:
         return self.scores

@@ -82,7 +82,8 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
 # grid (benchmarks/results/sweep-skew-first.json) also tried the share vote.
 SKEW_GRID: dict[str, list[dict[str, Any]]] = {
     "fedavg": [{}],
-    "hidenseek": [{"vote-smoothing": 0.0}, {}, {"optimizer": "sgd", "lr": 0.1}]}
+    "hidenseek": [{"vote-smoothing": 0.0}, {"vote-smoothing": 0.5},
+                  {"optimizer": "sgd", "lr": 0.1, "vote-smoothing": 0.5}]}
 GRIDS = {"main": GRID, "skew": SKEW_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
@@ -163,7 +164,7 @@ def markdown(runs: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
              + " | mean |", "|---|---|" + "---|" * (len(columns) + 1)]
     for method, entry in chosen.items():
         for index, setting in entry["settings"].items():
-            name = ", ".join(f"{k}={v}" for k, v in setting["options"].items())
+            name = ", ".join(f"{k}={v}" for k, v in setting["options"].items()) or "defaults"
             if setting["options"] == entry["best"]:
                 name = f"**{name}**"
             cells = [f"{scores[(method, index, d, r)]:.4f}" if (method, index, d, r) in scores
