@@ -52,7 +52,7 @@ from fedmask.methods.hidenseek import client as hidenseek_client
 from fedmask.methods.hidenseek.wire import read_signs
 from fedmask.nn.models import seeded_init
 from fedmask.nn.pruning import prunable_names, synflow_mask
-from fedmask.nn.supermask import _SCORE_FLAG, BernoulliSupermask, SignSupermask
+from fedmask.nn.supermask import BernoulliSupermask, SignSupermask
 from fedmask.wire.bits import flatten_masks
 from fedmask.wire.records import attach_flat
 
@@ -73,9 +73,9 @@ LOOPS = [
 
 
 def unmarked(mask: nn.Module) -> nn.Module:
-    """`mask` with its scores no longer marked as supermask scores: SGD's momentum
-    then moves them as it moves any parameter."""
-    delattr(mask.scores, _SCORE_FLAG)
+    """`mask` with its scores a plain parameter: SGD's momentum then moves them as it
+    moves any parameter."""
+    mask.scores = nn.Parameter(mask.scores.detach().clone())
     return mask
 
 

@@ -8,6 +8,7 @@ from torch.nn.utils import parametrize
 from fedmask.nn.supermask import (
     BernoulliSTE,
     BernoulliSupermask,
+    ScoreParameter,
     SignSTE,
     SignSupermask,
     attach,
@@ -386,3 +387,8 @@ def test_sgd_momentum_moves_scores_by_about_lr_and_leaves_other_parameters_alone
         opt.step()
     torch.testing.assert_close(before[0] - mask.scores.detach(), torch.full((4,), 0.01))
     torch.testing.assert_close(before[1] - weight.detach(), torch.full((4,), 0.1))
+
+
+def test_a_copied_supermask_keeps_its_scores_marked():
+    mask = copy.deepcopy(BernoulliSupermask(torch.full((3,), 0.5)))
+    assert isinstance(mask.scores, ScoreParameter) and mask.scores.requires_grad

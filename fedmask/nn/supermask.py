@@ -38,7 +38,9 @@ class UnitRMSGrad(torch.autograd.Function):
         return grad / rms.clamp_min(torch.finfo(torch.float32).tiny).to(grad.dtype), None
 
 
-_SCORE_FLAG = "_fedmask_scores"  # attribute marking a supermask's scores parameter
+class ScoreParameter(nn.Parameter):
+    """A supermask's trainable scores (the type marks them for
+    :func:`_undo_momentum_gain`, and survives ``copy.deepcopy``)."""
 
 
 def momentum_gain(group: dict) -> float:
@@ -64,18 +66,11 @@ def _undo_momentum_gain(optimizer: torch.optim.Optimizer, args: object, kwargs: 
             continue
         gain = momentum_gain(group)
         for param in group["params"]:
-            if getattr(param, _SCORE_FLAG, False) and param.grad is not None:
+            if isinstance(param, ScoreParameter) and param.grad is not None:
                 param.grad.div_(gain)
 
 
 register_optimizer_step_pre_hook(_undo_momentum_gain)
-
-
-def _scores(value: Tensor) -> nn.Parameter:
-    """A supermask's trainable scores, marked for :func:`_undo_momentum_gain`."""
-    param = nn.Parameter(value)
-    setattr(param, _SCORE_FLAG, True)
-    return param
 
 
 class SignSTE(torch.autograd.Function):
@@ -165,7 +160,7 @@ class SignSupermask(nn.Module):
         _check_ratio(lr_ratio)
         sign = torch.ones_like(weight) if sign is None else sign
         _check_like("sign", sign, weight)
-        self.scores = _scores(weight.detach().abs() * sign * lr_ratio)
+        self.scores = ScoreParameter(weight.detach().abs() * sign * lr_ratio)
         self.kept = int(prune_mask.sum())
         self.prune_mask: Tensor
         self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
@@ -219,7 +214,7 @@ class BernoulliSupermask(nn.Module):
         self.eval_mode = eval_mode
         self.lr_ratio = lr_ratio
         clamped = theta.detach().clamp(_THETA_EPS, 1 - _THETA_EPS)
-        self.scores = _scores(torch.logit(clamped) * lr_ratio)
+        self.scores = ScoreParameter(torch.logit(clamped) * lr_ratio)
         self.fixed: Tensor | None = None
 
     def trainable_scores(self) -> Tensor:
