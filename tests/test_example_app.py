@@ -36,8 +36,11 @@ ROUNDS = {"mpfl": 6}  # MPFL votes 4 rounds (density 0.5, prune rate 0.2) before
 # 0.45-0.65 with 3 (measured, 4 runs each)
 SETTINGS = {"fedsparsify": {"local-epochs": 3}}
 # The mask methods train their scores under the project's own SGD (momentum 0.9, lr 0.1)
-# or Adam (lr 0.001) as well as under fedmask's loop (benchmarks/example_loops.py).
-MASK_METHODS_ACCURACY = {"hidenseek": 0.5, "fedpm": 0.5}
+# or Adam (lr 0.001). Measured after 3 rounds (benchmarks/example_loops.py, 3 runs):
+# HideNseek 0.454 +- 0.035 (SGD), 0.616 +- 0.019 (Adam); FedPM 0.569 +- 0.035 (SGD),
+# 0.535 +- 0.075 (Adam); the bounds sit about three deviations below.
+SGD_ACCURACY = {"hidenseek": 0.3, "fedpm": 0.4}
+ADAM_ACCURACY = {"hidenseek": 0.5, "fedpm": 0.3}
 
 
 def framing(reply: Message) -> int:
@@ -54,7 +57,7 @@ def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, 
               **SETTINGS.get(method, {})}
     results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
     assert [r["round"] for r in results] == list(range(rounds + 1))
-    assert results[-1]["accuracy"] > MASK_METHODS_ACCURACY.get(method, 0.3)  # chance is 0.1
+    assert results[-1]["accuracy"] > SGD_ACCURACY.get(method, 0.3)  # chance is 0.1
     log = (tmp_path / "run.log").read_text()
     assert "dropping reply" not in log and " failed: " not in log
     assert [f"round {r}: 2 valid replies, 0 dropped" in log for r in range(1, rounds + 1)] \
@@ -65,12 +68,12 @@ def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, 
     assert accuracy == results[-1]["accuracy"]
 
 
-@pytest.mark.parametrize("method", list(MASK_METHODS_ACCURACY))
+@pytest.mark.parametrize("method", list(ADAM_ACCURACY))
 def test_example_trains_the_mask_methods_with_adam(superlink, tmp_path, method):
     config = {**RUN, "strategy": method, "num-server-rounds": 3, "out-dir": str(tmp_path),
               "optimizer": "adam", "lr": 0.001}
     results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
-    assert results[-1]["accuracy"] > MASK_METHODS_ACCURACY[method]
+    assert results[-1]["accuracy"] > ADAM_ACCURACY[method]
 
 
 class ExampleGrid:
