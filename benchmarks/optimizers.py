@@ -72,33 +72,26 @@ LOOPS = [
 ]
 
 
-def unmarked(mask: nn.Module) -> nn.Module:
-    """`mask` with its scores a plain parameter: SGD's momentum then moves them as it
-    moves any parameter."""
-    mask.scores = nn.Parameter(mask.scores.detach().clone())
-    return mask
+class Raw(nn.Module):
+    """Mixin: the papers' parametrisation, scores a plain parameter trained as they
+    are (gradient as it comes, SGD's momentum as on any parameter)."""
 
-
-class RawSign(SignSupermask):
-    """The paper's sign supermask: scores ``|w| g``, gradient as it comes."""
+    scores: nn.Parameter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        unmarked(self)
+        self.scores = nn.Parameter(self.scores.detach().clone())
 
     def trainable_scores(self) -> Tensor:
         return self.scores
 
 
-class RawBernoulli(BernoulliSupermask):
-    """The paper's Bernoulli supermask: logits trained as they are."""
+class RawSign(Raw, SignSupermask):
+    """The paper's sign supermask: scores ``|w| g``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        unmarked(self)
 
-    def trainable_scores(self) -> Tensor:
-        return self.scores
+class RawBernoulli(Raw, BernoulliSupermask):
+    """The paper's Bernoulli supermask: logits ``logit(theta)``."""
 
 
 def optimiser(params: list[nn.Parameter], name: str, lr: float, momentum: float,
