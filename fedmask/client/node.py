@@ -73,16 +73,17 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
              place: Placement = ON_CPU) -> Message:
     """Local test loss and accuracy of the global model (on `place`); FedPM adds the
     mean over `eval-samples` sampled masks, HideNseek the accuracy after
-    `personal-epochs` of fine-tuning."""
+    `personal-epochs` of fine-tuning (HideNseek and FedAvg)."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
-    fresh = copy.deepcopy(model)  # for the personalised fine-tuning
+    settings = LocalSettings.from_message(msg)
+    personal = method.personalised and settings.personal_epochs > 0
+    fresh = copy.deepcopy(model) if personal else None  # eval_module changes `model`
     restore_state(msg, state, model)
     net = method.client_module().eval_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
-    settings = LocalSettings.from_message(msg)
-    if method.personalised and settings.personal_epochs > 0:  # trained as in a round
+    if fresh is not None:  # fine-tuned as a training round trains
         tuned = train_module(msg, fresh, state)
         settings.fit(tuned, data.train, settings.personal_epochs, 0, place.device,
                      place.precision)

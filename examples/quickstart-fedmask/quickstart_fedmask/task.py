@@ -88,6 +88,8 @@ def train(net, trainloader, epochs, lr, device, optimizer="sgd"):
     quickstart, or Adam)."""
     net.to(device)  # move model to GPU if available
     criterion = torch.nn.CrossEntropyLoss().to(device)
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer: {optimizer!r} is not one of ['sgd', 'adam']")
     if optimizer == "adam":
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     else:
