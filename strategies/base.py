@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import copy
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -23,12 +25,14 @@ from torch import nn
 
 from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.nn.model_file import architecture_name, write_model_file
-from fedmask.nn.models import num_prunable
+from fedmask.nn.models import INITS, num_prunable
+from fedmask.nn.seeded import SeededNet
 from fedmask.nn.supermask import fold
 from fedmask.nn.training import MIN_LOCAL_STEPS
 from fedmask.server.checkpoint import Checkpointable
 from fedmask.server.validation import ValidatedStrategy
 
+MODEL_INIT = "model"  # init value: start from the model instance's own weights
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
@@ -51,6 +55,10 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     """Mixin of every fedmask strategy; a subclass names its method in ``METHOD``."""
 
     METHOD = ""
+    # Whether every message down carries the float weights, so that the model's own
+    # weights can be the start (init="model"); where False, clients rebuild the
+    # start from the seed.
+    OWN_WEIGHTS = False
     model: nn.Module  # the architecture, seeded (set by every strategy's constructor)
 
     @property
@@ -61,6 +69,19 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     def resolve_init(self, init: str) -> str:
         """`init`, with ``auto`` resolved to the method's default scheme."""
         return str(self.method.defaults["init"]) if init == "auto" else init
+
+    def announce(self, model: nn.Module, seed: int, init: str) -> SeededNet:
+        """Initialise `model` from (seed, init) and describe it. With ``init="model"``
+        (only where every message carries the weights) `model` keeps its own weights,
+        and a seeded copy under the method's default scheme names the architecture
+        (the hash clients and model files check)."""
+        if init != MODEL_INIT:
+            return SeededNet.announce(model, seed, self.resolve_init(init))
+        if not self.OWN_WEIGHTS:
+            raise ValueError(f"init: {MODEL_INIT!r} is not available for {self.METHOD}, whose "
+                             f"clients rebuild the start from the seed; allowed: "
+                             f"{['auto', *INITS]}")
+        return SeededNet.announce(copy.deepcopy(model), seed, self.resolve_init("auto"))
 
     def with_method(self, config: ConfigRecord | None) -> ConfigRecord:
         """A copy of `config` naming this strategy's method, for the client API."""

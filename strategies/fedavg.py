@@ -13,10 +13,9 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
-from fedmask.nn.seeded import SeededNet
 from fedmask.server.validation import mean_metrics
 from fedmask.wire.records import CONFIG, METRICS, NUM_EXAMPLES, ReplyError, num_examples
-from strategies.base import MethodStrategy, check_input_shape
+from strategies.base import MODEL_INIT, MethodStrategy, check_input_shape
 
 
 class FedAvg(MethodStrategy, FlowerFedAvg):
@@ -28,9 +27,12 @@ class FedAvg(MethodStrategy, FlowerFedAvg):
     Parameters
     ----------
     model : nn.Module
-        The global model; re-initialised in place from `seed` (the initial arrays).
+        The global model; its own weights are the initial arrays (``init="model"``),
+        else it is re-initialised in place from `seed`.
     seed, init : int, str
-        Seed and init scheme of the initial weights (``auto``: Kaiming normal).
+        Seed and init scheme of the initial weights: ``model`` (the default: the
+        model's own), ``auto`` (Kaiming normal, what fedmask's app uses) or a scheme
+        of ``fedmask.nn.models.INITS``. The seed also names the architecture.
     input_shape : tuple[int, ...], optional
         Shape of one input example; when given, the model is checked against it.
     **kwargs
@@ -38,18 +40,19 @@ class FedAvg(MethodStrategy, FlowerFedAvg):
     """
 
     METHOD = "fedavg"
+    OWN_WEIGHTS = True
 
-    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = MODEL_INIT,
                  input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_input_shape(model, input_shape)
         self.model = model
-        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
+        self.net = self.announce(model, seed, init)
         self.init_validation(model)
         self.reference = ArrayRecord(model.state_dict())
 
     def initial_arrays(self) -> ArrayRecord:
-        """The seeded model's state dict."""
+        """The model's state dict (its own weights, or the seeded ones)."""
         return ArrayRecord(self.model.state_dict())
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:

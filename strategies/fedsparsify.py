@@ -19,6 +19,7 @@ from fedmask.methods.masked.wire import CLIENT_MASK, decode_client_mask, decode_
 from fedmask.nn.pruning import keep_largest
 from fedmask.wire.records import ReplyError
 from fedmask.wire.sparse import flat_state, replace_flat
+from strategies.base import MODEL_INIT
 from strategies.masked_fedavg import MaskedFedAvg, average_states
 
 Update = tuple[int, np.ndarray, np.ndarray]  # n_k, client mask, flat values (0 where pruned)
@@ -57,7 +58,8 @@ class FedSparsify(MaskedFedAvg):
     ----------
     model, seed, init, mask_coding, input_shape, model_value_format, value_format
         As for :class:`~strategies.masked_fedavg.MaskedFedAvg` (`mask_coding`: how
-        the local variant's masks go up).
+        the local variant's masks go up), except that ``init`` defaults to
+        ``model``: every message carries the weights, so the model's own start.
     num_server_rounds : int, optional
         The run's last round, where `final_sparsity` is reached; None: the
         `num_rounds` that :meth:`start` is given.
@@ -74,8 +76,9 @@ class FedSparsify(MaskedFedAvg):
     """
 
     METHOD = "fedsparsify"
+    OWN_WEIGHTS = True
 
-    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = MODEL_INIT,
                  mask_coding: str = "entropy", input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",
                  num_server_rounds: int | None = None, fedsparsify_variant: str = "global",

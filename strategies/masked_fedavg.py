@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from fedmask.methods.masked import wire
 from fedmask.nn.models import num_prunable
 from fedmask.nn.pruning import apply_flat_mask, prunable_names
-from fedmask.nn.seeded import SeededNet
 from fedmask.server.validation import mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
@@ -48,9 +47,11 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
     Parameters
     ----------
     model : nn.Module
-        Architecture shared with the clients; re-initialised in place from `seed`.
+        Architecture shared with the clients; re-initialised in place from `seed`
+        (unless ``init="model"``).
     seed, init : int, str
-        Seed and init scheme of the initial weights ``w0`` (``auto``: Kaiming normal).
+        Seed and init scheme of the initial weights ``w0`` (``auto``: Kaiming normal;
+        ``model``, the model's own weights, only where every message carries them).
     mask_coding : {"packed", "entropy"}
         How masks a client sends (if any) are coded.
     input_shape : tuple[int, ...], optional
@@ -77,7 +78,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         super().__init__(arrayrecord_key=wire.WEIGHTS, **kwargs)
         check_input_shape(model, input_shape)
         self.model, self.names = model, prunable_names(model)
-        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
+        self.net = self.announce(model, seed, init)
         self.mask_coding = mask_coding
         self.mask = np.ones(num_prunable(model), dtype=bool)
         self.weights: dict[str, Tensor] = {}

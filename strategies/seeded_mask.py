@@ -24,7 +24,6 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedmask.nn.models import num_prunable
-from fedmask.nn.seeded import SeededNet
 from fedmask.server.mask_sum import MaskSum
 from fedmask.server.validation import PREFIX_BYTES, mean_metrics
 from fedmask.wire.coding import check_coding
@@ -67,7 +66,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         super().__init__(arrayrecord_key=arrayrecord_key, **kwargs)
         check_input_shape(model, input_shape)
         self.model, self.mask_coding = model, mask_coding
-        self.net = SeededNet.announce(model, seed, self.resolve_init(init))
+        self.net = self.announce(model, seed, init)
         self.num_params = num_prunable(model)
         self.downlink = Downlink(self.LEAN, context=self.downlink_context())
         self.code_length: CodeLength | None = None  # the entropy report's model

@@ -13,6 +13,7 @@ from torch import nn
 import strategies
 from fedmask import config as run_config
 from fedmask.methods import REGISTRY
+from fedmask.nn.model_file import load_model
 from fedmask.nn.models import build_model
 
 from conftest import ROOT
@@ -32,7 +33,9 @@ def test_constructors_are_keyword_only_with_shared_names_and_defaults(method):
     cls = REGISTRY[method].strategy_class()
     params = inspect.signature(cls.__init__).parameters
     assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for n, p in params.items() if n != "self")
-    assert params["seed"].default == 0 and params["init"].default == "auto"
+    own_weights = method in ("fedavg", "fedsparsify")  # every message carries the weights
+    assert params["seed"].default == 0
+    assert params["init"].default == ("model" if own_weights else "auto")
     assert params["input_shape"].default is None
     for name, default in (("density", 0.5), ("mask_coding", "entropy")):
         if name in params:
@@ -41,6 +44,27 @@ def test_constructors_are_keyword_only_with_shared_names_and_defaults(method):
         assert key.replace("-", "_") in params, key
     with pytest.raises(TypeError):
         cls(build_model("cnn", 10, 1, 12))  # no positional arguments
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedsparsify"])
+def test_the_model_keeps_its_own_weights_by_default(method, tmp_path):
+    model = build_model("cnn", 10, 1, 12)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    strategy = _make(method, model=model)
+    start = strategy.global_model(strategy.initial_arrays()).state_dict()
+    assert all(torch.equal(start[k], own[k]) for k in own)
+    seeded = _make(method, init="auto")
+    assert not torch.equal(seeded.global_model(seeded.initial_arrays()).state_dict()["0.weight"],
+                           own["0.weight"])
+    strategy.save_model(tmp_path / "m.safetensors", strategy.initial_arrays())
+    loaded = load_model(tmp_path / "m.safetensors", model=build_model("cnn", 10, 1, 12))
+    assert all(torch.equal(loaded.state_dict()[k], own[k]) for k in own)
+
+
+@pytest.mark.parametrize("method", ["hidenseek", "fedpm", "mpfl", "ssfl"])
+def test_init_model_is_refused_where_clients_rebuild_the_start(method):
+    with pytest.raises(ValueError, match=f"init: 'model' is not available for {method}"):
+        _make(method, init="model")
 
 
 @pytest.mark.parametrize("method", METHODS)
