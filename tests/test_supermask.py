@@ -137,15 +137,34 @@ def unit_rms(grad: torch.Tensor, count: int) -> torch.Tensor:
     return grad / grad.square().sum().div(count).sqrt()
 
 
-def test_sign_scores_grad_is_grad_times_weight_times_prune_mask_at_unit_rms():
+def test_sign_scores_grad_is_grad_times_weight_times_prune_mask_over_its_running_rms():
     lin = nn.Linear(5, 4)
     attach(lin, random_sign_mask, ["weight"])
     prune = supermasks(lin)["weight"].prune_mask
-    grad_eff, w, grad_scores = linear_grads(lin)
-    expected = unit_rms(grad_eff * w * prune, int(prune.sum()))
-    torch.testing.assert_close(grad_scores, expected)
-    assert grad_scores.square().sum().div(prune.sum()).sqrt().item() == pytest.approx(1.0)
-    assert (grad_scores != 0).sum() == (prune != 0).sum()
+    grad_eff, w, first = linear_grads(lin)
+    raw1 = grad_eff * w * prune
+    torch.testing.assert_close(first, torch.sign(raw1))  # one gradient: its own RMS
+    assert (first != 0).sum() == (prune != 0).sum()
+    lin.zero_grad()
+    grad_eff, _, second = linear_grads(lin)
+    raw2, beta = grad_eff * w * prune, 0.999  # Adam's second moment, bias-corrected
+    mean_square = ((1 - beta) * beta * raw1.square() + (1 - beta) * raw2.square()) / (1 - beta**2)
+    expected = torch.where(prune != 0, raw2 / mean_square.sqrt(), torch.zeros_like(raw2))
+    torch.testing.assert_close(second, expected)
+
+
+def test_sign_scores_grad_does_not_depend_on_the_losss_scale():
+    grads = []
+    for scale in (1e-4, 1.0, 1e4):
+        torch.manual_seed(0)
+        lin = nn.Linear(5, 4, bias=False)
+        attach(lin, random_sign_mask, ["weight"])
+        for _ in range(3):
+            lin.zero_grad()
+            (scale * lin(torch.randn(6, 5)).pow(2).sum()).backward()
+        grads.append(supermasks(lin)["weight"].scores.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[2], grads[1])
 
 
 @pytest.mark.parametrize("estimator", ["ste", "theta"])
@@ -332,25 +351,34 @@ def test_lr_ratio_scales_the_parameter_not_the_mask():
                                BernoulliSupermask(theta).theta())
 
 
-def _one_step(mask: nn.Module, optimiser, lr: float) -> torch.Tensor:
+def _one_step(mask: nn.Module, optimiser, lr: float, ratio: float) -> torch.Tensor:
     """One optimiser step on `mask`'s scores (a fixed loss), the new logits or scores
-    divided by the mask's lr_ratio."""
+    divided by the mask's lr_ratio `ratio`."""
     torch.manual_seed(0)
     lin = nn.Linear(6, 3, bias=False)
     attach(lin, lambda n, w: mask, ["weight"])
     opt = optimiser([mask.scores], lr=lr)
     lin(torch.ones(2, 6)).pow(2).sum().backward()
     opt.step()
-    return mask.scores.detach() / mask.lr_ratio
+    return mask.scores.detach() / ratio
 
 
 @pytest.mark.parametrize("optimiser", [torch.optim.SGD, torch.optim.Adam])
 def test_a_step_moves_the_logits_alike_at_any_lr(optimiser):
     theta = torch.rand(3, 6) * 0.8 + 0.1
-    slow = _one_step(BernoulliSupermask(theta, lr_ratio=0.01 / 0.2), optimiser, 0.01)
-    fast = _one_step(BernoulliSupermask(theta, lr_ratio=0.5 / 0.2), optimiser, 0.5)
+    slow = _one_step(BernoulliSupermask(theta, lr_ratio=0.05), optimiser, 0.01, 0.05)
+    fast = _one_step(BernoulliSupermask(theta, lr_ratio=2.5), optimiser, 0.5, 2.5)
     torch.testing.assert_close(slow, fast)
     assert not torch.allclose(slow, torch.logit(theta))  # the step moved them
+
+
+@pytest.mark.parametrize("optimiser", [torch.optim.SGD, torch.optim.Adam])
+def test_a_step_moves_the_signs_scores_alike_at_any_lr(optimiser):
+    w, prune = torch.randn(3, 6), torch.ones(3, 6, dtype=torch.bool)
+    slow = _one_step(SignSupermask(w, prune, lr_ratio=1.0), optimiser, 0.01, 1.0)
+    fast = _one_step(SignSupermask(w, prune, lr_ratio=50.0), optimiser, 0.5, 50.0)
+    torch.testing.assert_close(slow, fast)
+    assert not torch.allclose(slow, w.abs())  # the step moved them
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])

@@ -38,6 +38,39 @@ class UnitRMSGrad(torch.autograd.Function):
         return grad / rms.clamp_min(torch.finfo(torch.float32).tiny).to(grad.dtype), None
 
 
+class GradNormaliser:
+    """Per-position running RMS of a score tensor's gradients (Adam's second moment:
+    decay `beta`, bias-corrected); :class:`NormalisedGrad` divides by it."""
+
+    def __init__(self, shape: torch.Size, beta: float = 0.999) -> None:
+        self.sq = torch.zeros(shape)
+        self.beta, self.steps = beta, 0
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        """`grad` over the running RMS of the gradients so far, `grad` included."""
+        g = grad.float()
+        self.sq = self.sq.to(g.device)
+        self.steps += 1
+        self.sq.mul_(self.beta).addcmul_(g, g, value=1 - self.beta)
+        rms = (self.sq / (1 - self.beta ** self.steps)).sqrt()
+        return (g / rms.clamp_min(torch.finfo(torch.float32).tiny)).nan_to_num(0.0).to(grad.dtype)
+
+
+class NormalisedGrad(torch.autograd.Function):
+    """Identity; the gradient goes through a :class:`GradNormaliser`, so that every
+    score moves by about `lr` per step whatever the loss's scale and whatever the
+    optimiser (plain SGD then steps as RMSprop does, and Adam as it would anyway)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, normaliser: GradNormaliser) -> Tensor:
+        ctx.normaliser = normaliser
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.normaliser(grad), None
+
+
 class ScoreParameter(nn.Parameter):
     """A supermask's trainable scores (the type marks them for
     :func:`_undo_momentum_gain`, and survives ``copy.deepcopy``)."""
@@ -146,8 +179,10 @@ class SignSupermask(nn.Module):
 
     Notes
     -----
-    Through `SignSTE`, ``dL/dscores`` is ``dL/dw_eff * w * prune_mask`` rescaled to
-    unit RMS over the kept positions (:class:`UnitRMSGrad`). Where ``weight == 0``
+    Through `SignSTE`, ``dL/dscores`` is ``dL/dw_eff * w * prune_mask``, divided
+    position by position by its running RMS (:class:`NormalisedGrad`: measured, sign
+    masks train as well under SGD as under Adam so, where a per-layer rescaling left
+    SGD behind; FedPM's Bernoulli masks measured the other way). Where ``weight == 0``
     the score is 0 and the sign reads as +1 whatever `sign` was.
     """
 
@@ -161,13 +196,13 @@ class SignSupermask(nn.Module):
         sign = torch.ones_like(weight) if sign is None else sign
         _check_like("sign", sign, weight)
         self.scores = ScoreParameter(weight.detach().abs() * sign * lr_ratio)
-        self.kept = int(prune_mask.sum())
+        self.normaliser = GradNormaliser(weight.shape)
         self.prune_mask: Tensor
         self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
 
     def trainable_scores(self) -> Tensor:
-        """The scores, their gradient rescaled by :class:`UnitRMSGrad`."""
-        return cast(Tensor, UnitRMSGrad.apply(self.scores, self.kept))
+        """The scores, their gradient normalised (:class:`NormalisedGrad`)."""
+        return cast(Tensor, NormalisedGrad.apply(self.scores, self.normaliser))
 
     def forward(self, w: Tensor) -> Tensor:
         return w * self.prune_mask * SignSTE.apply(self.trainable_scores())
