@@ -83,8 +83,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
 SKEW_GRID: dict[str, list[dict[str, Any]]] = {
     "fedavg": [{}],
     "hidenseek": [{"vote-smoothing": 0.0}, {"vote-smoothing": 0.5},
-                  {"optimizer": "sgd", "lr": 0.1, "vote-smoothing": 0.5},
-                  {"vote": "share", "vote-smoothing": 0.0}, {"vote": "share"}]}
+                  {"optimizer": "sgd", "lr": 0.1, "vote-smoothing": 0.5}]}
 GRIDS = {"main": GRID, "skew": SKEW_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
