@@ -183,10 +183,10 @@ def test_client_app_factory_runs_the_users_functions_for_every_message_kind():
     metrics = evaluated.content.metric_records["metrics"]
     assert {"accuracy", "loss", "personal-accuracy", "num-examples"} <= set(metrics)
     ssfl = _strategy("ssfl")
-    query = Message(RecordDict({"config": ssfl.with_method(ConfigRecord(
-        {"saliency-batches": 1, "saliency-format": "float16", "num-params": ssfl.mask.size,
-         "seed": ssfl.net.seed, "init": ssfl.net.init, "weight-hash": ssfl.net.weight_hash}))}),
-        dst_node_id=21, message_type="query")
+    config = ssfl.with_method(ConfigRecord(
+        {"saliency-batches": 1, "saliency-format": "float16", "num-params": ssfl.mask.size}))
+    ssfl.net.to_config(config)
+    query = Message(RecordDict({"config": config}), dst_node_id=21, message_type="query")
     answered = app(query, context)
     assert not answered.has_error(), answered.error
     assert "saliency" in answered.content.array_records

@@ -115,13 +115,14 @@ def saved(tmp_path):
     return strategy, path
 
 
-def _rewrite(path, header=None, config=None, drop_header=None):
+def _rewrite(path, header=None, config=None, drop_header=None, drop_config=None):
     content, old = read_model_file(path)
     new = {**old, **(header or {})}
     if drop_header:
         del new[drop_header]
     new.pop("format")
     merged = {**dict(content.config_records["config"]), **(config or {})}
+    merged.pop(drop_config, None)
     content["config"] = ConfigRecord(merged)
     write_model_file(path, content, new)
 
@@ -135,6 +136,10 @@ def test_a_saved_model_loads_as_the_strategys_global_model(saved):
 
 @pytest.mark.parametrize("damage, field", [
     (lambda p: _rewrite(p, config={"weight-hash": "0" * 16}), "weight-hash"),
+    (lambda p: _rewrite(p, config={"weight-generator": "philox-acklam-0"}),
+     "weight-generator: 'philox-acklam-0' is not known"),
+    (lambda p: _rewrite(p, drop_config="weight-generator"),  # written before 2026-12
+     r"weight-generator: missing: .* \(torch's generator"),
     (lambda p: _rewrite(p, config={METHOD_KEY: "bogus"}), "method"),
     (lambda p: _rewrite(p, drop_header="density"), "density"),
     (lambda p: _rewrite(p, header={"architecture": "nosuchmodule:Net"}), "architecture"),

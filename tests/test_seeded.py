@@ -11,7 +11,16 @@ from flwr.common.serde import config_record_from_proto, config_record_to_proto
 from torch import nn
 
 from fedmask.nn.models import cnn, weight_hash
-from fedmask.nn.seeded import HASH, INIT, SEED, SeededNet, WeightHashError
+from fedmask.nn.portable_random import GENERATOR
+from fedmask.nn.seeded import (
+    GENERATOR_KEY,
+    HASH,
+    INIT,
+    SEED,
+    GeneratorError,
+    SeededNet,
+    WeightHashError,
+)
 
 
 def _model(num_classes: int = 10, torch_seed: int = 0) -> nn.Module:
@@ -25,7 +34,20 @@ def _state_equal(a: nn.Module, b: nn.Module) -> bool:
 
 
 def test_keys() -> None:
-    assert (SEED, INIT, HASH) == ("seed", "init", "weight-hash")
+    assert (SEED, INIT, HASH, GENERATOR_KEY) == ("seed", "init", "weight-hash",
+                                                 "weight-generator")
+
+
+def test_the_generator_travels_with_the_seed_and_an_unknown_one_is_refused() -> None:
+    config = ConfigRecord()
+    SeededNet.announce(_model(), 5, "kaiming-normal").to_config(config)
+    assert config[GENERATOR_KEY] == GENERATOR
+    config[GENERATOR_KEY] = "philox-acklam-9"
+    with pytest.raises(GeneratorError, match="weight-generator: 'philox-acklam-9' is not known"):
+        SeededNet.from_config(config).rebuild(_model())
+    del config[GENERATOR_KEY]  # a message or file from before generators were named
+    with pytest.raises(GeneratorError, match="weight-generator: missing"):
+        SeededNet.from_config(config)
 
 
 def test_announce_initialises_in_place() -> None:

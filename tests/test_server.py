@@ -14,6 +14,8 @@ from flwr.app import ArrayRecord
 from fedmask.config import ConfigError, parse
 from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
 from fedmask.nn.models import build_model
+from fedmask.nn.portable_random import GENERATOR
+from fedmask.nn.seeded import GENERATOR_KEY
 from fedmask.server import checkpoint
 from fedmask.server.app import _resume, central_loader
 from strategies import FedAvg
@@ -129,9 +131,22 @@ def test_resume_refuses_a_missing_checkpoint_or_another_config(tmp_path):
     with pytest.raises(ConfigError, match="resume: no checkpoint"):
         _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
     checkpoint.save(tmp_path / checkpoint.CHECKPOINT, 2, {}, ArrayRecord(),
-                    {"config": {**cfg, "num-server-rounds": 5, "lr": 0.5, "resume": False}})
+                    {"config": {**cfg, "num-server-rounds": 5, "lr": 0.5, "resume": False},
+                     GENERATOR_KEY: GENERATOR})
     with pytest.raises(ConfigError, match=r"other values of \['lr', 'num-server-rounds'\]"):
         _resume(tmp_path / checkpoint.CHECKPOINT, cfg, strategy, None)
+
+
+@pytest.mark.parametrize("generator", [None, "philox-acklam-0"])
+def test_resume_refuses_a_checkpoint_of_other_seeded_weights(tmp_path, generator):
+    cfg = parse({"out-dir": str(tmp_path), "resume": True})
+    document = {"config": cfg, **({GENERATOR_KEY: generator} if generator else {})}
+    checkpoint.save(tmp_path / checkpoint.CHECKPOINT, 2, {}, ArrayRecord(), document)
+    written = repr(generator) if generator else "torch generator"
+    with pytest.raises(ConfigError, match=f"resume: weight-generator: .*{written}.*"
+                                          f"'{GENERATOR}'"):
+        _resume(tmp_path / checkpoint.CHECKPOINT, cfg, FedAvg(model=build_model(
+            "cnn", 10, 1, 12)), None)
 
 
 def test_a_validation_set_as_large_as_the_training_split_fails_naming_the_option():

@@ -29,7 +29,7 @@ from torch import nn
 
 from fedmask.methods import METHOD_KEY, get_method
 from fedmask.nn.models import build_model
-from fedmask.nn.seeded import SeededNet, WeightHashError
+from fedmask.nn.seeded import GeneratorError, SeededNet, WeightHashError
 from fedmask.nn.supermask import fold
 from fedmask.wire.records import CONFIG
 
@@ -138,6 +138,8 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         SeededNet.from_config(config).rebuild(net)
     except WeightHashError as err:
         raise ModelFileError(f"weight-hash: {err}") from err
+    except GeneratorError as err:
+        raise ModelFileError(str(err)) from err
     except (KeyError, ValueError) as err:
         raise ModelFileError(f"config: {err}") from err
     msg = cast(Message, StoredMessage(content))

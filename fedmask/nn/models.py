@@ -1,7 +1,8 @@
 """Seeded model builders, initialisation schemes and the weight hash.
 
 Models describe architecture only. Mask methods rebuild bit-identical frozen
-weights from a 64-bit seed with :func:`seeded_init`; :func:`weight_hash` lets a
+weights from a 64-bit seed with :func:`seeded_init` (numbers from
+:mod:`fedmask.nn.portable_random`, alike on every CPU); :func:`weight_hash` lets a
 client prove it built the same network as the server.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedmask.nn.portable_random import PortableStream, kaiming_std
 from fedmask.nn.pruning import prunable_names
 
 INITS = ("kaiming-normal", "kaiming-uniform", "signed-constant")
@@ -131,17 +133,18 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int) 
     return MODELS[name](num_classes, in_channels, image_size)
 
 
-def _init_weight(weight: torch.Tensor, scheme: str, gen: torch.Generator) -> None:
-    fan_in = weight[0].numel()
-    std = math.sqrt(2.0 / fan_in)
+def _init_weight(weight: torch.Tensor, scheme: str, stream: PortableStream) -> None:
+    """Fill `weight` with the stream's next ``weight.numel()`` draws under `scheme`
+    (float64, rounded once to the weight's dtype)."""
+    std, count = kaiming_std(weight[0].numel()), weight.numel()
     if scheme == "kaiming-normal":
-        weight.normal_(0.0, std, generator=gen)
+        values = stream.normal(count) * std
     elif scheme == "kaiming-uniform":
         bound = math.sqrt(3.0) * std
-        weight.uniform_(-bound, bound, generator=gen)
+        values = (stream.uniform(count) * 2.0 - 1.0) * bound
     else:  # signed-constant: +-sqrt(2/fan_in)
-        signs = torch.randint(0, 2, weight.shape, generator=gen, dtype=weight.dtype) * 2 - 1
-        weight.copy_(signs * std)
+        values = stream.signs(count) * std
+    weight.copy_(torch.from_numpy(values.reshape(weight.shape)))
 
 
 @torch.no_grad()
@@ -149,16 +152,17 @@ def seeded_init(model: nn.Module, seed: int, scheme: str = "kaiming-normal") -> 
     """Re-initialise every parameter of `model` deterministically from `seed`.
 
     Prunable weights (Conv/Linear) follow `scheme`, in :func:`prunable_names`
-    order; every other parameter is set to 1 (scales) or 0 (biases), so that any
+    order, drawn one after another from the seed's
+    :class:`~fedmask.nn.portable_random.PortableStream`; every other parameter is set to 1 (scales) or 0 (biases), so that any
     architecture is fully determined by (seed, scheme).
     """
     if scheme not in INITS:
         raise ValueError(f"init: unknown scheme {scheme!r}; allowed: {list(INITS)}")
-    gen = torch.Generator().manual_seed(seed)
+    stream = PortableStream(seed)
     prunable = set(prunable_names(model))
     params = dict(model.named_parameters())
     for name in prunable_names(model):
-        _init_weight(params[name], scheme, gen)
+        _init_weight(params[name], scheme, stream)
     for name, param in params.items():
         if name not in prunable:
             param.fill_(1.0 if name.endswith("weight") else 0.0)

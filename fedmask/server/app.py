@@ -23,6 +23,8 @@ from fedmask.data.datasets import central_test, central_validation, get_spec
 from fedmask.methods import REGISTRY
 from fedmask.nn.models import build_model, num_prunable
 from fedmask.nn.placement import Placement
+from fedmask.nn.portable_random import GENERATOR
+from fedmask.nn.seeded import GENERATOR_KEY
 from fedmask.server import checkpoint
 from fedmask.server.accounting import MeasuringGrid
 from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
@@ -115,6 +117,11 @@ def _resume(path: Path, cfg: dict[str, Any], strategy: Checkpointable,
     if not path.exists():
         raise run_config.ConfigError(f"resume: no checkpoint at {path}")
     saved = checkpoint.load(path)
+    if saved.document.get(GENERATOR_KEY) != GENERATOR:
+        raise run_config.ConfigError(
+            f"resume: {GENERATOR_KEY}: the checkpoint at {path} was written with "
+            f"{saved.document.get(GENERATOR_KEY, 'torch generator (unnamed)')!r}, this "
+            f"fedmask computes {GENERATOR!r}: its seeded weights differ; start a new run")
     changed = sorted(k for k in cfg if k not in run_config.RESUME_FREE
                      and saved.document["config"].get(k) != cfg[k])
     if changed:
@@ -160,7 +167,7 @@ def run(grid: Grid, context: Context) -> Path:
                         strategy.rejected.get(server_round, []), aggregate_s,
                         strategy.drain_resent_bytes())
         checkpoint.save(folder / CHECKPOINT, server_round, strategy.state_dict(), arrays,
-                        {"config": cfg, "results": recorder.state()})
+                        {"config": cfg, "results": recorder.state(), GENERATOR_KEY: GENERATOR})
 
     settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
                              cfg["momentum"], cfg["personal-epochs"],
