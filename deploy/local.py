@@ -8,7 +8,8 @@ Every process started is recorded (PID, start time) in STATE_DIR/pids.jsonl as
 soon as it starts, so ``down`` stops them even when ``up`` failed half way.
 
 Usage (entry point: deploy/local.sh):
-  deploy/local.sh up   [--nodes N] [--timeout S] [--state-dir DIR]   # prints the connection name
+  deploy/local.sh up   [--nodes N] [--node-env I:KEY=VALUE]... [--timeout S] [--state-dir DIR]
+                                                # prints the connection name
   deploy/local.sh run  [--app DIR] [--state-dir DIR] [FLWR RUN ARGS...]  # e.g. --run-config "..."
   deploy/local.sh restart superlink|node-I [--state-dir DIR]   # after a crash
   deploy/local.sh down [--state-dir DIR]
@@ -296,13 +297,29 @@ def start_node(state_dir: Path, state: dict, i: int) -> subprocess.Popen:
     certs = Path(state["certs"])
     cmd = supernode_cmd(certs, port, certs / f"node-{i}", node["runtime_port"], i,
                         state["num_nodes"])
-    proc = start(state_dir, f"node-{i}", cmd, env_for(home), home / "supernode.log")
+    env = {**env_for(home), **node.get("env", {})}
+    proc = start(state_dir, f"node-{i}", cmd, env, home / "supernode.log")
     node["pid"] = proc.pid
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
     return proc
 
 
-def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
+def parse_node_env(items: list[str], num_nodes: int) -> dict[int, dict[str, str]]:
+    """``I:KEY=VALUE`` items as {node index: {KEY: VALUE}}; ValueError naming
+    ``--node-env`` for a malformed item or an index outside the nodes."""
+    out: dict[int, dict[str, str]] = {}
+    for item in items:
+        index, _, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not (index.isdigit() and key and eq) or int(index) >= num_nodes:
+            raise ValueError(f"--node-env: {item!r} is not I:KEY=VALUE with I in "
+                             f"0..{num_nodes - 1}")
+        out.setdefault(int(index), {})[key] = value
+    return out
+
+
+def up(state_dir: Path, num_nodes: int, timeout: float,
+       node_env: dict[int, dict[str, str]] | None = None) -> int:
     if _our_processes(state_dir):
         log(f"a deployment from {state_dir} is running; `deploy/local.sh down` first")
         return 1
@@ -337,7 +354,8 @@ def up(state_dir: Path, num_nodes: int, timeout: float) -> int:
                 raise RuntimeError(f"registering node-{i} failed ({done.returncode}):\n"
                                    f"{done.stdout}\n{done.stderr}") from None
             state["nodes"].append({"name": f"node-{i}", "node_id": str(node_id),
-                                   "runtime_port": free_port()})
+                                   "runtime_port": free_port(),
+                                   "env": (node_env or {}).get(i, {})})
         log(f"registered {num_nodes} SuperNode keys: "
             f"{[n['node_id'] for n in state['nodes']]}")
 
@@ -474,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--state-dir", type=Path, default=default_state_dir())
         if name == "up":
             p.add_argument("--nodes", type=int, default=2)
+            p.add_argument("--node-env", action="append", default=[], metavar="I:KEY=VALUE",
+                           help="an environment variable of SuperNode I and its ClientApps "
+                                "(repeatable; kept by restart), e.g. "
+                                "0:ATEN_CPU_CAPABILITY=default")
         if name == "restart":
             p.add_argument("name", help="superlink or node-I")
         if name in ("up", "restart"):
@@ -488,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         if args.nodes < 1:
             parser.error("--nodes must be >= 1")
-        return up(state_dir, args.nodes, args.timeout)
+        try:
+            node_env = parse_node_env(args.node_env, args.nodes)
+        except ValueError as err:
+            parser.error(str(err))
+        return up(state_dir, args.nodes, args.timeout, node_env)
     if args.command == "run":
         return run(state_dir, args.app.resolve(), extra)
     if args.command == "restart":

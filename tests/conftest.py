@@ -53,12 +53,14 @@ DEPLOY = str(ROOT / "deploy" / "local.sh")
 
 
 @contextlib.contextmanager
-def deployed(state: Path, nodes: int) -> Iterator[Path]:
-    """`deploy/local.sh up` with `nodes` SuperNodes in `state`; `down` afterwards, even
-    when the test failed (checking that everything stopped)."""
+def deployed(state: Path, nodes: int, node_env: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`deploy/local.sh up` with `nodes` SuperNodes in `state` (`node_env`: its
+    ``--node-env`` items); `down` afterwards, even when the test failed (checking that
+    everything stopped)."""
     try:
-        up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir", str(state)],
-                            capture_output=True, text=True, timeout=600)
+        extra = [arg for item in node_env for arg in ("--node-env", item)]
+        up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir", str(state),
+                             *extra], capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stderr[-4000:]
         assert up.stdout.strip() == "fedmask"
         yield state

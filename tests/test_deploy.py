@@ -6,11 +6,15 @@ was never registered is refused. `down` stops every process `up` started, even o
 """
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fedmask.launch import BIN, flower_env, free_port, overrides, run_and_read
+from fedmask.server.app import MODEL_FILE
 
 from conftest import DEPLOY, ROOT, SMALL, SMALL_NODES, deployed
 
@@ -85,6 +89,40 @@ def test_weight_sparse_method_keeps_its_mask_on_the_supernodes(deployed_mpfl):
     n = deployed_mpfl["num_params"]
     saved = rounds[1]["clients"][0]["bytes_down"] - rounds[2]["clients"][0]["bytes_down"]
     assert n / 8 <= saved <= n / 8 + 800
+
+
+@pytest.fixture(scope="module")
+def baseline_cpu_deployment(tmp_path_factory):
+    """Two SuperNodes; node 0 computes as a CPU without AVX2 (torch's ``default`` path)."""
+    with deployed(tmp_path_factory.mktemp("baseline-cpu"), 2,
+                  ("0:ATEN_CPU_CAPABILITY=default",)) as state:
+        yield state
+
+
+def test_a_node_without_avx2_trains_hidenseek_and_loads_its_model_file(
+        baseline_cpu_deployment, tmp_path_factory):
+    node_env = json.loads((baseline_cpu_deployment / "state.json").read_text())["nodes"][0]["env"]
+    assert node_env == {"ATEN_CPU_CAPABILITY": "default"}
+    results = _deployed_run(baseline_cpu_deployment, tmp_path_factory, method="hidenseek")
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["num_clients"] == 2 and not r["failed_clients"] and not r["rejected_clients"]
+               for r in rounds)
+    model_file = str(Path(results["config"]["out-dir"]) / MODEL_FILE)
+    load = ("import sys, torch; from fedmask.nn.model_file import load_model; "
+            "load_model(sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
+    done = subprocess.run([sys.executable, "-c", load, model_file], capture_output=True,
+                          text=True, timeout=300, env={**os.environ,
+                                                       "ATEN_CPU_CAPABILITY": "default"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "DEFAULT"
+
+
+def test_node_env_is_checked_before_anything_starts(tmp_path):
+    done = subprocess.run([DEPLOY, "up", "--nodes", "2", "--node-env", "2:A=b",
+                           "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--node-env: '2:A=b'" in done.stderr
 
 
 def test_a_bad_option_fails_before_the_deployment_is_asked(tmp_path):
