@@ -7,8 +7,10 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 from torch import nn
 
 from fedmask.methods.masked.wire import decode_client_mask
@@ -90,6 +92,18 @@ class MPFL(MaskedFedAvg):
         return max(0, math.ceil(math.log(self.target / self.mask.size)
                                 / math.log(1.0 - self.prune_rate) - 1e-9))
 
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
+              num_rounds: int = 3, *args: Any, **kwargs: Any) -> Result:
+        """Flower's start; ValueError naming `num_rounds` when the run would end
+        before masked FedAvg trains (the vote rounds and one more are needed)."""
+        needed = self.vote_rounds() + 1
+        if self.iteration == 0 and num_rounds < needed:
+            raise ValueError(
+                f"num_rounds: MPFL votes for {needed - 1} rounds (density "
+                f"{self.kept_fraction:.3f}, prune rate {self.prune_rate}) before masked "
+                f"FedAvg trains: num_rounds must be at least {needed}, got {num_rounds}")
+        return super().start(grid, initial_arrays, num_rounds, *args, **kwargs)
+
     def summary(self) -> None:
         """Log the set-up, then FedAvg's sampling summary."""
         log(INFO, "\t├──> MPFL: %d weights, target density %.3f after %d vote rounds "
@@ -111,5 +125,8 @@ class MPFL(MaskedFedAvg):
         schedule = round((1.0 - self.prune_rate) ** self.iteration * self.mask.size)
         votes = np.sum([mask for _, mask in decoded], axis=0)
         self.mask = consensus(votes, self.magnitude, self.mask, max(self.target, schedule))
+        log(INFO, "MPFL: vote round %d: consensus mask keeps %d of %d weights (density %.3f)",
+            self.iteration, int(self.mask.sum()), self.mask.size, self.mask.mean())
         if self.phase == 2:  # the search is over
+            log(INFO, "MPFL: the vote is over; masked FedAvg from the next round on")
             self.start_from_mask()

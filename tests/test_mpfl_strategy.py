@@ -75,6 +75,27 @@ def test_density_schedule_then_phase_two(client_reply):
     np.testing.assert_array_equal(start, np.where(strategy.mask, w0, 0.0))
 
 
+def test_the_vote_rounds_and_the_switch_to_masked_fedavg_are_logged(client_reply, caplog):
+    strategy = _strategy()
+    with caplog.at_level("INFO", logger="flwr"):
+        _search(strategy, client_reply)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MPFL:")]
+    n = strategy.mask.size
+    assert lines == [f"MPFL: vote round 1: consensus mask keeps {round(n / 2)} of {n} weights "
+                     f"(density 0.500)",
+                     f"MPFL: vote round 2: consensus mask keeps {round(n / 4)} of {n} weights "
+                     f"(density 0.250)",
+                     "MPFL: the vote is over; masked FedAvg from the next round on"]
+
+
+@pytest.mark.parametrize("num_rounds", [1, 2])
+def test_start_refuses_rounds_that_end_before_masked_fedavg(num_rounds):
+    strategy = _strategy()  # 2 vote rounds
+    with pytest.raises(ValueError, match=f"num_rounds: MPFL votes for 2 rounds .* at least 3, "
+                                         f"got {num_rounds}"):
+        strategy.start(grid=FakeGrid([1]), num_rounds=num_rounds)
+
+
 def test_masked_fedavg_weights_by_examples_and_keeps_zeros(client_reply):
     strategy = _strategy()
     _search(strategy, client_reply)
