@@ -19,14 +19,20 @@ from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
 
 
-def linear_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """``(in_features,)`` of a model whose first prunable layer is Linear; else
+def model_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """The shape of one input example as the model tells it: its ``input_shape``
+    attribute, else ``(in_features,)`` when its first prunable layer is Linear; else
     ValueError asking for ``input_shape``."""
+    declared = getattr(model, "input_shape", None)
+    if declared is not None:
+        return tuple(int(d) for d in declared)
     first = next((m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)), None)
     if isinstance(first, nn.Linear):
         return (first.in_features,)
-    raise ValueError("input_shape: HideNseek needs the shape of one input example, "
-                     "e.g. input_shape=(1, 28, 28), for its data-free SynFlow pruning")
+    raise ValueError("input_shape: HideNseek needs the shape of one input example for its "
+                     "data-free SynFlow pruning, e.g. input_shape=(1, 28, 28), or from a "
+                     "batch: input_shape=tuple(images.shape[1:]); or give the model an "
+                     "input_shape attribute")
 
 
 class HideNseek(SeededMaskStrategy):
@@ -38,7 +44,8 @@ class HideNseek(SeededMaskStrategy):
         Architecture shared with the clients; re-initialised in place from `seed`.
     input_shape : tuple[int, ...]
         Shape of one input example (C, H, W), for data-free SynFlow; may be
-        omitted when the model starts with a Linear layer.
+        omitted when the model has an ``input_shape`` attribute or starts with a
+        Linear layer.
     seed, init : int, str
         Seed and init scheme of the frozen weights (see ``fedmask.nn.models``;
         ``auto``: Kaiming normal).
@@ -79,7 +86,7 @@ class HideNseek(SeededMaskStrategy):
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
             raise ValueError(f"vote-smoothing: must be in [0, 1), got {vote_smoothing}")
-        shape = input_shape or linear_input_shape(model)
+        shape = input_shape or model_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
         masks = synflow_mask(model, density, shape, synflow_iterations, prune_scope)

@@ -7,7 +7,7 @@ from torch import nn
 
 from fedmask.client import restore_state
 from fedmask.methods.hidenseek import wire as wire
-from fedmask.nn.models import build_model
+from fedmask.nn.models import build_model, num_prunable
 from fedmask.wire.bits import pack_mask, unpack_mask
 from fedmask.wire.held import FRESH
 from strategies import HideNseek
@@ -213,3 +213,13 @@ def test_share_vote_sends_margins_from_round_two(reply):
 def test_bad_vote_options_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), **kwargs)
+
+
+def test_the_input_shape_comes_from_the_model_when_it_tells_it():
+    model = build_model("cnn", 10, 1, 12)
+    with pytest.raises(ValueError, match=r"input_shape: .*input_shape=tuple\(images.shape"):
+        HideNseek(model=model, synflow_iterations=2)
+    model.input_shape = (1, 12, 12)  # e.g. set in the user's Net.__init__
+    assert HideNseek(model=model, synflow_iterations=2).num_params == num_prunable(model)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(144, 10))
+    assert HideNseek(model=mlp, synflow_iterations=2).num_params == 1440
