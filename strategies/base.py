@@ -139,6 +139,14 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
         class can ``load_state_dict`` its state dict."""
         return fold(self.evaluation_model(arrays))
 
+    def plain_evaluate(self, evaluate_fn: EvaluateFn) -> EvaluateFn:
+        """`evaluate_fn` written for Flower's FedAvg (its `arrays` the model's state
+        dict), as an evaluate_fn of this strategy: it is given the global model's
+        state dict (:meth:`global_model`), whatever the method's arrays hold."""
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            return evaluate_fn(server_round, ArrayRecord(self.global_model(arrays).state_dict()))
+        return evaluate
+
     def save_model(self, path: str | Path, arrays: ArrayRecord, *,
                    architecture: str | None = None,
                    dataset: dict[str, Any] | None = None) -> int:

@@ -130,12 +130,15 @@ def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_pa
                         lambda *args: calls.append(args[2:4]) or task.train(*args))
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("fedmask's loop ran"))
     packed = {"mask_coding": "packed"} if method in ("hidenseek", "fedpm", "mpfl") else {}
-    grid, strategy = ExampleGrid(), _strategy(method, **packed)  # promises: packed masks
-    result = strategy.start(grid=grid, num_rounds=1,
+    vote = {"density": 0.5, "prune_rate": 0.5} if method == "mpfl" else {}  # one vote round
+    rounds = 2 if method == "mpfl" else 1  # MPFL refuses to end before it trains
+    grid, strategy = ExampleGrid(), _strategy(method, **packed, **vote)  # promises: packed masks
+    result = strategy.start(grid=grid, num_rounds=rounds,
                             train_config=ConfigRecord({"local-epochs": 1}))
     assert grid.errors == []
-    assert calls == [(1, strategy.method.defaults["lr"])] * 2  # the project's loop, both nodes
-    train = [(size, bound) for kind, size, bound in grid.sizes if kind == "train"]
+    # the project's loop, on both nodes, every round
+    assert calls == [(1, strategy.method.defaults["lr"])] * 2 * rounds
+    train = [(size, bound) for kind, size, bound in grid.sizes if kind == "train"][:2]
     payload = _payload(method, strategy)
     assert len(train) == 2
     assert all(payload <= size <= payload + bound for size, bound in train), (payload, train)

@@ -8,12 +8,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
-
-from quickstart_fedmask.task import Net, load_centralized_dataset
-from quickstart_fedmask.task import test as test_fn
+from quickstart_fedmask.task import Net, load_centralized_dataset, test
 
 # Create ServerApp
 app = ServerApp()
+central = {}  # the central test set and each round's loss and accuracy, set by main()
 
 
 @app.main()
@@ -25,21 +24,17 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds: int = context.run_config["num-server-rounds"]
     lr: float = context.run_config["lr"]
     out_dir = Path(context.run_config["out-dir"] or ".").expanduser()
-    testloader = load_centralized_dataset(context.run_config["data-path"])
-    history = []
+    central["testloader"] = load_centralized_dataset(context.run_config["data-path"])
+    central["history"] = []
 
-    # Initialize the strategy (any fedmask method) and load its global model
-    strategy = strategies.make(context.run_config["strategy"], model=Net(),
+    # Load global model
+    global_model = Net()
+
+    # Initialize the strategy (any fedmask method) and its global arrays
+    strategy = strategies.make(context.run_config["strategy"], model=global_model,
                                input_shape=(1, 28, 28), fraction_train=fraction_train,
                                fraction_evaluate=context.run_config["fraction-evaluate"])
     arrays = strategy.initial_arrays()
-
-    def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Evaluate the global model on the central test set."""
-        model = strategy.global_model(arrays)
-        loss, accuracy = test_fn(model, testloader, torch.device("cpu"))
-        history.append({"round": server_round, "loss": loss, "accuracy": accuracy})
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     # Start strategy, run FedAvg for `num_rounds`
     result = strategy.start(
@@ -47,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=arrays,
         train_config=ConfigRecord({"lr": lr}),
         num_rounds=num_rounds,
-        evaluate_fn=global_evaluate,
+        evaluate_fn=strategy.plain_evaluate(global_evaluate),
     )
 
     # Save final model to disk
@@ -55,4 +50,21 @@ def main(grid: Grid, context: Context) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict = strategy.global_model(result.arrays).state_dict()
     torch.save(state_dict, out_dir / "final_model.pt")
-    (out_dir / "results.json").write_text(json.dumps({"rounds": history}))
+    (out_dir / "results.json").write_text(json.dumps({"rounds": central["history"]}))
+
+
+def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    """Evaluate model on central data."""
+
+    # Load the model and initialize it with the received weights
+    model = Net()
+    model.load_state_dict(arrays.to_torch_state_dict())
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    # Evaluate the global model on the test set
+    test_loss, test_acc = test(model, central["testloader"], device)
+    central["history"].append({"round": server_round, "loss": test_loss, "accuracy": test_acc})
+
+    # Return the evaluation metrics
+    return MetricRecord({"accuracy": test_acc, "loss": test_loss})
