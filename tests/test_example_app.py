@@ -37,11 +37,11 @@ ROUNDS = {"mpfl": 6}  # MPFL votes 4 rounds (density 0.5, prune rate 0.2) before
 SETTINGS = {"fedsparsify": {"local-epochs": 3}}
 # The mask methods train their scores under the project's own SGD (momentum 0.9, lr 0.1)
 # or Adam (lr 0.001). Measured after 3 rounds (benchmarks/example_loops.py, 3 runs):
-# HideNseek 0.515 +- 0.015 (SGD), 0.564 +- 0.028 (Adam); FedPM 0.568 +- 0.016 (SGD),
+# HideNseek 0.501 +- 0.012 (SGD), 0.627 +- 0.008 (Adam); FedPM 0.568 +- 0.016 (SGD),
 # 0.502 +- 0.036 (Adam) and 0.535 +- 0.075 in an earlier run; the bounds sit about
-# three deviations below.
+# three deviations below (the 0.5 only where that allows it).
 SGD_ACCURACY = {"hidenseek": 0.45, "fedpm": 0.45}
-ADAM_ACCURACY = {"hidenseek": 0.45, "fedpm": 0.3}
+ADAM_ACCURACY = {"hidenseek": 0.5, "fedpm": 0.3}
 
 
 def framing(reply: Message) -> int:

@@ -137,34 +137,40 @@ def unit_rms(grad: torch.Tensor, count: int) -> torch.Tensor:
     return grad / grad.square().sum().div(count).sqrt()
 
 
-def test_sign_scores_grad_is_grad_times_weight_times_prune_mask_over_its_running_rms():
+def test_sign_scores_grad_is_grad_times_weight_times_prune_mask_at_unit_rms():
     lin = nn.Linear(5, 4)
     attach(lin, random_sign_mask, ["weight"])
     prune = supermasks(lin)["weight"].prune_mask
-    grad_eff, w, first = linear_grads(lin)
-    raw1 = grad_eff * w * prune
-    torch.testing.assert_close(first, torch.sign(raw1))  # one gradient: its own RMS
-    assert (first != 0).sum() == (prune != 0).sum()
-    lin.zero_grad()
-    grad_eff, _, second = linear_grads(lin)
-    raw2, beta = grad_eff * w * prune, 0.999  # Adam's second moment, bias-corrected
-    mean_square = ((1 - beta) * beta * raw1.square() + (1 - beta) * raw2.square()) / (1 - beta**2)
-    expected = torch.where(prune != 0, raw2 / mean_square.sqrt(), torch.zeros_like(raw2))
-    torch.testing.assert_close(second, expected)
+    grad_eff, w, grad_scores = linear_grads(lin)
+    expected = unit_rms(grad_eff * w * prune, int(prune.sum()))
+    torch.testing.assert_close(grad_scores, expected)
+    assert grad_scores.square().sum().div(prune.sum()).sqrt().item() == pytest.approx(1.0)
+    assert (grad_scores != 0).sum() == (prune != 0).sum()
 
 
-def test_sign_scores_grad_does_not_depend_on_the_losss_scale():
-    grads = []
-    for scale in (1e-4, 1.0, 1e4):
-        torch.manual_seed(0)
-        lin = nn.Linear(5, 4, bias=False)
-        attach(lin, random_sign_mask, ["weight"])
-        for _ in range(3):
-            lin.zero_grad()
-            (scale * lin(torch.randn(6, 5)).pow(2).sum()).backward()
-        grads.append(supermasks(lin)["weight"].scores.grad)
-    torch.testing.assert_close(grads[0], grads[1])
-    torch.testing.assert_close(grads[2], grads[1])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_steps_sign_scores_by_their_running_rms_per_position(momentum):
+    mask = SignSupermask(torch.ones(4), torch.ones(4, dtype=torch.bool))
+    opt = torch.optim.SGD([mask.scores], lr=1.0, momentum=momentum)
+    g1, g2 = torch.tensor([1.0, -2.0, 0.5, 0.0]), torch.tensor([3.0, 1.0, -0.5, 0.0])
+    mask.scores.grad = g1.clone()
+    opt.step()  # one gradient: its own RMS, so the sign
+    gain = 1.0 / (1.0 - momentum)
+    torch.testing.assert_close(mask.scores.grad, torch.sign(g1) / gain)
+    mask.scores.grad = g2.clone()
+    opt.step()
+    beta = 0.999  # Adam's second moment, bias-corrected
+    mean_square = ((1 - beta) * beta * g1**2 + (1 - beta) * g2**2) / (1 - beta**2)
+    torch.testing.assert_close(mask.scores.grad, (g2 / mean_square.sqrt()).nan_to_num(0.0) / gain)
+
+
+def test_bernoulli_scores_are_not_normalised_per_position():
+    mask = BernoulliSupermask(torch.full((3,), 0.5))
+    opt = torch.optim.SGD([mask.scores], lr=1.0)
+    grad = torch.tensor([1.0, -2.0, 0.5])
+    mask.scores.grad = grad.clone()
+    opt.step()
+    torch.testing.assert_close(mask.scores.grad, grad)
 
 
 @pytest.mark.parametrize("estimator", ["ste", "theta"])

@@ -38,42 +38,21 @@ class UnitRMSGrad(torch.autograd.Function):
         return grad / rms.clamp_min(torch.finfo(torch.float32).tiny).to(grad.dtype), None
 
 
-class GradNormaliser:
-    """Per-position running RMS of a score tensor's gradients (Adam's second moment:
-    decay `beta`, bias-corrected); :class:`NormalisedGrad` divides by it."""
-
-    def __init__(self, shape: torch.Size, beta: float = 0.999) -> None:
-        self.sq = torch.zeros(shape)
-        self.beta, self.steps = beta, 0
-
-    def __call__(self, grad: Tensor) -> Tensor:
-        """`grad` over the running RMS of the gradients so far, `grad` included."""
-        g = grad.float()
-        self.sq = self.sq.to(g.device)
-        self.steps += 1
-        self.sq.mul_(self.beta).addcmul_(g, g, value=1 - self.beta)
-        rms = (self.sq / (1 - self.beta ** self.steps)).sqrt()
-        return (g / rms.clamp_min(torch.finfo(torch.float32).tiny)).nan_to_num(0.0).to(grad.dtype)
-
-
-class NormalisedGrad(torch.autograd.Function):
-    """Identity; the gradient goes through a :class:`GradNormaliser`, so that every
-    score moves by about `lr` per step whatever the loss's scale and whatever the
-    optimiser (plain SGD then steps as RMSprop does, and Adam as it would anyway)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, normaliser: GradNormaliser) -> Tensor:
-        ctx.normaliser = normaliser
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.normaliser(grad), None
-
-
 class ScoreParameter(nn.Parameter):
-    """A supermask's trainable scores (the type marks them for
-    :func:`_undo_momentum_gain`, and survives ``copy.deepcopy``)."""
+    """A supermask's trainable scores (the type marks them for :func:`_sgd_on_scores`,
+    and survives ``copy.deepcopy``)."""
+
+    per_position = False  # whether SGD steps are normalised position by position
+
+
+class SignScoreParameter(ScoreParameter):
+    """A sign supermask's scores: SGD steps normalised position by position."""
+
+    per_position = True
+
+
+SQUARES = "fedmask-score-squares"  # optimizer.state[param]: (steps, running mean square)
+SQUARES_DECAY = 0.999  # Adam's default second-moment decay
 
 
 def momentum_gain(group: dict) -> float:
@@ -84,26 +63,40 @@ def momentum_gain(group: dict) -> float:
     return 1 + momentum * gain if group.get("nesterov", False) else gain
 
 
-def _undo_momentum_gain(optimizer: torch.optim.Optimizer, args: object, kwargs: object
-                        ) -> None:
-    """Global optimiser pre-step hook: before an SGD step with momentum, divide the
-    gradient of supermask scores by the momentum's steady gain, so a steady gradient
+def per_position(grad: Tensor, state: dict) -> Tensor:
+    """`grad` over the running RMS of the gradients so far at each position, `grad`
+    included (Adam's second moment: decay 0.999, bias-corrected), kept in `state`."""
+    steps, squares = state.get(SQUARES, (0, torch.zeros_like(grad)))
+    steps += 1
+    squares = squares.mul(SQUARES_DECAY).addcmul_(grad, grad, value=1 - SQUARES_DECAY)
+    state[SQUARES] = (steps, squares)
+    rms = (squares / (1 - SQUARES_DECAY**steps)).sqrt()
+    return (grad / rms.clamp_min(torch.finfo(grad.dtype).tiny)).nan_to_num(0.0)
+
+
+def _sgd_on_scores(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    """Global optimiser pre-step hook: before a ``torch.optim.SGD`` step, divide the
+    gradient of sign scores position by position by its running RMS (SGD then steps
+    them as RMSprop would; Adam and other adaptive optimisers do so themselves), and
+    that of all supermask scores by the momentum's steady gain, so a steady gradient
     moves them by about ``lr`` per step, as without momentum and as Adam does (the
     first steps, while the momentum builds up, move them less: measured, that suits
-    sign supermasks better than a bias-corrected gain)."""
+    sign supermasks better than a bias-corrected gain). Other parameters and other
+    optimisers are left alone."""
     del args, kwargs
     if not isinstance(optimizer, torch.optim.SGD):
         return
     for group in optimizer.param_groups:
-        if group.get("momentum", 0.0) <= 0:
-            continue
-        gain = momentum_gain(group)
+        gain = momentum_gain(group) if group.get("momentum", 0.0) > 0 else 1.0
         for param in group["params"]:
-            if isinstance(param, ScoreParameter) and param.grad is not None:
-                param.grad.div_(gain)
+            if not isinstance(param, ScoreParameter) or param.grad is None:
+                continue
+            if param.per_position:
+                param.grad.copy_(per_position(param.grad, optimizer.state[param]))
+            param.grad.div_(gain)
 
 
-register_optimizer_step_pre_hook(_undo_momentum_gain)
+register_optimizer_step_pre_hook(_sgd_on_scores)
 
 
 class SignSTE(torch.autograd.Function):
@@ -179,10 +172,11 @@ class SignSupermask(nn.Module):
 
     Notes
     -----
-    Through `SignSTE`, ``dL/dscores`` is ``dL/dw_eff * w * prune_mask``, divided
-    position by position by its running RMS (:class:`NormalisedGrad`: measured, sign
-    masks train as well under SGD as under Adam so, where a per-layer rescaling left
-    SGD behind; FedPM's Bernoulli masks measured the other way). Where ``weight == 0``
+    Through `SignSTE`, ``dL/dscores`` is ``dL/dw_eff * w * prune_mask`` rescaled to
+    unit RMS over the kept positions (:class:`UnitRMSGrad`); before an SGD step it is
+    also divided position by position by its running RMS (:func:`_sgd_on_scores`:
+    measured, sign masks then train under SGD about as well as under Adam; FedPM's
+    Bernoulli masks measured the other way). Where ``weight == 0``
     the score is 0 and the sign reads as +1 whatever `sign` was.
     """
 
@@ -195,14 +189,14 @@ class SignSupermask(nn.Module):
         _check_ratio(lr_ratio)
         sign = torch.ones_like(weight) if sign is None else sign
         _check_like("sign", sign, weight)
-        self.scores = ScoreParameter(weight.detach().abs() * sign * lr_ratio)
-        self.normaliser = GradNormaliser(weight.shape)
+        self.scores = SignScoreParameter(weight.detach().abs() * sign * lr_ratio)
+        self.kept = int(prune_mask.sum())
         self.prune_mask: Tensor
         self.register_buffer("prune_mask", prune_mask.to(weight.dtype))
 
     def trainable_scores(self) -> Tensor:
-        """The scores, their gradient normalised (:class:`NormalisedGrad`)."""
-        return cast(Tensor, NormalisedGrad.apply(self.scores, self.normaliser))
+        """The scores, their gradient rescaled by :class:`UnitRMSGrad`."""
+        return cast(Tensor, UnitRMSGrad.apply(self.scores, self.kept))
 
     def forward(self, w: Tensor) -> Tensor:
         return w * self.prune_mask * SignSTE.apply(self.trainable_scores())
