@@ -10,12 +10,11 @@ validation (:mod:`fedmask.server.validation`) and checkpointing.
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import copy
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict

@@ -153,8 +153,9 @@ def seeded_init(model: nn.Module, seed: int, scheme: str = "kaiming-normal") -> 
 
     Prunable weights (Conv/Linear) follow `scheme`, in :func:`prunable_names`
     order, drawn one after another from the seed's
-    :class:`~fedmask.nn.portable_random.PortableStream`; every other parameter is set to 1 (scales) or 0 (biases), so that any
-    architecture is fully determined by (seed, scheme).
+    :class:`~fedmask.nn.portable_random.PortableStream`; every other parameter is
+    set to 1 (scales) or 0 (biases), so that any architecture is fully determined
+    by (seed, scheme).
     """
     if scheme not in INITS:
         raise ValueError(f"init: unknown scheme {scheme!r}; allowed: {list(INITS)}")

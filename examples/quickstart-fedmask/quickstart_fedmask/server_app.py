@@ -8,6 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
+
 from quickstart_fedmask.task import Net, load_centralized_dataset, test
 
 # Create ServerApp
