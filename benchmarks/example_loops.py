@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -29,15 +30,14 @@ from fedmask.launch import run_simulation, simulation_superlink
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "quickstart-fedmask"
-LOOPS = {"sgd lr0.1 m0.9": {"optimizer": "sgd", "lr": 0.1},
-         "adam lr1e-3": {"optimizer": "adam", "lr": 0.001}}
+LOOPS = {"sgd lr0.1 m0.9": {"optimizer": "sgd", "learning-rate": 0.1},
+         "adam lr1e-3": {"optimizer": "adam", "learning-rate": 0.001}}
 
 
 def example_run(env: dict[str, str], method: str, loop: dict[str, Any], args: argparse.Namespace,
                 out: Path) -> float:
     """The example's last central accuracy with `method` and its `loop`."""
-    config = {"strategy": method, "num-server-rounds": args.rounds, "data-path": args.data_root,
-              "train-limit": 600, "fraction-train": 1.0, "fraction-evaluate": 1.0,
+    config = {"strategy": method, "num-server-rounds": args.rounds, "fraction-evaluate": 1.0,
               "batch-size": 32, "local-epochs": 1, "out-dir": str(out), **loop}
     return run_simulation(env, config, 2, app=EXAMPLE, timeout=1800)["rounds"][-1]["accuracy"]
 
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.data_root = str(Path(args.data_root).resolve())
+    # the example reads its data from here (the SuperLink below inherits it)
+    os.environ.update({"QUICKSTART_DATA": args.data_root, "QUICKSTART_TRAIN_LIMIT": "600"})
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedmask-loops-") as work, \
             simulation_superlink(Path(work) / "flwr-home") as env:

@@ -29,6 +29,10 @@ DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "da
 # process it starts inherits this.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The example project (examples/quickstart-fedmask) reads its data from here, 600
+# training images per node.
+os.environ.setdefault("QUICKSTART_DATA", DATA_ROOT)
+os.environ.setdefault("QUICKSTART_TRAIN_LIMIT", "600")
 
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

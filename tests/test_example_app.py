@@ -18,23 +18,23 @@ from fedmask.nn.model_file import load_model
 from fedmask.nn.models import num_prunable
 from fedmask.server.accounting import message_bytes
 
-from conftest import DATA_ROOT, ROOT, _metadata
+from conftest import _metadata
+from quickstart_twin import EXAMPLE, switched_project
 
-EXAMPLE = ROOT / "examples" / "quickstart-fedmask"
 sys.path.insert(0, str(EXAMPLE))
 from quickstart_fedmask import client_app, task  # noqa: E402 - the example's package
 
 METHODS = list(REGISTRY)
-RUN = {"data-path": DATA_ROOT, "train-limit": 600, "fraction-train": 1.0,
-       "fraction-evaluate": 1.0, "batch-size": 32, "local-epochs": 1, "lr": 0.1,
-       "optimizer": "sgd", "out-dir": ""}
+RUN = {"fraction-evaluate": 1.0, "batch-size": 32, "local-epochs": 1, "learning-rate": 0.1,
+       "optimizer": "sgd", "out-dir": ""}  # data: $QUICKSTART_DATA, 600 images a node (conftest)
 ROUNDS = {"mpfl": 6}  # MPFL votes 4 rounds (density 0.5, prune rate 0.2) before it trains
 # FedPM's scores need a larger step than the project's 0.01, and more of them on LeNet
 # (measured in-process: 0.59 after 3 rounds with lr 0.1 and 3 epochs; 0.19 with 1 epoch)
 # FedSparsify prunes to 90% sparsity by round 3, so its last accuracy is that of a
 # freshly pruned net: 0.54-0.71 with 3 epochs from the Net's own initialisation
 # (measured, 10 runs; from fedmask's seeded Kaiming normal 1 run in 10 stayed at chance)
-SETTINGS = {"fedsparsify": {"local-epochs": 3, "lr": 0.05}}  # lr 0.1: 1 CI run stuck at chance
+# (at lr 0.1 one CI run stayed at chance)
+SETTINGS = {"fedsparsify": {"local-epochs": 3, "learning-rate": 0.05}}
 # The mask methods train their scores under the project's own SGD (momentum 0.9, lr 0.1)
 # or Adam (lr 0.001). Measured after 3 rounds (benchmarks/example_loops.py, 3 runs):
 # HideNseek 0.501 +- 0.012 (SGD), 0.627 +- 0.008 (Adam); FedPM 0.568 +- 0.016 (SGD),
@@ -56,7 +56,8 @@ def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, 
     rounds = ROUNDS.get(method, 3)
     config = {**RUN, "strategy": method, "num-server-rounds": rounds, "out-dir": str(tmp_path),
               **SETTINGS.get(method, {})}
-    results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
+    project = switched_project(tmp_path / "project")  # the README's diffs, applied
+    results = run_simulation(superlink, config, 2, app=project, timeout=900)["rounds"]
     assert [r["round"] for r in results] == list(range(rounds + 1))
     assert results[-1]["accuracy"] > SGD_ACCURACY.get(method, 0.3)  # chance is 0.1
     log = (tmp_path / "run.log").read_text()
@@ -65,15 +66,16 @@ def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, 
         == [True] * rounds
     model = task.Net()  # the example's own torch.save, loaded into a fresh Net
     model.load_state_dict(torch.load(tmp_path / "final_model.pt"))
-    _, accuracy = task.test(model, task.load_centralized_dataset(DATA_ROOT), torch.device("cpu"))
+    _, accuracy = task.test(model, task.load_centralized_dataset(), torch.device("cpu"))
     assert accuracy == results[-1]["accuracy"]
 
 
 @pytest.mark.parametrize("method", list(ADAM_ACCURACY))
 def test_example_trains_the_mask_methods_with_adam(superlink, tmp_path, method):
     config = {**RUN, "strategy": method, "num-server-rounds": 3, "out-dir": str(tmp_path),
-              "optimizer": "adam", "lr": 0.001}
-    results = run_simulation(superlink, config, 2, app=EXAMPLE, timeout=900)["rounds"]
+              "optimizer": "adam", "learning-rate": 0.001}
+    project = switched_project(tmp_path / "project")
+    results = run_simulation(superlink, config, 2, app=project, timeout=900)["rounds"]
     assert results[-1]["accuracy"] > ADAM_ACCURACY[method]
 
 

@@ -1,46 +1,32 @@
-"""The README's diffs are the diff between the example project and its plain-Flower
-twin (examples/quickstart-fedmask/flower_original), line for line, and their
-headings count them: they cannot drift from the code that runs."""
+"""The README's diffs, applied as written to the example's plain-Flower twin
+(examples/quickstart-fedmask/flower_original), give the example project exactly,
+and their headings count them: they cannot drift from the code that runs."""
 
-import difflib
 import re
 
 import pytest
 
-from conftest import ROOT
-
-EXAMPLE = ROOT / "examples" / "quickstart-fedmask"
+from quickstart_twin import EXAMPLE, FILES, apply_diff, readme_diff, switched
 
 
-def readme_diff(side: str) -> tuple[int, int, list[str], list[str]]:
-    """The README's ``### <side> side (A lines added, R removed, ...)`` block: the
-    counts in its heading and its removed and added lines (blank ones aside)."""
-    text = (ROOT / "README.md").read_text()
-    heading = re.search(rf"### {side} side \((\d+) lines added, (\d+) removed, blank lines "
-                        rf"aside\)\n(.*?)```diff\n(.*?)```", text, re.S)
-    assert heading, f"README: no '### {side} side (...)' diff"
-    lines = heading.group(4).splitlines()
-    removed = [line[1:] for line in lines if line.startswith("-") and line[1:].strip()]
-    added = [line[1:] for line in lines if line.startswith("+") and line[1:].strip()]
-    return int(heading.group(1)), int(heading.group(2)), removed, added
+@pytest.mark.parametrize("heading", list(FILES))
+def test_the_readme_diff_turns_the_twin_into_the_example(heading):
+    assert switched(heading) == (EXAMPLE / FILES[heading][1]).read_text()
 
 
-def actual_diff(name: str) -> tuple[list[str], list[str]]:
-    """Removed and added lines (blank ones aside) from the plain twin's `name` to the
-    example's."""
-    plain = (EXAMPLE / "flower_original" / name).read_text().splitlines()
-    ours = (EXAMPLE / "quickstart_fedmask" / name).read_text().splitlines()
-    delta = list(difflib.ndiff(plain, ours))
-    return ([d[2:] for d in delta if d.startswith("- ") and d[2:].strip()],
-            [d[2:] for d in delta if d.startswith("+ ") and d[2:].strip()])
+@pytest.mark.parametrize("heading", list(FILES))
+def test_the_readme_diff_headings_count_its_lines(heading):
+    counts, diff = readme_diff(heading)
+    lines = [line for line in diff.splitlines() if line[1:].strip()]
+    added = sum(line.startswith("+") for line in lines)
+    removed = sum(line.startswith("-") for line in lines)
+    said = re.fullmatch(r"\((\d+) lines added(?:, (\d+) removed, blank lines aside)?\)", counts)
+    assert said, counts
+    assert (added, removed) == (int(said.group(1)), int(said.group(2) or 0))
+    assert max(added, removed) <= 12  # a change a user makes by hand
 
 
-@pytest.mark.parametrize("side, name", [("Server", "server_app.py"),
-                                        ("Client", "client_app.py")])
-def test_the_readme_diff_is_the_examples_diff(side, name):
-    added_count, removed_count, removed, added = readme_diff(side)
-    want_removed, want_added = actual_diff(name)
-    assert removed == want_removed
-    assert added == want_added
-    assert (added_count, removed_count) == (len(added), len(removed))
-    assert max(len(added), len(removed)) <= 12  # a change a user makes by hand
+def test_a_hunk_that_does_not_match_is_refused():
+    with pytest.raises(ValueError, match="does not apply"):
+        apply_diff(" a\n-b\n+c\n", "a\nx\n")
+    assert apply_diff(" a\n-b\n+c\n ...\n d\n+e\n", "a\nb\nd\n") == "a\nc\nd\ne\n"

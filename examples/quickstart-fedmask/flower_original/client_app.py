@@ -12,13 +12,6 @@ from quickstart_fedmask.task import train as train_fn
 app = ClientApp()
 
 
-def _loaders(context: Context):
-    """This node's partition of the data."""
-    return load_data(context.node_config["partition-id"], context.node_config["num-partitions"],
-                     context.run_config["batch-size"], context.run_config["data-path"],
-                     context.run_config["train-limit"])
-
-
 @app.train()
 def train(msg: Message, context: Context):
     """Train the model on local data."""
@@ -27,9 +20,13 @@ def train(msg: Message, context: Context):
     model = Net()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
 
     # Load the data
-    trainloader, _ = _loaders(context)
+    partition_id = context.node_config["partition-id"]
+    num_partitions = context.node_config["num-partitions"]
+    batch_size = context.run_config["batch-size"]
+    trainloader, _ = load_data(partition_id, num_partitions, batch_size)
 
     # Call the training function
     train_loss = train_fn(
@@ -38,12 +35,15 @@ def train(msg: Message, context: Context):
         context.run_config["local-epochs"],
         msg.content["config"]["lr"],
         device,
-        context.run_config["optimizer"],
+        context.run_config["optimizer"],  # this project's choice: "sgd" (Flower's) or "adam"
     )
 
     # Construct and return reply Message
     model_record = ArrayRecord(model.state_dict())
-    metrics = {"train_loss": train_loss, "num-examples": len(trainloader.dataset)}
+    metrics = {
+        "train_loss": train_loss,
+        "num-examples": len(trainloader.dataset),
+    }
     metric_record = MetricRecord(metrics)
     content = RecordDict({"arrays": model_record, "metrics": metric_record})
     return Message(content=content, reply_to=msg)
@@ -57,16 +57,27 @@ def evaluate(msg: Message, context: Context):
     model = Net()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
 
     # Load the data
-    _, valloader = _loaders(context)
+    partition_id = context.node_config["partition-id"]
+    num_partitions = context.node_config["num-partitions"]
+    batch_size = context.run_config["batch-size"]
+    _, valloader = load_data(partition_id, num_partitions, batch_size)
 
     # Call the evaluation function
-    eval_loss, eval_acc = test_fn(model, valloader, device)
+    eval_loss, eval_acc = test_fn(
+        model,
+        valloader,
+        device,
+    )
 
     # Construct and return reply Message
-    metrics = {"eval_loss": eval_loss, "eval_acc": eval_acc,
-               "num-examples": len(valloader.dataset)}
+    metrics = {
+        "eval_loss": eval_loss,
+        "eval_acc": eval_acc,
+        "num-examples": len(valloader.dataset),
+    }
     metric_record = MetricRecord(metrics)
     content = RecordDict({"metrics": metric_record})
     return Message(content=content, reply_to=msg)

@@ -14,13 +14,6 @@ from quickstart_fedmask.task import train as train_fn
 app = ClientApp()
 
 
-def _loaders(context: Context):
-    """This node's partition of the data."""
-    return load_data(context.node_config["partition-id"], context.node_config["num-partitions"],
-                     context.run_config["batch-size"], context.run_config["data-path"],
-                     context.run_config["train-limit"])
-
-
 @app.train()
 def train(msg: Message, context: Context):
     """Train the model on local data."""
@@ -28,9 +21,13 @@ def train(msg: Message, context: Context):
     # Load the model and initialize it with the received weights
     model = fedmask.client.train_module(msg, Net(), context.state)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
 
     # Load the data
-    trainloader, _ = _loaders(context)
+    partition_id = context.node_config["partition-id"]
+    num_partitions = context.node_config["num-partitions"]
+    batch_size = context.run_config["batch-size"]
+    trainloader, _ = load_data(partition_id, num_partitions, batch_size)
 
     # Call the training function
     train_loss = train_fn(
@@ -39,11 +36,13 @@ def train(msg: Message, context: Context):
         context.run_config["local-epochs"],
         msg.content["config"]["lr"],
         device,
-        context.run_config["optimizer"],
+        context.run_config["optimizer"],  # this project's choice: "sgd" (Flower's) or "adam"
     )
 
     # Construct and return reply Message
-    metrics = {"train_loss": train_loss}
+    metrics = {
+        "train_loss": train_loss,
+    }
     return fedmask.client.train_reply(msg, model, len(trainloader.dataset), metrics)
 
 
@@ -54,16 +53,27 @@ def evaluate(msg: Message, context: Context):
     # Load the model and initialize it with the received weights
     model = fedmask.client.eval_module(msg, Net(), context.state)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
 
     # Load the data
-    _, valloader = _loaders(context)
+    partition_id = context.node_config["partition-id"]
+    num_partitions = context.node_config["num-partitions"]
+    batch_size = context.run_config["batch-size"]
+    _, valloader = load_data(partition_id, num_partitions, batch_size)
 
     # Call the evaluation function
-    eval_loss, eval_acc = test_fn(model, valloader, device)
+    eval_loss, eval_acc = test_fn(
+        model,
+        valloader,
+        device,
+    )
 
     # Construct and return reply Message
-    metrics = {"eval_loss": eval_loss, "eval_acc": eval_acc,
-               "num-examples": len(valloader.dataset)}
+    metrics = {
+        "eval_loss": eval_loss,
+        "eval_acc": eval_acc,
+        "num-examples": len(valloader.dataset),
+    }
     metric_record = MetricRecord(metrics)
     content = RecordDict({"metrics": metric_record})
     return Message(content=content, reply_to=msg)
@@ -71,4 +81,7 @@ def evaluate(msg: Message, context: Context):
 
 @app.query()
 def query(msg: Message, context: Context):  # SSFL's saliency, before round 1
-    return fedmask.client.query_reply(msg, Net(), _loaders(context)[0], context.state)
+    partition_id = context.node_config["partition-id"]
+    num_partitions = context.node_config["num-partitions"]
+    trainloader, _ = load_data(partition_id, num_partitions, context.run_config["batch-size"])
+    return fedmask.client.query_reply(msg, Net(), trainloader, context.state)

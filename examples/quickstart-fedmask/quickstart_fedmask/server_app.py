@@ -13,7 +13,7 @@ from quickstart_fedmask.task import Net, load_centralized_dataset, test
 
 # Create ServerApp
 app = ServerApp()
-central = {}  # the central test set and each round's loss and accuracy, set by main()
+history = []  # each round's central loss and accuracy, for results.json
 
 
 @app.main()
@@ -21,20 +21,18 @@ def main(grid: Grid, context: Context) -> None:
     """Main entry point for the ServerApp."""
 
     # Read run config
-    fraction_train: float = context.run_config["fraction-train"]
+    fraction_evaluate: float = context.run_config["fraction-evaluate"]
     num_rounds: int = context.run_config["num-server-rounds"]
-    lr: float = context.run_config["lr"]
+    lr: float = context.run_config["learning-rate"]
     out_dir = Path(context.run_config["out-dir"] or ".").expanduser()
-    central["testloader"] = load_centralized_dataset(context.run_config["data-path"])
-    central["history"] = []
+    history.clear()
 
     # Load global model
     global_model = Net()
 
     # Initialize the strategy (any fedmask method) and its global arrays
     strategy = strategies.make(context.run_config["strategy"], model=global_model,
-                               input_shape=(1, 28, 28), fraction_train=fraction_train,
-                               fraction_evaluate=context.run_config["fraction-evaluate"])
+                               input_shape=(1, 28, 28), fraction_evaluate=fraction_evaluate)
     arrays = strategy.initial_arrays()
 
     # Start strategy, run FedAvg for `num_rounds`
@@ -51,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict = strategy.global_model(result.arrays).state_dict()
     torch.save(state_dict, out_dir / "final_model.pt")
-    (out_dir / "results.json").write_text(json.dumps({"rounds": central["history"]}))
+    (out_dir / "results.json").write_text(json.dumps({"rounds": history}))
 
 
 def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -63,9 +61,12 @@ def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
+    # Load entire test set
+    test_dataloader = load_centralized_dataset()
+
     # Evaluate the global model on the test set
-    test_loss, test_acc = test(model, central["testloader"], device)
-    central["history"].append({"round": server_round, "loss": test_loss, "accuracy": test_acc})
+    test_loss, test_acc = test(model, test_dataloader, device)
+    history.append({"round": server_round, "loss": test_loss, "accuracy": test_acc})
 
     # Return the evaluation metrics
     return MetricRecord({"accuracy": test_acc, "loss": test_loss})

@@ -5,6 +5,7 @@ The project's own model, data and train/test code, in the conventions of Flower'
 """
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,8 @@ class ImageFolderSplit(Dataset):
     """FashionMNIST images and labels read from a local folder, as dict samples
     ``{"img": tensor, "label": int}`` like a Hugging Face dataset gives them."""
 
-    def __init__(self, data_path: str, split: str, indices=None):
-        raw = Path(data_path).expanduser() / "FashionMNIST" / "raw"
+    def __init__(self, root: Path, split: str, indices=None):
+        raw = root / "FashionMNIST" / "raw"
         prefix = "train" if split == "train" else "t10k"
         images = _read_idx(raw / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte.gz")
@@ -64,23 +65,34 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_data(partition_id: int, num_partitions: int, batch_size: int, data_path: str,
-              train_limit: int = 0):
-    """Load this partition of FashionMNIST: 80% train, 20% test."""
+def data_path() -> Path:
+    """The folder holding ``FashionMNIST/raw/*.gz``: ``$QUICKSTART_DATA`` (Flower's
+    quickstart downloads CIFAR-10 instead; this project reads a local copy)."""
+    path = os.environ.get("QUICKSTART_DATA", "")
+    if not path:
+        raise RuntimeError("QUICKSTART_DATA: set it to the folder that holds FashionMNIST/raw "
+                           "before the first `flwr run`")
+    return Path(path).expanduser()
+
+
+def load_data(partition_id: int, num_partitions: int, batch_size: int):
+    """Load partition FashionMNIST data: 80% train (at most ``$QUICKSTART_TRAIN_LIMIT``
+    images when set), 20% test."""
     order = np.random.default_rng(42).permutation(60000)
     partition = np.array_split(order, num_partitions)[partition_id]
     cut = int(0.8 * len(partition))
-    train_idx = partition[:cut][:train_limit] if train_limit else partition[:cut]
-    trainloader = DataLoader(ImageFolderSplit(data_path, "train", train_idx),
+    limit = int(os.environ.get("QUICKSTART_TRAIN_LIMIT", "0"))
+    train_idx = partition[:cut][:limit] if limit else partition[:cut]
+    trainloader = DataLoader(ImageFolderSplit(data_path(), "train", train_idx),
                              batch_size=batch_size, shuffle=True)
-    testloader = DataLoader(ImageFolderSplit(data_path, "train", partition[cut:]),
+    testloader = DataLoader(ImageFolderSplit(data_path(), "train", partition[cut:]),
                             batch_size=batch_size)
     return trainloader, testloader
 
 
-def load_centralized_dataset(data_path: str):
-    """The FashionMNIST test split, for the server's evaluation."""
-    return DataLoader(ImageFolderSplit(data_path, "test"), batch_size=128)
+def load_centralized_dataset():
+    """Load test set and return dataloader."""
+    return DataLoader(ImageFolderSplit(data_path(), "test"), batch_size=128)
 
 
 def train(net, trainloader, epochs, lr, device, optimizer="sgd"):
