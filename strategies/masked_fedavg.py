@@ -29,7 +29,7 @@ from fedmask.server.validation import mean_metrics
 from fedmask.wire.coding import check_coding
 from fedmask.wire.records import CONFIG, MASK_CODING, NUM_PARAMS, num_examples
 from fedmask.wire.sparse import KEPT_VALUES, decode_sparse, encode_sparse, flat_state, replace_flat
-from strategies.base import MethodStrategy, check_input_shape
+from strategies.base import MODEL_INIT, MethodStrategy, check_input_shape
 
 
 def average_states(decoded: list[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
@@ -47,11 +47,13 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
     Parameters
     ----------
     model : nn.Module
-        Architecture shared with the clients; re-initialised in place from `seed`
-        (unless ``init="model"``).
+        The global model; its own weights are ``w0`` with ``init="model"``, else it is
+        re-initialised in place from `seed`.
     seed, init : int, str
-        Seed and init scheme of the initial weights ``w0`` (``auto``: Kaiming normal;
-        ``model``, the model's own weights, only where every message carries them).
+        Seed and init scheme of the initial weights ``w0``: ``model`` (the model's
+        own weights, sent down with the mask while there are no global weights yet:
+        each vote round, SSFL's query), ``auto`` (Kaiming normal, rebuilt by the
+        clients from the seed), or a scheme of :data:`fedmask.nn.models.INITS`.
     mask_coding : {"packed", "entropy"}
         How masks a client sends (if any) are coded.
     input_shape : tuple[int, ...], optional
@@ -79,6 +81,7 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         check_input_shape(model, input_shape)
         self.model, self.names = model, prunable_names(model)
         self.net = self.announce(model, seed, init)
+        self.sends_start = init == MODEL_INIT  # w0 goes down: clients cannot rebuild it
         self.mask_coding = mask_coding
         self.mask = np.ones(num_prunable(model), dtype=bool)
         self.weights: dict[str, Tensor] = {}
@@ -130,11 +133,22 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
                                     self.names)
 
     # --- masked FedAvg -----------------------------------------------------------------
-    def start_from_mask(self) -> None:
-        """Masked FedAvg starts from ``w0 * mask``; every node must be sent the mask."""
+    def masked_start(self) -> dict[str, Tensor]:
+        """``w0 * mask`` as a state dict."""
         start = copy.deepcopy(self.model)
         apply_flat_mask(start, self.mask)
-        self.weights, self.holders = start.state_dict(), set()
+        return start.state_dict()
+
+    def start_from_mask(self) -> None:
+        """Masked FedAvg starts from ``w0 * mask``; every node must be sent the mask."""
+        self.weights, self.holders = self.masked_start(), set()
+
+    def start_arrays(self) -> ArrayRecord:
+        """``w0 * mask`` (its kept values) and the mask: the start a node loads when
+        it cannot rebuild ``w0`` from the seed (``init="model"``)."""
+        record = encode_sparse(self.masked_start(), self.mask, self.names, self.value_format)
+        record[wire.MASK] = wire.mask_array(self.mask)
+        return record
 
     def initial_arrays(self) -> ArrayRecord:
         """The global arrays before round 1."""
@@ -152,9 +166,10 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         return RecordDict({wire.WEIGHTS: record, CONFIG: config})
 
     def global_arrays(self) -> ArrayRecord:
-        """Phase 1: search_arrays(); phase 2: the kept values and dense small tensors."""
+        """Phase 1: search_arrays() (start_arrays() when ``w0`` must go down); phase 2:
+        the kept values and dense small tensors."""
         if self.phase == 1:
-            return self.search_arrays()
+            return self.start_arrays() if self.sends_start else self.search_arrays()
         return encode_sparse(self.weights, self.mask, self.names, self.value_format)
 
     def config(self, config: ConfigRecord | None = None) -> ConfigRecord:

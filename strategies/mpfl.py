@@ -16,6 +16,7 @@ from torch import nn
 from fedmask.methods.masked.wire import decode_client_mask
 from fedmask.methods.mpfl import wire as wire
 from fedmask.nn.pruning import PRUNE_STRUCTURES, flat_weights
+from strategies.base import MODEL_INIT
 from strategies.masked_fedavg import MaskedFedAvg
 
 
@@ -57,7 +58,9 @@ class MPFL(MaskedFedAvg):
 
     METHOD = "mpfl"
 
-    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+    OWN_WEIGHTS = True
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = MODEL_INIT,
                  density: float = 0.5, mask_coding: str = "entropy",
                  input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",

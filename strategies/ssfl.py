@@ -11,9 +11,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
+from fedmask.methods.masked import wire as masked_wire
 from fedmask.methods.ssfl import wire as wire
 from fedmask.nn.pruning import keep_largest
-from fedmask.wire.records import CONFIG, NUM_PARAMS, num_examples
+from fedmask.wire.records import CONFIG, num_examples
+from strategies.base import MODEL_INIT
 from strategies.masked_fedavg import MaskedFedAvg
 
 
@@ -50,7 +52,9 @@ class SSFL(MaskedFedAvg):
 
     METHOD = "ssfl"
 
-    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = "auto",
+    OWN_WEIGHTS = True
+
+    def __init__(self, *, model: nn.Module, seed: int = 0, init: str = MODEL_INIT,
                  density: float = 0.5, input_shape: tuple[int, ...] | None = None,
                  model_value_format: str = "float32", value_format: str = "float32",
                  saliency_batches: int = 1, saliency_format: str = "float16",
@@ -78,12 +82,11 @@ class SSFL(MaskedFedAvg):
 
     def find_mask(self, grid: Grid, timeout: float) -> None:
         """Ask every connected node for saliency; keep the global top ``d*N``."""
-        config = self.with_method(ConfigRecord({wire.SALIENCY_BATCHES: self.saliency_batches,
-                                                wire.SALIENCY_FORMAT: self.saliency_format,
-                                                NUM_PARAMS: self.mask.size}))
-        self.net.to_config(config)
+        config = self.config(ConfigRecord({wire.SALIENCY_BATCHES: self.saliency_batches,
+                                           wire.SALIENCY_FORMAT: self.saliency_format}))
+        start = {masked_wire.WEIGHTS: self.start_arrays()} if self.sends_start else {}
         nodes = list(grid.get_node_ids())
-        messages = [Message(content=RecordDict({CONFIG: config}),
+        messages = [Message(content=RecordDict({CONFIG: config, **start}),
                             message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         accepted = self.accepted(0, replies, self._decode_saliency)

@@ -193,7 +193,7 @@ def test_masked_methods_store_kept_values_as_float16_on_request(tmp_path):
     outputs, sizes = {}, {}
     x = torch.randn(3, 1, 12, 12)
     for value_format in ("float32", "float16"):
-        strategy = strategies.SSFL(model=build_model("cnn", 10, 1, 12), seed=2,
+        strategy = strategies.SSFL(model=build_model("cnn", 10, 1, 12), seed=2, init="auto",
                                    model_value_format=value_format)
         strategy.mask = np.random.default_rng(0).random(strategy.mask.size) < 0.3
         strategy.keep = int(strategy.mask.sum())

@@ -5,12 +5,14 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
+import fedmask.client
 from fedmask.client import node as mpfl
 from fedmask.methods.masked import wire as masked_wire
 from fedmask.nn.models import build_model
 from fedmask.nn.pruning import flat_weights
+from fedmask.nn.supermask import fold
 from fedmask.wire.records import ReplyError
-from fedmask.wire.sparse import decode_sparse
+from fedmask.wire.sparse import KEPT_VALUES, decode_sparse
 from strategies import MPFL
 
 from conftest import sent_messages, tiny_client_data
@@ -87,3 +89,19 @@ def test_phase_two_reply_decodes_against_the_servers_mask(strategy, client_reply
     state = decode_sparse(reply.content.array_records[masked_wire.WEIGHTS], strategy.mask,
                           strategy.weights, strategy.names)
     assert set(state) == set(strategy.weights)
+
+
+@pytest.mark.parametrize("init", ["model", "auto"])
+def test_a_vote_trains_from_the_models_own_weights_or_the_seeded_ones(init):
+    model = build_model("cnn", 10, 1, 12)
+    own = flat_weights(model).copy()  # before a seeded init overwrites them
+    strategy = MPFL(model=model, init=init, density=0.3, prune_rate=0.5)
+    msg = sent_messages(strategy, 1)[0]
+    start = fedmask.client.train_module(msg, build_model("cnn", 10, 1, 12), RecordDict())
+    got = flat_weights(fold(start))
+    record = msg.content.array_records[masked_wire.WEIGHTS]
+    if init == "model":  # w0 * C travels with the mask (C keeps everything in round 1)
+        assert np.array_equal(got, own) and KEPT_VALUES in record
+    else:  # only the mask: the node rebuilds w0 from the seed
+        assert np.array_equal(got, flat_weights(strategy.model)) and not np.array_equal(got, own)
+        assert list(record) == [masked_wire.MASK]

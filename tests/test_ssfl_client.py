@@ -1,6 +1,7 @@
 """SSFL client side: the saliency answer, then masked training with node state."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
@@ -19,8 +20,9 @@ def _as_received(msg: Message) -> Message:
     return msg
 
 
-def test_query_answers_the_snip_saliency_of_the_seeded_net(client_reply):
-    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, saliency_batches=2,
+@pytest.mark.parametrize("init", ["model", "auto"])  # the model's own w0 goes down; seeded
+def test_query_answers_the_snip_saliency_of_the_start(client_reply, init):
+    strategy = SSFL(model=build_model("cnn", 10, 1, 12), seed=5, init=init, saliency_batches=2,
                     min_train_nodes=1)
     captured = {}
 

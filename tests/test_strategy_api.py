@@ -33,7 +33,7 @@ def test_constructors_are_keyword_only_with_shared_names_and_defaults(method):
     cls = REGISTRY[method].strategy_class()
     params = inspect.signature(cls.__init__).parameters
     assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for n, p in params.items() if n != "self")
-    own_weights = method in ("fedavg", "fedsparsify")  # every message carries the weights
+    own_weights = method not in ("hidenseek", "fedpm")  # w0 can travel: the model's weights
     assert params["seed"].default == 0
     assert params["init"].default == ("model" if own_weights else "auto")
     assert params["input_shape"].default is None
@@ -46,7 +46,7 @@ def test_constructors_are_keyword_only_with_shared_names_and_defaults(method):
         cls(build_model("cnn", 10, 1, 12))  # no positional arguments
 
 
-@pytest.mark.parametrize("method", ["fedavg", "fedsparsify"])
+@pytest.mark.parametrize("method", ["fedavg", "fedsparsify", "mpfl", "ssfl"])
 def test_the_model_keeps_its_own_weights_by_default(method, tmp_path):
     model = build_model("cnn", 10, 1, 12)
     own = {k: v.clone() for k, v in model.state_dict().items()}
@@ -61,7 +61,7 @@ def test_the_model_keeps_its_own_weights_by_default(method, tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], own[k]) for k in own)
 
 
-@pytest.mark.parametrize("method", ["hidenseek", "fedpm", "mpfl", "ssfl"])
+@pytest.mark.parametrize("method", ["hidenseek", "fedpm"])
 def test_init_model_is_refused_where_clients_rebuild_the_start(method):
     with pytest.raises(ValueError, match=f"init: 'model' is not available for {method}"):
         _make(method, init="model")

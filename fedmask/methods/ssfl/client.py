@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from torch import Tensor, nn
 
 from fedmask.methods.masked import client as masked
+from fedmask.methods.masked import wire as masked_wire
 from fedmask.methods.ssfl import wire
 from fedmask.nn.pruning import prunable_names, snip_scores
 from fedmask.nn.seeded import SeededNet
@@ -21,11 +22,14 @@ train_module, eval_module = masked.train_module, masked.eval_module
 
 def query(msg: Message, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
           state: RecordDict) -> dict[str, ArrayRecord]:
-    """SNIP saliency ``|g * w|`` of the seeded net on the first `saliency-batches`
-    ``(inputs, targets)`` batches (no node state needed)."""
-    del state
+    """SNIP saliency ``|g * w|`` of the start ``w0`` on the first `saliency-batches`
+    ``(inputs, targets)`` batches; ``w0`` is rebuilt from the seed, or loaded from
+    the message when it carries it (``init="model"``)."""
     config = msg.content.config_records[CONFIG]
-    SeededNet.from_config(config).rebuild(model)
+    if masked_wire.WEIGHTS in msg.content.array_records:
+        model = masked.masked_net(msg, model, state)[0]
+    else:
+        SeededNet.from_config(config).rebuild(model)
     scores = snip_scores(model, itertools.islice(batches, config_value(config,
                                                                        wire.SALIENCY_BATCHES, int)))
     saliency = np.concatenate([scores[n].detach().cpu().numpy().reshape(-1)

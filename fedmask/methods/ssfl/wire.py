@@ -1,8 +1,11 @@
 """SSFL wire contract (training rounds are masked FedAvg: :mod:`fedmask.methods.masked.wire`).
 
 Saliency round (before round 1, a ``query`` message to every connected node).
-Down: ``config`` with the seeded-net description, ``num-params`` N,
-``saliency-batches`` and ``saliency-format``. Up: ``saliency`` ArrayRecord with
+Down: ``config`` with the keys of the masked contract (the seeded-net
+description, ``num-params`` N, the all-ones mask's ``num-kept`` and digest),
+``saliency-batches`` and ``saliency-format``; with ``init="model"`` also the
+``weights`` ArrayRecord: the model's own ``w0`` (kept values under the all-ones
+``mask``, which is sent too). Up: ``saliency`` ArrayRecord with
 ``snip`` (``|g * w|`` of the N prunable weights, float16 or float32) and the
 ``metrics`` MetricRecord with ``num-examples``.
 """
