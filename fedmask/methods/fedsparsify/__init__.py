@@ -12,13 +12,18 @@ METHOD = Method(
     client="fedmask.methods.fedsparsify.client",
     options={
         "fedsparsify-variant": choice("global", VARIANTS,
-                                      "FedSparsify: the server prunes, or every client"),
+            help=("FedSparsify: the server prunes the aggregated model, or every client prunes "
+                  "its own and the server merges by majority")),
         "final-sparsity": Option(0.9, lambda v: 0.0 <= v < 1.0, "in [0.0, 1.0)",
-                                 "FedSparsify: fraction pruned after the last round"),
-        "prune-start": positive(1, "FedSparsify: first pruning round of the schedule"),
-        "prune-every": positive(1, "FedSparsify: rounds between pruning rounds"),
-        "nnz-average": flag(False, "FedSparsify local: average a kept position only over "
-                                   "the clients that kept it"),
+            help="FedSparsify: fraction of prunable weights pruned after the last round"),
+        "prune-start": positive(1,
+            help=("FedSparsify: first pruning round `t0` of the cubic schedule (its sparsity is "
+                  "0)")),
+        "prune-every": positive(1,
+            help="FedSparsify: rounds between pruning rounds (the last round always prunes)"),
+        "nnz-average": flag(False,
+            help=("FedSparsify `local`: average a kept position only over the clients that kept "
+                  "it (default: over all, pruned = 0)")),
     },
     arguments=("model-value-format", "value-format", "mask-coding", "num-server-rounds",
                "fedsparsify-variant",

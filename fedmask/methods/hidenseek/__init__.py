@@ -12,14 +12,19 @@ METHOD = Method(
     strategy="strategies.hidenseek:HideNseek",
     client="fedmask.methods.hidenseek.client",
     options={
-        "synflow-iterations": positive(100, "HideNseek: SynFlow pruning iterations"),
+        "synflow-iterations": positive(100,
+            help="HideNseek: SynFlow pruning iterations"),
         "prune-scope": choice("global", SCOPES,
-                              "HideNseek: SynFlow threshold across layers or per layer"),
-        "vote": choice("majority", VOTES, "HideNseek: only the majority signs go down, or "
-                                          "with them the vote margins clients start from"),
+            help="HideNseek: SynFlow threshold across layers or per layer"),
+        "vote": choice("majority", VOTES,
+            help=("HideNseek: only the global signs g go down (1 bit per kept weight), or with "
+                  "them the vote margin |2p - 1| of the share p voting +1 (8 bits more), and "
+                  "clients start from the scores |w| (2p - 1) (METHODS.md's option)")),
         "vote-smoothing": in_range(0.5, 0.0, 1.0, hi_open=True,
-                                   help="HideNseek: weight of the previous rounds' vote share "
-                                        "in the server's share (0 = this round's only)"),
+            help=("HideNseek: from round 2 the server's vote share is `beta * previous + (1 - "
+                  "beta) * this round's`, g its majority (0 = this round's votes alone, the "
+                  "paper's rule); 0.5 keeps the global signs from wandering under label skew (see"
+                  " \"HideNseek under label skew\")")),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
                "personal-epochs", "vote", "vote-smoothing"),

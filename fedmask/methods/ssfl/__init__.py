@@ -11,11 +11,13 @@ METHOD = Method(
     strategy="strategies.ssfl:SSFL",
     client="fedmask.methods.ssfl.client",
     options={
-        "saliency-batches": positive(1, "SSFL: local batches each client's SNIP gradient "
-                                        "sums over"),
+        "saliency-batches": positive(1,
+            help="SSFL: local batches each client's SNIP gradient sums over"),
         "saliency-format": choice("float16", SALIENCY_DTYPES,
-                                  "SSFL: precision of the saliency sent up"),
-        "saliency-weighted": flag(True, "SSFL: weight each client's saliency by its examples"),
+            help="SSFL: precision of the saliency sent up"),
+        "saliency-weighted": flag(True,
+            help=("SSFL: weight each client's saliency by its examples (`false`: the public "
+                  "code's plain mean)")),
     },
     arguments=("model-value-format", "value-format", "density", "saliency-batches",
                "saliency-format",
