@@ -243,19 +243,29 @@ class MaskedFedAvg(MethodStrategy, FedAvg):
         return self.global_arrays(), metrics
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """STATE plus the mask and the global weights (``weights/<name>``)."""
+        """STATE plus the mask, the global weights (``weights/<name>``) and, when it
+        is the model's own (``init="model"``), ``w0`` (``start/<name>``)."""
         state = super().state_dict()
         state["mask"] = self.mask
         state.update({f"weights/{k}": v.numpy() for k, v in self.weights.items()})
+        if self.sends_start:
+            state.update({f"start/{k}": v.numpy() for k, v in self.model.state_dict().items()})
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict`; every node is sent the mask again."""
         super().load_state_dict(state)
         self.mask = state["mask"].copy()
-        self.weights = {k.split("/", 1)[1]: torch.from_numpy(v.copy())
-                        for k, v in state.items() if k.startswith("weights/")}
+        self.weights = self._named(state, "weights/")
+        if self.sends_start:
+            self.model.load_state_dict(self._named(state, "start/"))
         self.holders = set()
+
+    @staticmethod
+    def _named(state: dict[str, np.ndarray], prefix: str) -> dict[str, Tensor]:
+        """The tensors of `state` whose names start with `prefix`, without it."""
+        return {k.removeprefix(prefix): torch.from_numpy(v.copy())
+                for k, v in state.items() if k.startswith(prefix)}
 
     def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global net that `arrays` describe (``w0 * mask``, or the masked weights)."""

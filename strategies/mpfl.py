@@ -114,6 +114,11 @@ class MPFL(MaskedFedAvg):
             self.vote_rounds(), self.prune_rate, self.prune_structure, self.net.seed)
         super().summary()
 
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the checkpointed state; the votes' tie-break follows ``w0``."""
+        super().load_state_dict(state)
+        self.magnitude = np.abs(flat_weights(self.model))
+
     def wire_config(self) -> dict[str, Any]:
         """The clients' pruning settings."""
         return {wire.PRUNE_RATE: self.prune_rate, wire.PRUNE_STRUCTURE: self.prune_structure}

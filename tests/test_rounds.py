@@ -54,16 +54,16 @@ def _state(strategy):
 @pytest.mark.parametrize("method", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify",
                                     "fedavg"])
 def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path):
-    random.seed(0)
+    random.seed(0), torch.manual_seed(0)  # the model's own weights: w0 with init="model"
     whole, arrays = _setup(method)
     final = _rounds(whole, arrays, range(1, 4), LoopbackGrid(method, NODES))
 
-    random.seed(0)
+    random.seed(0), torch.manual_seed(0)
     first, arrays = _setup(method)
     path = tmp_path / checkpoint.CHECKPOINT
     _rounds(first, arrays, range(1, 3), LoopbackGrid(method, NODES),
             lambda r, a, *_: checkpoint.save(path, r, first.state_dict(), a, {"config": {}}))
-    random.seed(123), torch.manual_seed(123)  # a new process: other RNG states
+    random.seed(123), torch.manual_seed(123)  # a new process: other RNG states and w0
     resumed, _ = _setup(method)
     saved = checkpoint.load(path)
     assert saved.server_round == 2
