@@ -63,10 +63,7 @@ def log(msg: str) -> None:
 def env_for(home: Path) -> dict[str, str]:
     """Flower env with its own FLWR_HOME; no telemetry, update check or `uv sync`."""
     home.mkdir(parents=True, exist_ok=True)
-    env = flower_env(home)
-    for key in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
-        env.pop(key, None)  # would open extra legacy gRPC ports (0.0.0.0:9092)
-    return env
+    return flower_env(home)
 
 
 # --- processes -------------------------------------------------------------------

@@ -49,15 +49,40 @@ def free_port() -> int:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower processes: own home, no telemetry, loopback-only Ray."""
+    """Environment for Flower processes: own home, no telemetry, nothing listening
+    beyond 127.0.0.1 (README, "Reliability and security")."""
     env = dict(os.environ)
+    for key in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
+        env.pop(key, None)  # would open legacy gRPC APIs on 0.0.0.0:9093 / 0.0.0.0:9092
     env.update({
         "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray binds to 127.0.0.1
+        # Ray: a new private instance (never the cluster in RAY_ADDRESS or one that
+        # `ray start` left on this machine) whose node address is 'localhost'
+        # (ray_node_address), not the interface's: its servers listen on 127.0.0.1.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": "local",
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     })
     return env
+
+
+def ray_node_address() -> str:
+    """The node address Ray takes under flower_env (Ray's ``get_localhost_ip``): the
+    first IPv4 address of 'localhost', else its first IPv6 one, else 127.0.0.1."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return str(socket.getaddrinfo("localhost", None, family, socket.SOCK_STREAM)[0][4][0])
+        except OSError:
+            continue
+    return "127.0.0.1"
+
+
+def check_ray_loopback() -> None:
+    """Raise unless Ray's node address will be 127.0.0.1: Ray binds its gRPC servers
+    to 127.0.0.1 for that address only, to every interface for any other."""
+    if (address := ray_node_address()) != "127.0.0.1":
+        raise RuntimeError(f"'localhost' resolves to {address}, not 127.0.0.1: Ray would "
+                           "listen on every interface (fix /etc/hosts)")
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -87,6 +112,7 @@ def stop(proc: subprocess.Popen) -> None:
 def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     """Start a simulation SuperLink; yield the env whose default connection is it.
     Its PID is in ``flwr_home/superlink.pid`` while it runs."""
+    check_ray_loopback()
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # Flower 1.41 serves the Runtime, Control and Fleet APIs on one port
     (flwr_home / "config.toml").write_text(

@@ -1,15 +1,20 @@
-"""Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink."""
+"""Shared fixtures: Flower message plumbing for strategy tests, a simulation SuperLink,
+and what the real runs' processes listen on."""
 
 import contextlib
 import functools
+import ipaddress
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, RecordDict
@@ -49,25 +54,124 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
     ``integration``; the rest are unit tests (``pytest -m "not integration"``)."""
     for item in items:
-        if {"superlink", "smoke", "deployment"} & set(getattr(item, "fixturenames", ())):
+        if {"superlink", "smoke", "deployment", "deployment_sockets"} & set(
+                getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8 and ::1, also written as IPv4-mapped IPv6 (::ffff:127.0.0.1)."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def process_label(cmdline: list[str]) -> str:
+    """The program of a command line, past the Python interpreter and its options
+    (``flwr-simulation``, ``gcs_server``, ``ray::ClientAppActor``)."""
+    for word in cmdline:
+        name = Path(word).name.strip()
+        if name and not name.startswith(("python", "-")):
+            return name
+    return "?"
+
+
+def node_addresses(cmdline: list[str]) -> set[str]:
+    """The Ray node addresses a command line passes (``--node-ip-address=...``)."""
+    return {word.split("=", 1)[1] for word in cmdline
+            if word.startswith(("--node-ip-address=", "--node_ip_address="))}
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket and its process."""
+
+    process: str
+    pid: int
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port} {self.process} (PID {self.pid})"
+
+
+@dataclass
+class ListenWatch:
+    """What the processes under some PIDs listened on, polled while `watching`."""
+
+    listeners: set[Listener] = field(default_factory=set)
+    processes: set[str] = field(default_factory=set)
+    node_addresses: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def watching(self, roots: Callable[[], list[int]], every: float = 1.0) -> Iterator[None]:
+        """Poll the trees of the PIDs `roots()` gives every `every` s in a thread."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._poll, args=(roots, every, stop), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _poll(self, roots: Callable[[], list[int]], every: float, stop: threading.Event
+              ) -> None:
+        while not stop.wait(every):
+            for pid in roots():
+                with contextlib.suppress(psutil.Error):
+                    root = psutil.Process(pid)
+                    for proc in [root, *root.children(recursive=True)]:
+                        self._record(proc)
+
+    def _record(self, proc: psutil.Process) -> None:
+        try:
+            cmdline = proc.cmdline()
+            sockets = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            return
+        label = process_label(cmdline)
+        with self.lock:
+            self.processes.add(label)
+            self.node_addresses |= node_addresses(cmdline)
+            self.listeners |= {Listener(label, proc.pid, s.laddr.ip, s.laddr.port)
+                               for s in sockets if s.status == psutil.CONN_LISTEN}
+
+    def seen(self) -> tuple[set[Listener], set[str], set[str]]:
+        """Copies of (listeners, process labels, Ray node addresses) so far."""
+        with self.lock:
+            return set(self.listeners), set(self.processes), set(self.node_addresses)
 
 
 DEPLOY = str(ROOT / "deploy" / "local.sh")
 
 
+def deployment_pids(state: Path) -> list[int]:
+    """PIDs `deploy/local.sh` recorded in `state` so far."""
+    path = state / "pids.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["pid"] for line in lines if line.strip()]
+
+
 @contextlib.contextmanager
-def deployed(state: Path, nodes: int, node_env: tuple[str, ...] = ()) -> Iterator[Path]:
+def deployed(state: Path, nodes: int, node_env: tuple[str, ...] = (),
+             watch: ListenWatch | None = None) -> Iterator[Path]:
     """`deploy/local.sh up` with `nodes` SuperNodes in `state` (`node_env`: its
-    ``--node-env`` items); `down` afterwards, even when the test failed (checking that
-    everything stopped)."""
+    ``--node-env`` items), its processes polled by `watch` if given; `down`
+    afterwards, even when the test failed (checking that everything stopped)."""
+    watching = (watch.watching(functools.partial(deployment_pids, state)) if watch
+                else contextlib.nullcontext())
     try:
-        extra = [arg for item in node_env for arg in ("--node-env", item)]
-        up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir", str(state),
-                             *extra], capture_output=True, text=True, timeout=600)
-        assert up.returncode == 0, up.stderr[-4000:]
-        assert up.stdout.strip() == "fedmask"
-        yield state
+        with watching:
+            extra = [arg for item in node_env for arg in ("--node-env", item)]
+            up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir",
+                                 str(state), *extra], capture_output=True, text=True,
+                                timeout=600)
+            assert up.returncode == 0, up.stderr[-4000:]
+            assert up.stdout.strip() == "fedmask"
+            yield state
     finally:
         down = subprocess.run([DEPLOY, "down", "--state-dir", str(state)],
                               capture_output=True, text=True, timeout=120)
@@ -75,9 +179,24 @@ def deployed(state: Path, nodes: int, node_env: tuple[str, ...] = ()) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def superlink(tmp_path_factory):
-    """Env of a simulation SuperLink shared by every real `flwr run` test; stopped at the end."""
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+def simulation_sockets() -> ListenWatch:
+    """What the processes under the `superlink` fixture's SuperLink listened on."""
+    return ListenWatch()
+
+
+@pytest.fixture(scope="session")
+def deployment_sockets() -> ListenWatch:
+    """What the processes of test_deploy.py's deployment listened on."""
+    return ListenWatch()
+
+
+@pytest.fixture(scope="session")
+def superlink(tmp_path_factory, simulation_sockets):
+    """Env of a simulation SuperLink shared by every real `flwr run` test, its process
+    tree watched by `simulation_sockets`; stopped at the end."""
+    home = tmp_path_factory.mktemp("flwr-home")
+    with simulation_superlink(home) as env, simulation_sockets.watching(
+            lambda: [int((home / "superlink.pid").read_text())]):
         yield env
 
 

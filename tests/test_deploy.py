@@ -20,8 +20,9 @@ from conftest import DEPLOY, ROOT, SMALL, SMALL_NODES, deployed
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    with deployed(tmp_path_factory.mktemp("deployment"), SMALL_NODES) as state:
+def deployment(tmp_path_factory, deployment_sockets):
+    with deployed(tmp_path_factory.mktemp("deployment"), SMALL_NODES,
+                  watch=deployment_sockets) as state:
         yield state
 
 

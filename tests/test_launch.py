@@ -2,6 +2,7 @@
 simulation tests)."""
 
 import os
+import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from fedmask import launch
-from fedmask.launch import expand_run_configs, flwr_run_command, overrides
+from fedmask.launch import (
+    check_ray_loopback,
+    expand_run_configs,
+    flower_env,
+    flwr_run_command,
+    overrides,
+    ray_node_address,
+)
 
 
 def test_overrides_quote_strings_and_keep_numbers_and_bools():
@@ -35,6 +43,36 @@ def test_flwr_run_command_passes_each_run_config():
     gpu = flwr_run_command(Path("/app"), [], 8, 1, 0.25)
     assert gpu[gpu.index("--federation-config") + 1] == (
         "num-supernodes=8 client-resources-num-cpus=1 client-resources-num-gpus=0.25")
+
+
+def test_flower_env_keeps_ray_private_and_local_and_no_legacy_api_open(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_ADDRESS", "192.0.2.2:6379")
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_CONTROL_API", "1")
+    env = flower_env(tmp_path)
+    assert env["RAY_ADDRESS"] == "local" and env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in env and env["FLWR_HOME"] == str(tmp_path)
+
+
+def _resolving_localhost(monkeypatch, addresses: dict[int, str]) -> None:
+    def getaddrinfo(host, port, family, kind):
+        assert host == "localhost"
+        if family not in addresses:
+            raise socket.gaierror("no address")
+        return [(family, kind, 6, "", (addresses[family], 0))]
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_ray_takes_localhost_ipv4_first_and_only_127_0_0_1_passes(monkeypatch):
+    for addresses in ({socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}, {}):
+        _resolving_localhost(monkeypatch, addresses)
+        assert ray_node_address() == "127.0.0.1"
+        check_ray_loopback()
+    for addresses, node in [({socket.AF_INET6: "::1"}, "::1"),
+                            ({socket.AF_INET: "127.0.1.1"}, "127.0.1.1")]:
+        _resolving_localhost(monkeypatch, addresses)
+        assert ray_node_address() == node
+        with pytest.raises(RuntimeError, match=f"resolves to {node}, not 127.0.0.1"):
+            check_ray_loopback()
 
 
 
