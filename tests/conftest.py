@@ -54,7 +54,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
     ``integration``; the rest are unit tests (``pytest -m "not integration"``)."""
     for item in items:
-        if {"superlink", "smoke", "deployment", "deployment_sockets"} & set(
+        if {"superlink", "smoke", "deployment", "deployment_sockets",
+             "baseline_cpu_deployment"} & set(
                 getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
