@@ -52,7 +52,8 @@ SMALL_NODES = SMOKE["num_supernodes"]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
-    ``integration``; the rest are unit tests (``pytest -m "not integration"``)."""
+    ``integration``, as are those marked so by hand (a whole federated run
+    in-process); the rest are unit tests (``pytest -m "not integration"``)."""
     for item in items:
         if {"superlink", "smoke", "deployment", "deployment_sockets",
              "baseline_cpu_deployment"} & set(

@@ -3,7 +3,7 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedmask.server.accounting import MeasuringGrid, client_seconds, message_bytes
+from fedmask.server.accounting import MeasuringGrid, message_bytes, reply_seconds
 
 
 def _message(payload_bytes: int, node: int = 5) -> Message:
@@ -66,13 +66,16 @@ def test_measuring_grid_records_each_message_per_node_and_direction(client_reply
 
 def test_client_seconds_come_from_the_replies_metric(client_reply):
     timed = client_reply(RecordDict({"metrics": MetricRecord({"num-examples": 1,
-                                                              "client-s": 2.5})}))
-    assert client_seconds(timed) == 2.5
-    assert client_seconds(client_reply(RecordDict({"metrics": MetricRecord({"x": 1})}))) == 0.0
-    assert client_seconds(client_reply(None)) == 0.0  # an error reply
+                                                              "client-s": 2.5,
+                                                              "start-s": 4.0})}))
+    assert reply_seconds(timed) == 2.5
+    assert reply_seconds(timed, "start-s") == 4.0
+    assert reply_seconds(client_reply(RecordDict({"metrics": MetricRecord({"x": 1})}))) is None
+    assert reply_seconds(client_reply(None)) is None  # an error reply
     grid = MeasuringGrid(_EchoGrid(lambda msg: timed))
     grid.send_and_receive([_message(10, node=7)])
-    assert [t.client_s for t in grid.ledger.drain()] == [0.0, 2.5]  # down, up
+    transfers = grid.ledger.drain()
+    assert [(t.client_s, t.start_s) for t in transfers] == [(0.0, None), (2.5, 4.0)]  # down, up
 
 
 def _echo(client_reply):

@@ -53,6 +53,8 @@ def test_deployed_run_reports_like_the_simulation(deployed_hidenseek, hidenseek)
         # the same messages: payload sizes equal, up to node-id and metadata framing
         assert abs(record["bytes_up"] - simulated["bytes_up"]) < 200 * SMALL_NODES
         assert record["wall_s"] > 0
+        # a SuperNode starts a ClientApp process per message: each reports its start
+        assert all(0 < client["start_s"] < record["wall_s"] for client in record["clients"])
 
 
 def test_deployment_and_simulation_reach_the_same_global_mask(deployed_hidenseek, hidenseek):

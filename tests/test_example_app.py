@@ -125,6 +125,7 @@ def _payload(method: str, strategy) -> int:
     return -(-n // 8) if method in ("fedpm", "mpfl") else 4 * n + dense
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 @pytest.mark.parametrize("method", METHODS)
 def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_path):
     calls = []
@@ -151,6 +152,7 @@ def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_pa
     assert torch.equal(loaded(x), strategy.global_model(result.arrays)(x))
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_a_node_that_loses_its_state_gets_the_mask_again():
     grid = ExampleGrid()
     strategy = strategies.make("ssfl", model=task.Net(), input_shape=(1, 28, 28),

@@ -2,6 +2,7 @@
 arrays, and the same global arrays after every round when every node trains."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
@@ -46,6 +47,7 @@ class PlainClientsGrid(FakeGrid):
         return replies
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_fedavg_starts_and_trains_as_flowers_own():
     ours = strategies.FedAvg(model=_users_net(), fraction_train=1.0, fraction_evaluate=0.0,
                              min_available_nodes=len(NODES))

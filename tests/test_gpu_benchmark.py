@@ -3,10 +3,12 @@
 import json
 
 import gpu
+import pytest
 
 from conftest import DATA_ROOT
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_gpu_benchmark_smoke_mode_runs_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     gpu.main(["--smoke", "--device", "cpu", "--run-config", f'data-root="{DATA_ROOT}"',

@@ -2,6 +2,7 @@
 
 import loopback
 import numpy as np
+import pytest
 from flwr.app import Array
 from loopback import run_federation
 
@@ -18,6 +19,7 @@ def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):
         r["accuracy"] for r in hidenseek["rounds"]]
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_rejected_saliency_replies_are_recorded_before_round_one():
     """SSFL's query happens before round 1: a malformed reply is dropped, named in
     results.json's ``initial`` like any round's, and the run goes on."""

@@ -83,6 +83,7 @@ TINY = {**SMALL, "num-server-rounds": 1, "train-limit": 128, "test-limit": 256,
         "fraction-evaluate": 0.0, "synflow-iterations": 5}
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_cpu_and_auto_give_the_same_global_state_on_this_machine():
     """The CPU path is today's: same seed, same final global state (deterministic
     algorithms too, which the CPU path already is)."""

@@ -14,6 +14,7 @@ TINY = {**robustness.BASE, **robustness.SMOKE, "data-root": DATA_ROOT,
         "num-server-rounds": 1, "seed": 3}
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 @pytest.mark.parametrize("method", robustness.METHODS)
 def test_each_attack_is_valid_and_changes_the_global_state(method):
     runs = {count: run_federation({**TINY, "method": method}, 3, functools.partial(
@@ -23,6 +24,7 @@ def test_each_attack_is_valid_and_changes_the_global_state(method):
     assert runs[0]["final_arrays_sha256"] != runs[1]["final_arrays_sha256"]
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 def test_smoke_mode_writes_json_table_and_plot(tmp_path):
     code = robustness.main(["--smoke", "--rounds", "1", "--clients", "4", "--parallel", "1",
                             "--methods", "hidenseek", "fedavg", "--fractions", "0", "0.25",

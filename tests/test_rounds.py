@@ -51,6 +51,7 @@ def _state(strategy):
     return {k: np.asarray(v).copy() for k, v in strategy.state_dict().items()}
 
 
+@pytest.mark.integration  # a whole federated run, in-process
 @pytest.mark.parametrize("method", ["hidenseek", "fedpm", "mpfl", "ssfl", "fedsparsify",
                                     "fedavg"])
 def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path):

@@ -15,12 +15,21 @@ from torch import nn
 from fedmask import config as run_config
 from fedmask.client import method_of, query_reply, restore_state, train_module, train_reply
 from fedmask.client.settings import LocalSettings
+from fedmask.client.startup import first_step_s
 from fedmask.data.datasets import ClientData, LoaderOptions, client_data, get_spec
 from fedmask.data.device import device_data
 from fedmask.nn import training
 from fedmask.nn.models import build_model
 from fedmask.nn.placement import ON_CPU, Placement
-from fedmask.wire.records import CLIENT_SECONDS, CONFIG, METRICS, NUM_EXAMPLES, config_value, reply
+from fedmask.wire.records import (
+    CLIENT_SECONDS,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    START_SECONDS,
+    config_value,
+    reply,
+)
 
 EVAL_SAMPLES = "eval-samples"
 BeforeReply = Callable[[Message, nn.Module], None]  # sees the trained module, may change it
@@ -58,9 +67,12 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
     the method sends (of the module as `before_reply`, if given, leaves it)."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
+    started = first_step_s()  # before the first step of a new process
     loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
                         place.device, place.precision)
     metrics = {"train-loss": loss}
+    if started is not None:
+        metrics[START_SECONDS] = started
     if data.num_test:  # the module this node trained, before the server aggregates
         metrics["trained-accuracy"] = training.evaluate(net, data.test, place.device,
                                                         place.precision)[1]

@@ -24,7 +24,7 @@ from flwr.supercore.inflatable.inflatable_object import (
     get_object_tree,
 )
 
-from fedmask.wire.records import CLIENT_SECONDS, METRICS
+from fedmask.wire.records import CLIENT_SECONDS, METRICS, START_SECONDS
 
 # Seconds between pulls for replies: the first wait, doubled up to the longest.
 FIRST_POLL_S, LONGEST_POLL_S = 0.02, 0.5
@@ -40,12 +40,12 @@ def message_bytes(msg: Message) -> int:
     return header + tree + objects
 
 
-def client_seconds(msg: Message) -> float:
-    """A reply's ``client-s`` metric (0.0 when absent or not a number)."""
+def reply_seconds(msg: Message, key: str = CLIENT_SECONDS) -> float | None:
+    """A reply's seconds metric `key` (None when absent or not a number)."""
     if msg.has_error() or METRICS not in msg.content.metric_records:
-        return 0.0
-    value = msg.content.metric_records[METRICS].get(CLIENT_SECONDS, 0.0)
-    return float(value) if isinstance(value, (int, float)) else 0.0
+        return None
+    value = msg.content.metric_records[METRICS].get(key)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Transfer:
     num_bytes: int
     failed: bool = False
     client_s: float = 0.0  # a reply's `client-s`: seconds the ClientApp spent on it
+    start_s: float | None = None  # its `start-s`: its process's start to its first step
 
 
 @dataclass
@@ -72,7 +73,8 @@ class Ledger:
             node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
                                        message_bytes(msg), msg.has_error(),
-                                       client_seconds(msg)))
+                                       reply_seconds(msg) or 0.0,
+                                       reply_seconds(msg, START_SECONDS)))
 
     def drain(self) -> list[Transfer]:
         """Return and forget the transfers recorded so far."""

@@ -30,10 +30,12 @@ def _traffic(transfers: list[Transfer], message_type: str) -> dict[str, Any]:
     for t in mine:
         entry = clients.setdefault(t.node_id, {"node_id": t.node_id, "bytes_up": 0,
                                                "bytes_down": 0, "failed": False,
-                                               "client_s": 0.0})
+                                               "client_s": 0.0, "start_s": None})
         entry[f"bytes_{t.direction}"] += t.num_bytes
         entry["failed"] |= t.failed
         entry["client_s"] += t.client_s
+        if t.start_s is not None:
+            entry["start_s"] = t.start_s
     for entry in clients.values():
         entry["failed"] |= entry["bytes_up"] == 0  # sent to, never answered
     return {

@@ -21,6 +21,9 @@ NUM_PARAMS = "num-params"  # config: N, the number of prunable weights
 MASK_CODING = "mask-coding"  # config: "packed" or "entropy" (fedmask.wire.coding)
 MAX_EXAMPLES = 10**9  # bound on a reply's declared num-examples
 CLIENT_SECONDS = "client-s"  # metric: seconds the ClientApp spent on a message
+# metric: seconds from the ClientApp process's start to its first training step, sent
+# with the first message a process trains on (fedmask.client.startup)
+START_SECONDS = "start-s"
 
 
 V = TypeVar("V", int, float, str, bool)
