@@ -39,6 +39,8 @@ from fedmask.launch import (  # noqa: E402
     expand_run_configs,
     flower_env,
     free_port,
+    in_netns,
+    listening,
     run_streaming,
     staged_app,
 )
@@ -63,8 +65,7 @@ class Hosts:
 def on_host(state: dict, name: str, cmd: list[str]) -> list[str]:
     """`cmd` run on the host of process `name` (``ip netns exec`` into its namespace,
     which then execs `cmd` under the same PID)."""
-    netns = state.get("netns", {}).get(name)
-    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+    return in_netns(state.get("netns", {}).get(name), cmd)
 
 
 def default_state_dir() -> Path:
@@ -267,18 +268,6 @@ def supernode_cmd(certs: Path, superlink: str, private_key: Path, runtime_port: 
             "--ssl-certfile", str(certs / "server.crt"),
             "--ssl-keyfile", str(certs / "server.key"),
             "--ssl-ca-certfile", str(certs / "ca.crt")]
-
-
-def listening(pid: int, port: int) -> bool:
-    """Whether a TCP socket listens on `port` in the network namespace of `pid`."""
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        if any(row[1].endswith(f":{port:04X}") and row[3] == "0A" for row in map(str.split, rows)):
-            return True
-    return False
 
 
 def _wait_port(address: str, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
