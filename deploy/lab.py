@@ -183,6 +183,12 @@ class Network:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A namespace is cleaned up in the background: delete its links now, so that
+        # new ones of the same names can be made at once.
+        for dev in [f"n{_index(h)}" for h in self.hosts[1:]] if host == "superlink" \
+                else [NODE_DEV]:
+            subprocess.run(["ip", "-n", netns, "link", "del", dev], capture_output=True,
+                           check=False)  # a link that is not there: nothing to delete
         _sh("ip", "netns", "del", netns)
 
 
@@ -303,10 +309,6 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--link", action="append", default=[], metavar="[I:]up=R,down=R")
             p.add_argument("--node-env", action="append", default=[], metavar="I:KEY=VALUE")
     args = parser.parse_args(argv)
-    if (reason := unavailable()) is not None:
-        print(f"error: {reason}", file=sys.stderr)
-        return 2
-    state_dir = args.state_dir.resolve()
     if args.command == "up":
         if not 1 <= args.nodes <= 200:
             parser.error("--nodes must be in 1..200")
@@ -315,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             node_env = local.parse_node_env(args.node_env, args.nodes)
         except ValueError as err:
             parser.error(str(err))
+    if (reason := unavailable()) is not None:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    state_dir = args.state_dir.resolve()
+    if args.command == "up":
         return up(state_dir, links, args.timeout, node_env)
     if args.command in ("cut", "restore"):
         return set_link(state_dir, args.host, args.command == "restore")
