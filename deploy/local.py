@@ -189,8 +189,9 @@ def _signal(targets: dict[int, tuple[str, int, int, int]], groups: set[int], sig
                 pass
 
 
-def down(state_dir: Path) -> int:
-    """Stop every recorded process, its group and its descendants: SIGTERM, then SIGKILL."""
+def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
+    """Stop every recorded process, its group and its descendants: SIGTERM, then
+    SIGKILL to those still running after `grace_s`."""
     targets, groups = _ours(state_dir)
     if not targets:
         log(f"nothing running from {state_dir}")
@@ -198,7 +199,7 @@ def down(state_dir: Path) -> int:
         return 0
     log(f"stopping {len(targets)} processes: {sorted(targets)}")
     _signal(targets, groups, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         left = {pid: st for pid, st in targets.items() if _alive(pid, st[3])}
         if not left:

@@ -266,19 +266,32 @@ def trained(record: dict[str, Any], node_id: str) -> bool:
     return any(str(c["node_id"]) == node_id and not c["failed"] for c in record["clients"])
 
 
+def netns_inode(pid_or_name: int | str) -> int:
+    """The inode of the network namespace process `pid_or_name` runs in, or of the
+    namespace named so (``ip netns``)."""
+    return os.stat(f"/proc/{pid_or_name}/ns/net" if isinstance(pid_or_name, int)
+                   else f"/run/netns/{pid_or_name}").st_ino
+
+
+def netns_and_links() -> tuple[set[str], set[str]]:
+    """The named network namespaces (``ip netns list``) and this namespace's links."""
+    names = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return names, set(os.listdir("/sys/class/net"))
+
+
 def network_footprint() -> dict[str, dict[Any, str]]:
     """Named network namespaces, this namespace's links, and every network namespace
     a process runs in (inode: that process), to compare at the session's end."""
-    names = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    names, links = netns_and_links()
     spaces: dict[Any, str] = {}
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             if entry.name.isdigit():
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                spaces.setdefault(os.stat(entry / "ns" / "net").st_ino,
+                spaces.setdefault(netns_inode(int(entry.name)),
                                   f"PID {entry.name}: {cmdline[:120]}")
     return {"network namespace": {name: name for name in names},
-            "link": {name: name for name in os.listdir("/sys/class/net")},
+            "link": {name: name for name in links},
             "process in a new network namespace": spaces}
 
 

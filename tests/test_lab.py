@@ -18,7 +18,6 @@ The session checks at its end that no namespace, link or process is left (confte
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from conftest import (
     deployed,
     deployment_state,
     finish_run,
+    netns_and_links,
+    netns_inode,
     start_run,
     trained,
     wait_for,
@@ -77,12 +78,6 @@ def lab_deployment(tmp_path_factory):
         yield state
 
 
-def _netns_inode(pid_or_name: int | str) -> int:
-    path = (f"/proc/{pid_or_name}/ns/net" if isinstance(pid_or_name, int)
-            else f"/run/netns/{pid_or_name}")
-    return os.stat(path).st_ino
-
-
 def _transfer(net: lab.Network, src: str, dst: str) -> float:
     """Seconds SIZE bytes take from host `src` to host `dst` (first byte to last)."""
     receiver = subprocess.Popen(["ip", "netns", "exec", net.netns(dst), sys.executable, "-c",
@@ -100,11 +95,6 @@ def _transfer(net: lab.Network, src: str, dst: str) -> float:
     return float(seconds)
 
 
-def _lab_footprint() -> tuple[set[str], set[str]]:
-    return set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set(), set(
-        os.listdir("/sys/class/net"))
-
-
 def _processes_of(state: Path) -> list[str]:
     """Command lines of live processes that name `state` (every process a deployment
     starts names its certificates, database or home there)."""
@@ -120,7 +110,7 @@ def _processes_of(state: Path) -> list[str]:
 
 
 def _assert_all_removed(state: Path, before: tuple[set[str], set[str]]) -> None:
-    assert _lab_footprint() == before
+    assert netns_and_links() == before
     assert not (state / lab.LAB).exists()
     assert not _processes_of(state)
 
@@ -152,9 +142,9 @@ def test_the_cli_refuses_a_malformed_link_before_anything_starts(tmp_path):
 def test_each_process_runs_on_its_own_host(lab_deployment):
     state, net = deployment_state(lab_deployment), lab.load(lab_deployment)
     assert net is not None
-    assert _netns_inode(state["superlink_pid"]) == _netns_inode(net.netns("superlink"))
+    assert netns_inode(state["superlink_pid"]) == netns_inode(net.netns("superlink"))
     for i, node in enumerate(state["nodes"]):
-        assert _netns_inode(node["pid"]) == _netns_inode(net.netns(f"node-{i}"))
+        assert netns_inode(node["pid"]) == netns_inode(net.netns(f"node-{i}"))
     assert state["address"].startswith(f"{net.address('superlink')}:")
     sans = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
                            f"{state['certs']}/server.crt"], capture_output=True, text=True,
@@ -234,7 +224,7 @@ def test_the_superlink_host_restarts_and_the_run_resumes_to_the_same_state(lab_d
 @pytest.mark.integration
 @needs_lab
 def test_a_failed_lab_up_removes_everything(tmp_path):
-    before = _lab_footprint()
+    before = netns_and_links()
     done = subprocess.run([*LAB, "up", "--nodes", "1", "--timeout", "0.01", "--state-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "up failed" in done.stderr
@@ -245,7 +235,7 @@ def test_a_failed_lab_up_removes_everything(tmp_path):
 @pytest.mark.integration
 @needs_lab
 def test_an_interrupted_lab_up_removes_everything(tmp_path):
-    before = _lab_footprint()
+    before = netns_and_links()
     up = subprocess.Popen([*LAB, "up", "--nodes", "2", "--state-dir", str(tmp_path)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

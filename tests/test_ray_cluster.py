@@ -12,7 +12,6 @@ query with the network namespace and the Ray node its ClientApp ran in.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ from fedmask.launch import (
     staged_app,
 )
 
-from conftest import ROOT
+from conftest import ROOT, netns_inode
 
 sys.path.insert(0, str(ROOT / "deploy"))
 import lab  # noqa: E402 - deploy/lab.py
@@ -162,10 +161,6 @@ def _wait_for_nodes(net: lab.Network, count: int, env: dict[str, str], timeout: 
         time.sleep(2)
 
 
-def _netns_inode(netns: str) -> int:
-    return os.stat(f"/run/netns/{netns}").st_ino
-
-
 def test_clientapps_run_on_both_hosts_of_a_ray_cluster(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="fmray-"))  # short: Ray's socket paths
     out = tmp_path / "out"
@@ -184,8 +179,8 @@ def test_clientapps_run_on_both_hosts_of_a_ray_cluster(tmp_path):
                                                             "out-dir": str(out)})], 2, 1)
                     run_and_read(in_netns(net.netns("superlink"), cmd), env, out, 300)
             finally:
-                assert local.down(tmp_path) == 0
-            hosts = {_netns_inode(net.netns(h)): h for h in net.hosts}
+                assert local.down(tmp_path, grace_s=5) == 0  # Ray: no state to save
+            hosts = {netns_inode(net.netns(h)): h for h in net.hosts}
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     replies = json.loads((out / "results.json").read_text())
