@@ -9,8 +9,10 @@ linked through a bridge on the SuperLink's host with tbf limits per direction
 - node 1's link cut mid-round: at the round's deadline the node is failed and the
   round completes with node 0; the link restored, node 1 trains again;
 - the SuperLink's host restarted (its processes killed, its namespace and every
-  link made anew, the SuperLink started on the same database): the run resumes
-  with `resume=true` to the same final state as an uninterrupted run;
+  link made anew, the SuperLink started on the same database): the interrupted
+  run fails, and with `resume=true` it goes on from round 1's checkpoint, both
+  nodes training round 2 (that a resumed run ends where an uninterrupted one
+  does is test_deploy_faults.py's);
 - `lab up` that fails, or is interrupted, removes every host, link and process;
   a malformed `--link` is refused naming the option.
 The session checks at its end that no namespace, link or process is left (conftest).
@@ -25,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import run_federation
 
 from fedmask.client.deadline import margin_s
 
@@ -215,10 +216,10 @@ def test_the_superlink_host_restarts_and_the_run_resumes_to_the_same_state(lab_d
     assert checkpoint_round(tmp_path) < 2
     resumed = finish_run(start_run(lab_deployment, tmp_path, {**config, "resume": True},
                                    tool=LAB), tmp_path)
-    uninterrupted = run_federation({**config, "round-timeout-s": 3600.0}, 2)
     assert [r["round"] for r in resumed["rounds"]] == [1, 2]
-    assert all(len(r["failed_clients"]) == 0 for r in resumed["rounds"][1:])
-    assert resumed["final_arrays_sha256"] == uninterrupted["final_arrays_sha256"]
+    # both nodes reached the new SuperLink over their new links and trained round 2
+    assert all(trained(resumed["rounds"][1], n["node_id"])
+               for n in deployment_state(lab_deployment)["nodes"])
 
 
 @pytest.mark.integration
