@@ -79,21 +79,29 @@ def rate_bits(rate: str) -> int:
     return int(float(match.group(1)) * UNITS[match.group(2)])
 
 
+def _link_item(item: str, num_nodes: int) -> tuple[list[int], dict[str, int]]:
+    """The nodes and rates (bit/s) of one ``--link`` item; ValueError if malformed."""
+    index, colon, profile = item.rpartition(":")
+    pairs = [part.partition("=") for part in profile.split(",")]
+    keys = [key for key, _, _ in pairs]
+    if not set(keys) <= {"up", "down"} or len(set(keys)) != len(keys):
+        raise ValueError(item)
+    nodes = [int(index)] if colon else list(range(num_nodes))
+    if not all(0 <= node < num_nodes for node in nodes):
+        raise ValueError(item)
+    return nodes, {key: rate_bits(value) for key, _, value in pairs}
+
+
 def parse_links(items: list[str], num_nodes: int) -> dict[int, dict[str, int]]:
     """``[I:]up=RATE,down=RATE`` items as {node: {"up"/"down": bit/s}}; an item without
     I sets every node, later items win; ValueError naming ``--link`` if malformed."""
     links: dict[int, dict[str, int]] = {i: {} for i in range(num_nodes)}
     for item in items:
-        index, colon, profile = item.rpartition(":")
         try:
-            rates = {key: rate_bits(value) for key, _, value in
-                     (part.partition("=") for part in profile.split(","))
-                     if key in ("up", "down")}
-            nodes = [int(index)] if colon else list(links)
+            nodes, rates = _link_item(item, num_nodes)
         except ValueError:
-            rates, nodes = {}, []
-        if not rates or len(rates) != len(profile.split(",")) or not set(nodes) <= set(links):
-            raise ValueError(f"--link: {item!r} is not {LINK_FORM}; I in 0..{num_nodes - 1})")
+            raise ValueError(f"--link: {item!r} is not {LINK_FORM}, I in "
+                             f"0..{num_nodes - 1})") from None
         for node in nodes:
             links[node].update(rates)
     return links
@@ -185,8 +193,8 @@ class Network:
                 pass
         # A namespace is cleaned up in the background: delete its links now, so that
         # new ones of the same names can be made at once.
-        for dev in [f"n{_index(h)}" for h in self.hosts[1:]] if host == "superlink" \
-                else [NODE_DEV]:
+        ends = [f"n{_index(h)}" for h in self.hosts[1:]] if host == "superlink" else [NODE_DEV]
+        for dev in ends:
             subprocess.run(["ip", "-n", netns, "link", "del", dev], capture_output=True,
                            check=False)  # a link that is not there: nothing to delete
         _sh("ip", "netns", "del", netns)
