@@ -1,5 +1,7 @@
-"""Network lab: deploy/local.py's deployment with the SuperLink and every SuperNode
-on a host of its own (a network namespace), each node's link rate-limited both ways.
+"""Network lab: deploy/local.py's deployment, each process on a host of its own.
+
+The SuperLink and every SuperNode run in a network namespace of their own, each
+node's link to the SuperLink's host rate-limited both ways.
 
 Hosts of a lab named L (a random name, so that labs never collide):
   L-link  10.77.0.1     the SuperLink (and the operator's `flwr`); a bridge there
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="deploy/local.sh lab", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[12:]))
+        epilog=__doc__[__doc__.index("Usage"):])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "cut", "restore", "restart", "down", "run", "status"):
         p = sub.add_parser(name)

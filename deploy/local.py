@@ -6,6 +6,8 @@ SuperNode authentication; every SuperNode key is registered with
 Runtime (ClientAppIo) port, ``FLWR_HOME`` and ``partition-id``/``num-partitions``.
 Every process started is recorded (PID, start time) in STATE_DIR/pids.jsonl as
 soon as it starts, so ``down`` stops them even when ``up`` failed half way.
+deploy/lab.py runs the same deployment with each process on a host of its own
+(a network namespace; ``Hosts``).
 
 Usage (entry point: deploy/local.sh):
   deploy/local.sh up   [--nodes N] [--node-env I:KEY=VALUE]... [--timeout S] [--state-dir DIR]
@@ -507,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="deploy/local.sh", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[9:]))
+        epilog=__doc__[__doc__.index("Usage"):])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "run", "restart", "down", "status"):
         p = sub.add_parser(name)
