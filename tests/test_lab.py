@@ -1,7 +1,8 @@
 """The network lab (deploy/lab.py, `deploy/local.sh lab`): a real deployment whose
 SuperLink and 2 SuperNodes each run on a host of their own (a network namespace),
 linked through a bridge on the SuperLink's host with tbf limits per direction
-(every node 4 mbit/s up and 16 mbit/s down, node 1 2 mbit/s up):
+(every node 4 mbit/s up and 16 mbit/s down, node 1 2 mbit/s up), HideNseek on
+100 images a node with `round-timeout-s=60`:
 
 - each process runs in its host's namespace; the SuperLink serves on its host's
   address, which the server certificate names;
@@ -34,7 +35,6 @@ from conftest import (
     FAULT,
     LAB,
     ROOT,
-    TIMEOUT_S,
     checkpoint_round,
     clientapps,
     deployed,
@@ -54,6 +54,10 @@ from local import online_nodes  # noqa: E402 - deploy/local.py
 needs_lab = pytest.mark.skipif(lab.unavailable() is not None, reason=str(lab.unavailable()))
 LINKS = ("up=4mbit,down=16mbit", "1:up=2mbit")
 SIZE = 500_000  # bytes per timed transfer
+# FAULT on fewer images, and a deadline that a busy 2-core machine still meets: each
+# message starts a ClientApp process (imports: ~7 s of CPU), as in any deployment
+TIMEOUT_S = 60.0
+LAB_FAULT = {**FAULT, "train-limit": 100, "test-limit": 200, "round-timeout-s": TIMEOUT_S}
 
 RECEIVER = """
 import socket, sys, time
@@ -172,10 +176,9 @@ def test_each_link_is_rate_limited_both_ways(lab_deployment):
 @needs_lab
 def test_a_cut_link_fails_its_node_at_the_deadline_and_it_trains_again(lab_deployment,
                                                                        tmp_path):
-    node = deployment_state(lab_deployment)["nodes"][1]
     state = deployment_state(lab_deployment)
     node = state["nodes"][1]
-    run = start_run(lab_deployment, tmp_path, {**FAULT, "num-server-rounds": 3}, tool=LAB)
+    run = start_run(lab_deployment, tmp_path, {**LAB_FAULT, "num-server-rounds": 3}, tool=LAB)
     try:
         wait_for(lambda: clientapps(node["pid"]), 300, "node-1 training in round 1")
         cut = subprocess.run([*LAB, "cut", "node-1", "--state-dir", str(lab_deployment)],
@@ -202,7 +205,7 @@ def test_a_cut_link_fails_its_node_at_the_deadline_and_it_trains_again(lab_deplo
 @needs_lab
 def test_the_superlink_host_restarts_and_the_run_resumes_to_the_same_state(lab_deployment,
                                                                           tmp_path):
-    config = {**FAULT, "num-server-rounds": 2}
+    config = {**LAB_FAULT, "num-server-rounds": 2}
     run = start_run(lab_deployment, tmp_path, config, tool=LAB)
     try:
         wait_for(lambda: checkpoint_round(tmp_path) >= 1, 300, "round 1's checkpoint")
