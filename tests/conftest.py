@@ -245,17 +245,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cmdlines() -> dict[int, str]:
+    """The command line of every live process (words joined by spaces)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit():
+                raw = (entry / "cmdline").read_bytes()
+                found[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
 def clientapps(node_pid: int) -> list[int]:
     """The `flwr-clientapp` processes SuperNode `node_pid` runs now."""
-    found = []
-    for pid in descendants(node_pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"flwr-clientapp" in cmdline:
-            found.append(pid)
-    return found
+    running = cmdlines()
+    return [pid for pid in descendants(node_pid) if "flwr-clientapp" in running.get(pid, "")]
 
 
 def checkpoint_round(out: Path) -> int:
@@ -284,12 +288,9 @@ def network_footprint() -> dict[str, dict[Any, str]]:
     a process runs in (inode: that process), to compare at the session's end."""
     names, links = netns_and_links()
     spaces: dict[Any, str] = {}
-    for entry in Path("/proc").iterdir():
+    for pid, cmdline in cmdlines().items():
         with contextlib.suppress(OSError):
-            if entry.name.isdigit():
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                spaces.setdefault(netns_inode(int(entry.name)),
-                                  f"PID {entry.name}: {cmdline[:120]}")
+            spaces.setdefault(netns_inode(pid), f"PID {pid}: {cmdline[:120]}")
     return {"network namespace": {name: name for name in names},
             "link": {name: name for name in links},
             "process in a new network namespace": spaces}

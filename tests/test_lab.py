@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from fedmask.client.deadline import margin_s
+from fedmask.launch import in_netns
 
 from conftest import (
     FAULT,
@@ -37,6 +38,7 @@ from conftest import (
     ROOT,
     checkpoint_round,
     clientapps,
+    cmdlines,
     deployed,
     deployment_state,
     finish_run,
@@ -85,13 +87,14 @@ def lab_deployment(tmp_path_factory):
 
 def _transfer(net: lab.Network, src: str, dst: str) -> float:
     """Seconds SIZE bytes take from host `src` to host `dst` (first byte to last)."""
-    receiver = subprocess.Popen(["ip", "netns", "exec", net.netns(dst), sys.executable, "-c",
-                                 RECEIVER, net.address(dst)], stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen(in_netns(net.netns(dst), [sys.executable, "-c", RECEIVER,
+                                                          net.address(dst)]),
+                                stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None
         port = receiver.stdout.readline().strip()
-        subprocess.run(["ip", "netns", "exec", net.netns(src), sys.executable, "-c", SENDER,
-                        net.address(dst), port, str(SIZE)], check=True, timeout=60)
+        subprocess.run(in_netns(net.netns(src), [sys.executable, "-c", SENDER, net.address(dst),
+                                                 port, str(SIZE)]), check=True, timeout=60)
         received, seconds = receiver.stdout.readline().split()
     finally:
         receiver.kill()
@@ -103,15 +106,7 @@ def _transfer(net: lab.Network, src: str, dst: str) -> float:
 def _processes_of(state: Path) -> list[str]:
     """Command lines of live processes that name `state` (every process a deployment
     starts names its certificates, database or home there)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if entry.name.isdigit() and str(state) in cmdline and "pytest" not in cmdline:
-            found.append(cmdline)
-    return found
+    return [line for line in cmdlines().values() if str(state) in line and "pytest" not in line]
 
 
 def _assert_all_removed(state: Path, before: tuple[set[str], set[str]]) -> None:
