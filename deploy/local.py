@@ -6,6 +6,8 @@ SuperNode authentication; every SuperNode key is registered with
 Runtime (ClientAppIo) port, ``FLWR_HOME`` and ``partition-id``/``num-partitions``.
 Every process started is recorded (PID, start time) in STATE_DIR/pids.jsonl as
 soon as it starts, so ``down`` stops them even when ``up`` failed half way.
+deploy/lab.py runs the same deployment with each process on a host of its own
+(a network namespace; ``Hosts``).
 
 Usage (entry point: deploy/local.sh):
   deploy/local.sh up   [--nodes N] [--node-env I:KEY=VALUE]... [--timeout S] [--state-dir DIR]
@@ -23,11 +25,11 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ from fedmask.launch import (  # noqa: E402
     expand_run_configs,
     flower_env,
     free_port,
+    in_netns,
+    listening,
     run_streaming,
     staged_app,
 )
@@ -49,6 +53,21 @@ PIDS = "pids.jsonl"
 STATE = "state.json"
 DATABASE = "state.db"  # the SuperLink's: runs, registered keys; survives a restart
 STOP_GRACE_S = 20.0
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Where a deployment runs: the SuperLink's address and, by process name
+    (``superlink``, ``node-I``), the network namespace of its host (absent: this one)."""
+
+    address: str = HOST
+    netns: dict[str, str] = field(default_factory=dict)
+
+
+def on_host(state: dict, name: str, cmd: list[str]) -> list[str]:
+    """`cmd` run on the host of process `name` (``ip netns exec`` into its namespace,
+    which then execs `cmd` under the same PID)."""
+    return in_netns(state.get("netns", {}).get(name), cmd)
 
 
 def default_state_dir() -> Path:
@@ -172,8 +191,9 @@ def _signal(targets: dict[int, tuple[str, int, int, int]], groups: set[int], sig
                 pass
 
 
-def down(state_dir: Path) -> int:
-    """Stop every recorded process, its group and its descendants: SIGTERM, then SIGKILL."""
+def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
+    """Stop every recorded process, its group and its descendants: SIGTERM, then
+    SIGKILL to those still running after `grace_s`."""
     targets, groups = _ours(state_dir)
     if not targets:
         log(f"nothing running from {state_dir}")
@@ -181,7 +201,7 @@ def down(state_dir: Path) -> int:
         return 0
     log(f"stopping {len(targets)} processes: {sorted(targets)}")
     _signal(targets, groups, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         left = {pid: st for pid, st in targets.items() if _alive(pid, st[3])}
         if not left:
@@ -205,7 +225,8 @@ def down(state_dir: Path) -> int:
 
 def flwr_cli(state: dict, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Run the flwr CLI against the deployment (its own FLWR_HOME with config.toml)."""
-    return subprocess.run([str(BIN / "flwr"), *args], env=env_for(Path(state["cli_home"])),
+    return subprocess.run(on_host(state, "superlink", [str(BIN / "flwr"), *args]),
+                          env=env_for(Path(state["cli_home"])),
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -223,7 +244,8 @@ def online_nodes(state: dict) -> list[str]:
     return [n["node-id"] for n in nodes if n["status"] == "online"]
 
 
-def superlink_cmd(certs: Path, port: int, database: Path) -> list[str]:
+def superlink_cmd(certs: Path, address: str, database: Path) -> list[str]:
+    host, port = address.rsplit(":", 1)
     return [str(BIN / "flower-superlink"),
             "--database", str(database),
             "--ssl-ca-certfile", str(certs / "ca.crt"),
@@ -232,15 +254,15 @@ def superlink_cmd(certs: Path, port: int, database: Path) -> list[str]:
             "--enable-supernode-auth",
             "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",
-            "--host", HOST, "--port", str(port)]
+            "--host", host, "--port", port]
 
 
-def supernode_cmd(certs: Path, superlink_port: int, private_key: Path, runtime_port: int,
+def supernode_cmd(certs: Path, superlink: str, private_key: Path, runtime_port: int,
                   partition_id: int, num_partitions: int) -> list[str]:
     """A SuperNode: TLS to the SuperLink (CA-verified), authenticated with `private_key`,
     its Runtime API (where the ClientApp connects) on `runtime_port` with TLS as well."""
     return [str(BIN / "flower-supernode"),
-            "--superlink", f"{HOST}:{superlink_port}",
+            "--superlink", superlink,
             "--root-certificates", str(certs / "ca.crt"),
             "--auth-supernode-private-key", str(private_key),
             "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
@@ -251,17 +273,16 @@ def supernode_cmd(certs: Path, superlink_port: int, private_key: Path, runtime_p
             "--ssl-ca-certfile", str(certs / "ca.crt")]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
+def _wait_port(address: str, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with code {proc.returncode}:\n"
                                f"{_tail(logfile)}")
-        with socket.socket() as sock:
-            if sock.connect_ex((HOST, port)) == 0:
-                return
+        if listening(proc.pid, int(address.rsplit(":", 1)[1])):
+            return
         time.sleep(0.3)
-    raise TimeoutError(f"flower-superlink did not open {HOST}:{port} in {timeout:.0f} s")
+    raise TimeoutError(f"flower-superlink did not open {address} in {timeout:.0f} s")
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -276,26 +297,25 @@ def start_superlink(state_dir: Path, state: dict, timeout: float) -> subprocess.
     included, in a database file that outlives the process); wait for the port."""
     home = state_dir / "superlink"
     link_log = home / "superlink.log"
-    port = int(state["address"].rsplit(":", 1)[1])
-    proc = start(state_dir, "superlink", superlink_cmd(Path(state["certs"]), port,
-                                                       home / DATABASE),
-                 env_for(home), link_log)
-    _wait_port(port, proc, link_log, timeout)
+    cmd = superlink_cmd(Path(state["certs"]), state["address"], home / DATABASE)
+    proc = start(state_dir, "superlink", on_host(state, "superlink", cmd), env_for(home),
+                 link_log)
+    _wait_port(state["address"], proc, link_log, timeout)
     state["superlink_pid"] = proc.pid
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
-    log(f"SuperLink on {HOST}:{port} (TLS, SuperNode auth), PID {proc.pid}")
+    log(f"SuperLink on {state['address']} (TLS, SuperNode auth), PID {proc.pid}")
     return proc
 
 
 def start_node(state_dir: Path, state: dict, i: int) -> subprocess.Popen:
     """Start SuperNode `i` with its key, partition and Runtime port (not waiting)."""
     home, node = state_dir / f"node-{i}", state["nodes"][i]
-    port = int(state["address"].rsplit(":", 1)[1])
     certs = Path(state["certs"])
-    cmd = supernode_cmd(certs, port, certs / f"node-{i}", node["runtime_port"], i,
+    cmd = supernode_cmd(certs, state["address"], certs / f"node-{i}", node["runtime_port"], i,
                         state["num_nodes"])
     env = {**env_for(home), **node.get("env", {})}
-    proc = start(state_dir, f"node-{i}", cmd, env, home / "supernode.log")
+    proc = start(state_dir, f"node-{i}", on_host(state, f"node-{i}", cmd), env,
+                 home / "supernode.log")
     node["pid"] = proc.pid
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
     return proc
@@ -316,7 +336,11 @@ def parse_node_env(items: list[str], num_nodes: int) -> dict[int, dict[str, str]
 
 
 def up(state_dir: Path, num_nodes: int, timeout: float,
-       node_env: dict[int, dict[str, str]] | None = None) -> int:
+       node_env: dict[int, dict[str, str]] | None = None,
+       hosts: Hosts | None = None) -> int:
+    """Start the SuperLink on `hosts`' address, register N SuperNode keys, start the
+    SuperNodes and wait until all are online; 1 (all stopped again) on failure."""
+    hosts = hosts or Hosts()
     if _our_processes(state_dir):
         log(f"a deployment from {state_dir} is running; `deploy/local.sh down` first")
         return 1
@@ -324,18 +348,19 @@ def up(state_dir: Path, num_nodes: int, timeout: float,
     (state_dir / PIDS).unlink(missing_ok=True)
     (state_dir / "superlink" / DATABASE).unlink(missing_ok=True)  # a new deployment
     certs = state_dir / "certs"
-    subprocess.run(["bash", str(REPO / "deploy" / "gen_certs.sh"), str(certs), str(num_nodes)],
-                   check=True, stdout=subprocess.DEVNULL)
+    sans = [] if hosts.address == HOST else [f"IP:{hosts.address}"]
+    subprocess.run(["bash", str(REPO / "deploy" / "gen_certs.sh"), str(certs), str(num_nodes),
+                    *sans], check=True, stdout=subprocess.DEVNULL)
 
-    port = free_port()
+    address = f"{hosts.address}:{free_port()}"
     cli_home = state_dir / "cli"
     cli_home.mkdir(parents=True, exist_ok=True)
     (cli_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{HOST}:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+        f'address = "{address}"\nroot-certificates = "{certs / "ca.crt"}"\n')
     state: dict[str, Any] = {
-        "connection": CONNECTION, "address": f"{HOST}:{port}", "cli_home": str(cli_home),
-        "certs": str(certs), "num_nodes": num_nodes, "nodes": []}
+        "connection": CONNECTION, "address": address, "cli_home": str(cli_home),
+        "certs": str(certs), "num_nodes": num_nodes, "nodes": [], "netns": hosts.netns}
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up below on SIGTERM
@@ -377,8 +402,9 @@ def up(state_dir: Path, num_nodes: int, timeout: float,
         down(state_dir)
         raise
     log(f"{num_nodes} SuperNodes online; logs and FLWR_HOMEs under {state_dir}")
+    flwr_run = " ".join(on_host(state, "superlink", ["flwr", "run", str(REPO), CONNECTION]))
     log(f"run: deploy/local.sh run --run-config \"...\"   or   "
-        f"FLWR_HOME={cli_home} flwr run {REPO} {CONNECTION} --stream")
+        f"FLWR_HOME={cli_home} {flwr_run} --stream")
     print(CONNECTION, flush=True)
     return 0
 
@@ -409,7 +435,8 @@ def run(state_dir: Path, app: Path, extra: list[str]) -> int:
             return 2
     state = load_state(state_dir)
     with staged_app(app) as staged:
-        cmd = [str(BIN / "flwr"), "run", str(staged), state["connection"], "--stream", *extra]
+        cmd = on_host(state, "superlink", [str(BIN / "flwr"), "run", str(staged),
+                                           state["connection"], "--stream", *extra])
         return run_streaming(cmd, env_for(Path(state["cli_home"])))
 
 
@@ -482,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="deploy/local.sh", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[9:]))
+        epilog=__doc__[__doc__.index("Usage"):])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "run", "restart", "down", "status"):
         p = sub.add_parser(name)

@@ -85,14 +85,31 @@ def check_ray_loopback() -> None:
                            "listen on every interface (fix /etc/hosts)")
 
 
+def in_netns(netns: str | None, cmd: list[str]) -> list[str]:
+    """`cmd` run in network namespace `netns` (``ip netns exec``, which execs `cmd`
+    under the same PID); `cmd` itself for None."""
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket listens on `port` in the network namespace of `pid`."""
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(row[1].endswith(f":{port:04X}") and row[3] == "0A" for row in map(str.split, rows)):
+            return True
+    return False
+
+
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with code {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listening(proc.pid, port):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"flower-superlink did not open port {port} in {timeout} s")
 
@@ -109,20 +126,27 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
-    """Start a simulation SuperLink; yield the env whose default connection is it.
+def simulation_superlink(flwr_home: Path, netns: str | None = None,
+                         ray_address: str | None = None) -> Iterator[dict[str, str]]:
+    """Start a simulation SuperLink (in network namespace `netns`, if given; its
+    ``flwr`` must run there too); yield the env whose default connection is it.
+    Its Ray is a private one on 127.0.0.1, or the cluster at `ray_address`.
     Its PID is in ``flwr_home/superlink.pid`` while it runs."""
-    check_ray_loopback()
+    if ray_address is None:
+        check_ray_loopback()
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # Flower 1.41 serves the Runtime, Control and Fleet APIs on one port
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedmask"\n\n[superlink.fedmask]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     env = flower_env(flwr_home)
+    if ray_address:  # Ray's cluster mode: node addresses are the hosts', not loopback
+        env.update(RAY_ADDRESS=ray_address, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
     with open(flwr_home / "superlink.log", "w") as log:
         proc = subprocess.Popen(
-            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation",
-             "subprocess", "--host", "127.0.0.1", "--port", str(port)],
+            in_netns(netns, [str(BIN / "flower-superlink"), "--insecure", "--simulation",
+                             "--isolation", "subprocess", "--host", "127.0.0.1",
+                             "--port", str(port)]),
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (flwr_home / "superlink.pid").write_text(str(proc.pid))
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -25,10 +26,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedmask.client import node as client_node
 from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import ClientData
-from fedmask.launch import run_simulation, simulation_superlink
+from fedmask.launch import overrides, run_simulation, simulation_superlink
 from fedmask.nn.models import build_model
+from fedmask.server.checkpoint import CHECKPOINT, load
 
 ROOT = Path(__file__).resolve().parents[1]
+FOOTPRINT = pytest.StashKey[dict]()
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
 # The suite never reaches the Hugging Face hub (its datasets are local folders); every
 # process it starts inherits this.
@@ -157,27 +160,156 @@ def deployment_pids(state: Path) -> list[int]:
     return [json.loads(line)["pid"] for line in lines if line.strip()]
 
 
+LAB = (DEPLOY, "lab")  # deploy/lab.py: every process on a host (network namespace) of its own
+
+
 @contextlib.contextmanager
 def deployed(state: Path, nodes: int, node_env: tuple[str, ...] = (),
-             watch: ListenWatch | None = None) -> Iterator[Path]:
+             watch: ListenWatch | None = None, links: tuple[str, ...] | None = None
+             ) -> Iterator[Path]:
     """`deploy/local.sh up` with `nodes` SuperNodes in `state` (`node_env`: its
-    ``--node-env`` items), its processes polled by `watch` if given; `down`
-    afterwards, even when the test failed (checking that everything stopped)."""
+    ``--node-env`` items), its processes polled by `watch` if given; with `links`
+    (``--link`` items) `local.sh lab up` instead; `down` afterwards, even when the
+    test failed (checking that everything stopped)."""
     watching = (watch.watching(functools.partial(deployment_pids, state)) if watch
                 else contextlib.nullcontext())
+    tool = (DEPLOY,) if links is None else LAB
     try:
         with watching:
             extra = [arg for item in node_env for arg in ("--node-env", item)]
-            up = subprocess.run([DEPLOY, "up", "--nodes", str(nodes), "--state-dir",
+            extra += [arg for item in links or () for arg in ("--link", item)]
+            up = subprocess.run([*tool, "up", "--nodes", str(nodes), "--state-dir",
                                  str(state), *extra], capture_output=True, text=True,
                                 timeout=600)
             assert up.returncode == 0, up.stderr[-4000:]
             assert up.stdout.strip() == "fedmask"
             yield state
     finally:
-        down = subprocess.run([DEPLOY, "down", "--state-dir", str(state)],
+        down = subprocess.run([*tool, "down", "--state-dir", str(state)],
                               capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr[-2000:]
+
+
+T = TypeVar("T")
+# A deployed run with faults: HideNseek, rounds end at the deadline with whoever answered.
+TIMEOUT_S = 40.0
+FAULT = {**SMALL, "method": "hidenseek", "fraction-evaluate": 0.0, "min-nodes": 1,
+         "round-timeout-s": TIMEOUT_S}
+
+
+def deployment_state(deployment: Path) -> dict[str, Any]:
+    """The state.json of the deployment in `deployment`."""
+    return json.loads((deployment / "state.json").read_text())
+
+
+def start_run(deployment: Path, out: Path, config: dict[str, Any], app: Path = ROOT,
+              tool: tuple[str, ...] = (DEPLOY,)) -> subprocess.Popen:
+    """`local.sh run` (or `tool`'s run) of `app` in the background, its output in
+    out/run.log."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "run.log", "ab") as log:
+        return subprocess.Popen([*tool, "run", "--app", str(app), "--state-dir",
+                                 str(deployment), "--run-config",
+                                 overrides({**config, "out-dir": str(out)})],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish_run(run: subprocess.Popen, out: Path, timeout: float = 600) -> dict[str, Any]:
+    code = run.wait(timeout=timeout)
+    assert code == 0, (out / "run.log").read_text()[-4000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if entry.name.isdigit():
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(
+                int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def cmdlines() -> dict[int, str]:
+    """The command line of every live process (words joined by spaces)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit():
+                raw = (entry / "cmdline").read_bytes()
+                found[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def clientapps(node_pid: int) -> list[int]:
+    """The `flwr-clientapp` processes SuperNode `node_pid` runs now."""
+    running = cmdlines()
+    return [pid for pid in descendants(node_pid) if "flwr-clientapp" in running.get(pid, "")]
+
+
+def checkpoint_round(out: Path) -> int:
+    return load(out / CHECKPOINT).server_round if (out / CHECKPOINT).exists() else 0
+
+
+def trained(record: dict[str, Any], node_id: str) -> bool:
+    return any(str(c["node_id"]) == node_id and not c["failed"] for c in record["clients"])
+
+
+def netns_inode(pid_or_name: int | str) -> int:
+    """The inode of the network namespace process `pid_or_name` runs in, or of the
+    namespace named so (``ip netns``)."""
+    return os.stat(f"/proc/{pid_or_name}/ns/net" if isinstance(pid_or_name, int)
+                   else f"/run/netns/{pid_or_name}").st_ino
+
+
+def netns_and_links() -> tuple[set[str], set[str]]:
+    """The named network namespaces (``ip netns list``) and this namespace's links."""
+    names = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return names, set(os.listdir("/sys/class/net"))
+
+
+def network_footprint() -> dict[str, dict[Any, str]]:
+    """Named network namespaces, this namespace's links, and every network namespace
+    a process runs in (inode: that process), to compare at the session's end."""
+    names, links = netns_and_links()
+    spaces: dict[Any, str] = {}
+    for pid, cmdline in cmdlines().items():
+        with contextlib.suppress(OSError):
+            spaces.setdefault(netns_inode(pid), f"PID {pid}: {cmdline[:120]}")
+    return {"network namespace": {name: name for name in names},
+            "link": {name: name for name in links},
+            "process in a new network namespace": spaces}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[FOOTPRINT] = network_footprint()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the session if it left a network namespace, a link or a process in a
+    network namespace behind (the network lab's, deploy/lab.py)."""
+    before, after = session.config.stash[FOOTPRINT], network_footprint()
+    left = [f"{kind}: {what}" for kind, found in after.items()
+            for key, what in found.items() if key not in before[kind]]
+    if left:
+        print("\nleft behind by this session:\n  " + "\n  ".join(left), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from fedmask.launch import (
     expand_run_configs,
     flower_env,
     flwr_run_command,
+    in_netns,
+    listening,
     overrides,
     ray_node_address,
 )
@@ -94,3 +96,18 @@ def test_a_run_that_flower_ends_with_an_exit_code_exits_non_zero(capsys):
     assert launch.run_streaming(fine, dict(os.environ)) == 0
     crashed = [sys.executable, "-c", "raise SystemExit(3)"]
     assert launch.run_streaming(crashed, dict(os.environ)) == 3
+
+
+def test_listening_sees_a_listening_socket_of_the_process_only_while_it_listens():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert listening(os.getpid(), port)
+    assert not listening(os.getpid(), port)
+    with socket.socket() as bound:  # bound, not listening
+        bound.bind(("127.0.0.1", 0))
+        assert not listening(os.getpid(), bound.getsockname()[1])
+
+
+def test_in_netns_prefixes_ip_netns_exec_only_for_a_namespace():
+    assert in_netns("lab-n0", ["flwr", "run"]) == ["ip", "netns", "exec", "lab-n0", "flwr", "run"]
+    assert in_netns(None, ["flwr", "run"]) == ["flwr", "run"]
