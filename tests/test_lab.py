@@ -237,13 +237,15 @@ def test_an_interrupted_lab_up_removes_everything(tmp_path):
     before = netns_and_links()
     up = subprocess.Popen([*LAB, "up", "--nodes", "2", "--state-dir", str(tmp_path)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (tmp_path / "node-1" / "supernode.log").exists(), 300,
-                 "the SuperNodes starting")
-        up.send_signal(signal.SIGINT)  # Ctrl-C
+    try:  # Ctrl-C once the SuperLink starts: its keys and nodes are still to come
+        wait_for(lambda: (tmp_path / "superlink" / "superlink.log").exists(), 300,
+                 "the SuperLink starting")
+        up.send_signal(signal.SIGINT)
         _, err = up.communicate(timeout=120)
     finally:
         up.kill()
+        if up.returncode == 0:  # it ended before the signal: take it down all the same
+            subprocess.run([*LAB, "down", "--state-dir", str(tmp_path)], check=False)
     assert up.returncode != 0 and "lab fm" in err and "removed" in err
     time.sleep(0.5)
     _assert_all_removed(tmp_path, before)
