@@ -21,13 +21,14 @@ from strategies.seeded_mask import SeededMaskStrategy
 
 def model_input_shape(model: nn.Module) -> tuple[int, ...]:
     """The shape of one input example as the model tells it: its ``input_shape``
-    attribute, else ``(in_features,)`` when its first prunable layer is Linear; else
-    ValueError asking for ``input_shape``."""
+    attribute, else ``(in_features,)`` when its first prunable layer is Linear (and
+    not a lazy one, whose width is still unknown); else ValueError asking for
+    ``input_shape``."""
     declared = getattr(model, "input_shape", None)
     if declared is not None:
         return tuple(int(d) for d in declared)
     first = next((m for m in model.modules() if isinstance(m, PRUNABLE_MODULES)), None)
-    if isinstance(first, nn.Linear):
+    if isinstance(first, nn.Linear) and not isinstance(first, nn.LazyLinear):
         return (first.in_features,)
     raise ValueError("input_shape: HideNseek needs the shape of one input example for its "
                      "data-free SynFlow pruning, e.g. input_shape=(1, 28, 28), or from a "

@@ -223,3 +223,6 @@ def test_the_input_shape_comes_from_the_model_when_it_tells_it():
     assert HideNseek(model=model, synflow_iterations=2).num_params == num_prunable(model)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(144, 10))
     assert HideNseek(model=mlp, synflow_iterations=2).num_params == 1440
+    lazy = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))  # its width is still unknown
+    with pytest.raises(ValueError, match=r"input_shape: .*input_shape=tuple\(images.shape"):
+        HideNseek(model=lazy, synflow_iterations=2)
