@@ -73,7 +73,11 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
         """Initialise `model` from (seed, init) and describe it. With ``init="model"``
         (only where every message carries the weights) `model` keeps its own weights,
         and a seeded copy under the method's default scheme names the architecture
-        (the hash clients and model files check)."""
+        (the hash clients and model files check). A model with lazy layers whose shapes
+        are still unknown is refused (ValueError naming ``model``)."""
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+            raise ValueError("model: its lazy layers have no shape yet; pass input_shape (one "
+                             "example's shape) or run one batch through it first")
         if init != MODEL_INIT:
             return SeededNet.announce(model, seed, self.resolve_init(init))
         if not self.OWN_WEIGHTS:

@@ -138,3 +138,12 @@ def test_the_client_app_imports_no_server_code_and_fedmask_no_strategies():
                for line in path.read_text().splitlines()
                if line.startswith(("from strategies", "import strategies"))]
     assert imports == []
+
+
+@pytest.mark.parametrize("method", [m for m in REGISTRY if m != "hidenseek"])  # its own test
+def test_a_model_with_lazy_layers_needs_input_shape(method):
+    with pytest.raises(ValueError, match="model: its lazy layers have no shape yet; pass input_"):
+        strategies.make(method, model=nn.Sequential(nn.Flatten(), nn.LazyLinear(10)))
+    lazy = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))  # shaped by a batch of input_shape
+    strategy = strategies.make(method, model=lazy, input_shape=(1, 12, 12))
+    assert strategy.global_model(strategy.initial_arrays())[1].weight.shape == (10, 144)
