@@ -176,7 +176,7 @@ def run(grid: Grid, context: Context) -> Path:
                        timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
               "num_params": num_prunable(model), "density": strategy.kept_fraction,
-              "seed": cfg["seed"],
+              "seed": cfg["seed"], "run_id": context.run_id,
               "config": cfg, "resumed_after_round": first - 1,
               "final_arrays_sha256": arrays_sha256(final), **save_model(strategy, final, cfg,
                                                                         folder)}

@@ -76,14 +76,14 @@ class RoundRecorder:
 
     def start(self, arrays: ArrayRecord, rejected: list[dict[str, Any]] | None = None) -> None:
         """Score the initial model; count the traffic before round 1 (SSFL's query),
-        its failed clients and its `rejected` replies."""
+        its failed clients, its `rejected` replies and the seconds since this recorder
+        was made (that exchange and the initial evaluation)."""
         query = _traffic(self.ledger.drain(), MessageType.QUERY)
         self.initial = {**self._evaluate(arrays), "bytes_up": query["bytes_up"],
                         "bytes_down": query["bytes_down"],
                         "failed_clients": [c["node_id"] for c in query["clients"] if c["failed"]],
-                        "rejected_clients": list(rejected or [])}
+                        "rejected_clients": list(rejected or []), "wall_s": self._wall()}
         log(INFO, "[fedmask] initial accuracy %.4f", self.initial["accuracy"])
-        self._wall()
 
     def record(self, server_round: int, arrays: ArrayRecord, train_metrics: MetricRecord | None,
                evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]],
