@@ -5,10 +5,10 @@ FashionMNIST, no client-side evaluation: the accuracy is the server's, on the
 central test set) and rounds on `--nodes` SuperNodes of the network lab
 (deploy/lab.py), once per link profile, one method after another on one lab per
 profile. Each method also runs once as a local simulation of the same config;
-every deployed round must have sent exactly the simulation's bytes (train
-messages up and down, and the exchange before round 1) less those of Flower's
-random run and node ids (id_free_bytes), else the mismatches are reported in the
-JSON and the benchmark exits 1.
+every deployed round must have sent exactly the simulation's array bytes (the
+methods' payload in the train messages up and down, and in the exchange before
+round 1; Flower's framing differs by its ids, see docs/guide/results.md), else the
+mismatches are reported in the JSON and the benchmark exits 1.
 
 Per method, profile and round it records the wall time, split into process start
 (``start_s`` of the round's slowest node), client compute (its ``client_s``),
@@ -160,44 +160,31 @@ def time_to_target(results: dict[str, Any], rows: list[dict[str, Any]],
     return next((r["elapsed_s"] for r in rows if r["accuracy"] >= target), None)
 
 
-def id_bytes(value: int) -> int:
-    """Bytes a Flower id (run or node) adds to a serialized message: it is written
-    twice, each time as a protobuf varint (9 or 10 bytes for a random 64-bit id)."""
-    return 2 * max(1, -(-value.bit_length() // 7))
+PAYLOAD = ("array_bytes_up", "array_bytes_down")
 
 
-def _without_ids(run_id: int, clients: list[dict[str, Any]], up: int, down: int
-                 ) -> dict[str, int]:
-    """`up`, `down` bytes of one message per client and direction (none up from a
-    failed client) less the bytes of each message's run and node ids."""
-    ids = {c["node_id"]: id_bytes(run_id) + id_bytes(c["node_id"]) for c in clients}
-    return {"bytes_up": up - sum(ids[c["node_id"]] for c in clients if not c["failed"]),
-            "bytes_down": down - sum(ids.values())}
-
-
-def id_free_bytes(results: dict[str, Any]) -> list[dict[str, int]]:
-    """Bytes up and down of round 0 (the exchange before round 1, if any: one message
-    each way per node of round 1) and of every round, less the ids' bytes."""
-    run_id, first = results["run_id"], results["rounds"][0]["clients"]
-    initial = results["initial"]
-    failed = set(initial["failed_clients"])
-    nodes = [{"node_id": c["node_id"], "failed": c["node_id"] in failed} for c in first]
-    rounds = [_without_ids(run_id, nodes if initial["bytes_down"] else [],
-                           initial["bytes_up"], initial["bytes_down"])]
-    return rounds + [_without_ids(run_id, r["clients"], r["bytes_up"], r["bytes_down"])
-                     for r in results["rounds"]]
+def payload_bytes(results: dict[str, Any]) -> list[dict[str, int]]:
+    """Array bytes up and down (the methods' payload, see docs/guide/results.md) of
+    round 0 (the exchange before round 1, if any) and of every round."""
+    return [{key: record[key] for key in PAYLOAD}
+            for record in [results["initial"], *results["rounds"]]]
 
 
 def bytes_mismatches(sim: dict[str, Any], dep: dict[str, Any]) -> list[dict[str, Any]]:
-    """Where a deployed run's bytes differ from the simulation's, once each message's
-    random ids are taken out (id_free_bytes): round 0 and every round, up and down."""
+    """Where a deployed run's array bytes differ from the simulation's: round 0 and
+    every round, up and down."""
     if len(sim["rounds"]) != len(dep["rounds"]):
         return [{"round": None, "field": "rounds", "simulation": len(sim["rounds"]),
                  "deployed": len(dep["rounds"])}]
-    pairs = zip(id_free_bytes(sim), id_free_bytes(dep))
+    pairs = zip(payload_bytes(sim), payload_bytes(dep))
     return [{"round": rnd, "field": key, "simulation": s[key], "deployed": d[key]}
-            for rnd, (s, d) in enumerate(pairs) for key in ("bytes_up", "bytes_down")
-            if s[key] != d[key]]
+            for rnd, (s, d) in enumerate(pairs) for key in PAYLOAD if s[key] != d[key]]
+
+
+def total_mb(results: dict[str, Any]) -> float:
+    """MB of the whole train messages (and round 0's), up and down."""
+    return sum(r["bytes_up"] + r["bytes_down"]
+               for r in [results["initial"], *results["rounds"]]) / MB
 
 
 def summary(runs: dict[str, dict[str, Any]], links: dict[str, int],
@@ -211,10 +198,9 @@ def summary(runs: dict[str, dict[str, Any]], links: dict[str, int],
     out = {}
     for method, results in runs.items():
         keys = ("wall_s", "start_s", "compute_s", "transfer_s", "server_s", "wire_s")
-        mb = sum(r["bytes_up"] + r["bytes_down"] for r in [results["initial"], *rows[method]])
         out[method] = {"target": goal, "initial_s": results["initial"]["wall_s"],
                        **{k: mean(r[k] for r in rows[method]) for k in keys},
-                       "accuracy": rows[method][-1]["accuracy"], "mb": mb / MB,
+                       "accuracy": rows[method][-1]["accuracy"], "mb": total_mb(results),
                        "time_to_target_s": time_to_target(results, rows[method], goal),
                        "rounds": rows[method]}
     for row in out.values():
@@ -344,8 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, configs: dict[str, dict[str, Any]], work: Path
-            ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Every profile's summaries and every bytes mismatch against the simulation."""
+            ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every profile's summaries, and the bytes check against the simulation (its
+    mismatches, and the simulation's whole messages in MB beside the deployed runs')."""
     print(f"simulation: {', '.join(configs)}", flush=True)
     sim = simulated(configs, args.nodes, work / "sim")
     profiles, mismatches = {}, []
@@ -355,7 +342,8 @@ def measure(args: argparse.Namespace, configs: dict[str, dict[str, Any]], work: 
         profiles[name] = summary(runs, links, args.target)
         mismatches += [{"profile": name, "method": m, **x} for m in runs
                        for x in bytes_mismatches(sim[m], runs[m])]
-    return profiles, mismatches
+    return profiles, {"equal": not mismatches, "mismatches": mismatches,
+                      "simulation_mb": {m: total_mb(r) for m, r in sim.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,21 +353,21 @@ def main(argv: list[str] | None = None) -> int:
                   "num-server-rounds": args.rounds, "min-nodes": args.nodes}
     configs = entry_configs(PROFILES["smoke"], args.methods, run_config)
     with tempfile.TemporaryDirectory(prefix="fedmask-edge-") as work:
-        profiles, mismatches = measure(args, configs, Path(work))
+        profiles, check = measure(args, configs, Path(work))
     table = markdown(profiles)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(
         {"machine": machine(), "nodes": args.nodes, "rounds": args.rounds,
          "links": args.links, "config": configs,
-         "bytes_check": {"equal": not mismatches, "mismatches": mismatches},
+         "bytes_check": check,
          "profiles": profiles}, indent=2))
     args.out.with_suffix(".md").write_text(table)
     plot(profiles, args.out.with_suffix(".png"))
     print(f"\n{table}\nwritten: {args.out}, .md, .png")
-    if mismatches:
-        print(f"error: {len(mismatches)} deployed round(s) differ in bytes from the "
-              f"simulation (see bytes_check in {args.out})", file=sys.stderr)
-    return 1 if mismatches else 0
+    if not check["equal"]:
+        print(f"error: {len(check['mismatches'])} deployed round(s) differ in array bytes "
+              f"from the simulation (see bytes_check in {args.out})", file=sys.stderr)
+    return 0 if check["equal"] else 1
 
 
 if __name__ == "__main__":

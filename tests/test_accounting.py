@@ -3,7 +3,7 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedmask.server.accounting import MeasuringGrid, message_bytes, reply_seconds
+from fedmask.server.accounting import MeasuringGrid, array_bytes, message_bytes, reply_seconds
 
 
 def _message(payload_bytes: int, node: int = 5) -> Message:
@@ -22,6 +22,17 @@ def test_size_grows_with_each_record():
     before = message_bytes(msg)
     msg.content["m"] = MetricRecord({"num-examples": 3})
     assert message_bytes(msg) > before
+
+
+def test_array_bytes_are_the_arrays_records_alone_whatever_the_ids_and_metrics():
+    msg = _message(1000)
+    payload = array_bytes(msg)
+    assert 1000 < payload < message_bytes(msg)
+    msg.content["m"] = MetricRecord({"start-s": 7.5})
+    msg.metadata.__dict__["_message_id"] = "f" * 64  # a SuperLink's id, not a UUID
+    assert array_bytes(msg) == payload
+    assert array_bytes(Message(RecordDict({"m": MetricRecord({"n": 1})}), dst_node_id=5,
+                               message_type=MessageType.TRAIN)) == 0
 
 
 class _EchoGrid:

@@ -40,6 +40,16 @@ def message_bytes(msg: Message) -> int:
     return header + tree + objects
 
 
+def array_bytes(msg: Message) -> int:
+    """Serialized size of `msg`'s ArrayRecords and their arrays: the payload a method
+    sends, without Flower's framing (whose ids differ between a simulation and a
+    deployment, see docs/guide/results.md)."""
+    if msg.has_error():
+        return 0
+    return sum(len(obj.deflate()) for record in msg.content.array_records.values()
+               for obj in get_all_nested_objects(record).values())
+
+
 def reply_seconds(msg: Message, key: str = CLIENT_SECONDS) -> float | None:
     """A reply's seconds metric `key` (None when absent or not a number)."""
     if msg.has_error() or METRICS not in msg.content.metric_records:
@@ -56,6 +66,7 @@ class Transfer:
     direction: str  # "up" (node -> server) or "down" (server -> node)
     message_type: str
     num_bytes: int
+    array_bytes: int = 0  # of num_bytes, the ArrayRecords' (see array_bytes)
     failed: bool = False
     client_s: float = 0.0  # a reply's `client-s`: seconds the ClientApp spent on it
     start_s: float | None = None  # its `start-s`: its process's start to its first step
@@ -72,7 +83,7 @@ class Ledger:
         if node is None:
             node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
-                                       message_bytes(msg), msg.has_error(),
+                                       message_bytes(msg), array_bytes(msg), msg.has_error(),
                                        reply_seconds(msg) or 0.0,
                                        reply_seconds(msg, START_SECONDS)))
 

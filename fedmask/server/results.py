@@ -41,6 +41,8 @@ def _traffic(transfers: list[Transfer], message_type: str) -> dict[str, Any]:
     return {
         "bytes_up": sum(t.num_bytes for t in mine if t.direction == "up"),
         "bytes_down": sum(t.num_bytes for t in mine if t.direction == "down"),
+        "array_bytes_up": sum(t.array_bytes for t in mine if t.direction == "up"),
+        "array_bytes_down": sum(t.array_bytes for t in mine if t.direction == "down"),
         "clients": list(clients.values()),
     }
 
@@ -81,6 +83,8 @@ class RoundRecorder:
         query = _traffic(self.ledger.drain(), MessageType.QUERY)
         self.initial = {**self._evaluate(arrays), "bytes_up": query["bytes_up"],
                         "bytes_down": query["bytes_down"],
+                        "array_bytes_up": query["array_bytes_up"],
+                        "array_bytes_down": query["array_bytes_down"],
                         "failed_clients": [c["node_id"] for c in query["clients"] if c["failed"]],
                         "rejected_clients": list(rejected or []), "wall_s": self._wall()}
         log(INFO, "[fedmask] initial accuracy %.4f", self.initial["accuracy"])
@@ -99,6 +103,8 @@ class RoundRecorder:
         record = {
             "round": server_round, **metrics,
             "bytes_up": train["bytes_up"], "bytes_down": train["bytes_down"],
+            "array_bytes_up": train["array_bytes_up"],
+            "array_bytes_down": train["array_bytes_down"],
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
             "down_new_bytes": train["bytes_down"] + evaluate["bytes_down"] - resent_bytes,
             "down_resent_bytes": resent_bytes,
