@@ -65,6 +65,11 @@ LAB = [str(APP / "deploy" / "local.sh"), "lab"]
 LINKS = {"slow": {"up": "1mbit", "down": "5mbit"}, "medium": {"up": "10mbit", "down": "50mbit"},
          "unlimited": {}}
 BASE = {**PROFILES["smoke"]["run_config"], "fraction-evaluate": 0.0}
+# Torch threads of a node's ClientApps: the simulation's (Ray gives an actor of 1 CPU
+# OMP_NUM_THREADS=1). A SuperNode's ClientApp otherwise uses every core, and training
+# with another thread count rounds differently: HideNseek's round-3 masks of this
+# config then differ from the simulation's (measured: 12 bytes of 37,540).
+CLIENT_THREADS = 1
 TARGET_SHARE = 0.9  # default target: this share of the baseline's final accuracy
 MB = 1e6
 
@@ -108,9 +113,13 @@ def parse_profiles(texts: list[str]) -> dict[str, dict[str, int]]:
     return profiles
 
 
-def link_args(links: dict[str, int]) -> list[str]:
-    """`lab up`'s ``--link`` arguments for every node (none for an unlimited link)."""
-    return ["--link", ",".join(f"{k}={v}bit" for k, v in links.items())] if links else []
+def lab_args(links: dict[str, int], nodes: int) -> list[str]:
+    """`lab up`'s ``--link`` arguments for every node (none for an unlimited link), and
+    ``--node-env`` giving each node's ClientApps CLIENT_THREADS threads."""
+    threads = [arg for i in range(nodes)
+               for arg in ("--node-env", f"{i}:OMP_NUM_THREADS={CLIENT_THREADS}")]
+    return (["--link", ",".join(f"{k}={v}bit" for k, v in links.items())] if links
+            else []) + threads
 
 
 def slowest(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -261,7 +270,7 @@ def lab_up(nodes: int, links: dict[str, int], state: Path) -> Iterator[Path]:
     """A lab of `nodes` SuperNodes, every link limited by `links`; down at exit."""
     try:
         up = subprocess.run([*LAB, "up", "--nodes", str(nodes), "--state-dir", str(state),
-                             *link_args(links)], capture_output=True, text=True, check=False)
+                             *lab_args(links, nodes)], capture_output=True, text=True, check=False)
         if up.returncode != 0:
             raise RuntimeError(f"lab up failed ({up.returncode}):\n{up.stderr[-3000:]}")
         yield state

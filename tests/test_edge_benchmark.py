@@ -56,10 +56,11 @@ def test_bad_options_exit_2_naming_the_option(argv, option, capsys):
     assert option in capsys.readouterr().err
 
 
-def test_link_args_limit_every_node_or_none():
-    assert edge.link_args({"up": 10**6, "down": 5 * 10**6}) == [
-        "--link", "up=1000000bit,down=5000000bit"]
-    assert edge.link_args({}) == []
+def test_lab_args_limit_every_node_or_none_and_give_each_the_simulations_threads():
+    threads = ["--node-env", "0:OMP_NUM_THREADS=1", "--node-env", "1:OMP_NUM_THREADS=1"]
+    assert edge.lab_args({"up": 10**6, "down": 5 * 10**6}, 2) == [
+        "--link", "up=1000000bit,down=5000000bit", *threads]
+    assert edge.lab_args({}, 2) == threads
 
 
 def test_the_default_methods_are_one_entry_per_method_fedavg_first():
