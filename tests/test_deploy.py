@@ -26,6 +26,12 @@ def deployment(tmp_path_factory, deployment_sockets):
         yield state
 
 
+# Runs other than HideNseek's skip the client-side evaluation: on a SuperNode each
+# message starts a ClientApp process (seconds of imports), and the deployed HideNseek
+# run already evaluates on every node.
+NO_CLIENT_EVAL = {"fraction-evaluate": 0.0}
+
+
 def _deployed_run(deployment, tmp_path_factory, **config):
     out = tmp_path_factory.mktemp(f"deployed-{config['method']}")
     config = {**SMALL, **config, "out-dir": str(out)}
@@ -41,7 +47,7 @@ def deployed_hidenseek(deployment, tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed_mpfl(deployment, tmp_path_factory):
     return _deployed_run(deployment, tmp_path_factory, method="mpfl", density=0.5,
-                         **{"prune-rate": 0.5, "num-server-rounds": 3})
+                         **{"prune-rate": 0.5, "num-server-rounds": 3}, **NO_CLIENT_EVAL)
 
 
 def test_deployed_run_reports_like_the_simulation(deployed_hidenseek, hidenseek):
@@ -50,7 +56,9 @@ def test_deployed_run_reports_like_the_simulation(deployed_hidenseek, hidenseek)
     for record, simulated in zip(deployed_hidenseek["rounds"], hidenseek["rounds"]):
         assert set(record) == set(simulated)
         assert record["num_clients"] == SMALL_NODES and record["failed_clients"] == []
-        # the same messages: payload sizes equal, up to node-id and metadata framing
+        # the same payload to the byte; Flower's framing differs by its ids
+        for key in ("array_bytes_up", "array_bytes_down"):
+            assert record[key] == simulated[key]
         assert abs(record["bytes_up"] - simulated["bytes_up"]) < 200 * SMALL_NODES
         assert record["wall_s"] > 0
         # a SuperNode starts a ClientApp process per message: each reports its start
@@ -106,9 +114,10 @@ def test_a_node_without_avx2_trains_hidenseek_and_loads_its_model_file(
         baseline_cpu_deployment, tmp_path_factory):
     node_env = json.loads((baseline_cpu_deployment / "state.json").read_text())["nodes"][0]["env"]
     assert node_env == {"ATEN_CPU_CAPABILITY": "default"}
-    results = _deployed_run(baseline_cpu_deployment, tmp_path_factory, method="hidenseek")
+    results = _deployed_run(baseline_cpu_deployment, tmp_path_factory, method="hidenseek",
+                            **{"num-server-rounds": 1}, **NO_CLIENT_EVAL)
     rounds = results["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1]
     assert all(r["num_clients"] == 2 and not r["failed_clients"] and not r["rejected_clients"]
                for r in rounds)
     model_file = str(Path(results["config"]["out-dir"]) / MODEL_FILE)

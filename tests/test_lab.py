@@ -12,8 +12,7 @@ linked through a bridge on the SuperLink's host with tbf limits per direction
 - the SuperLink's host restarted (its processes killed, its namespace and every
   link made anew, the SuperLink started on the same database): the interrupted
   run fails, and with `resume=true` it goes on from round 1's checkpoint, both
-  nodes training round 2 (that a resumed run ends where an uninterrupted one
-  does is test_deploy_faults.py's);
+  nodes training round 2, to the final global state of an uninterrupted run;
 - `lab up` that fails, or is interrupted, removes every host, link and process;
   a malformed `--link` is refused naming the option.
 The session checks at its end that no namespace, link or process is left (conftest).
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback import run_federation
 
 from fedmask.launch import in_netns
 
@@ -219,6 +219,8 @@ def test_the_superlink_host_restarts_and_the_run_resumes_to_the_same_state(lab_d
     # both nodes reached the new SuperLink over their new links and trained round 2
     assert all(trained(resumed["rounds"][1], n["node_id"])
                for n in deployment_state(lab_deployment)["nodes"])
+    uninterrupted = run_federation({**config, "round-timeout-s": 3600.0}, 2)
+    assert resumed["final_arrays_sha256"] == uninterrupted["final_arrays_sha256"]
 
 
 @pytest.mark.integration
