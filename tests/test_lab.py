@@ -213,8 +213,11 @@ def test_the_superlink_host_restarts_and_the_run_resumes_to_the_same_state(lab_d
     finally:
         run.kill()
     assert checkpoint_round(tmp_path) < 2
-    resumed = finish_run(start_run(lab_deployment, tmp_path, {**config, "resume": True},
-                                   tool=LAB), tmp_path)
+    # the SuperNodes come back by their reconnect backoff (up to ~45 s after a minute
+    # without their SuperLink; a CI run's round 2 timed out at 60 s before they did): a
+    # resumed run may take a longer deadline, which changes nothing else
+    resumed = finish_run(start_run(lab_deployment, tmp_path, {
+        **config, "resume": True, "round-timeout-s": 4 * TIMEOUT_S}, tool=LAB), tmp_path)
     assert [r["round"] for r in resumed["rounds"]] == [1, 2]
     # both nodes reached the new SuperLink over their new links and trained round 2
     assert all(trained(resumed["rounds"][1], n["node_id"])
