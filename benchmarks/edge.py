@@ -28,7 +28,7 @@ unlimited (no limiter), or NAME=UP/DOWN with lab rates (e.g. edge=500kbit/2mbit)
 
 Usage (as root)::
 
-    .venv/bin/python benchmarks/edge.py --profiles slow medium unlimited --rounds 5 \\
+    .venv/bin/python benchmarks/edge.py --profiles slow medium unlimited --rounds 3 \\
         --nodes 4 --data-root ../shared/data --out benchmarks/results/edge.json
 """
 
