@@ -1,6 +1,9 @@
 """Faults of a real deployment (`deploy/local.sh`: TLS SuperLink with SuperNode
-authentication, 2 SuperNodes on 127.0.0.1), injected while a run is in progress:
+authentication, 2 SuperNodes on 127.0.0.1, node 1 computing as a CPU without AVX2),
+injected while a run is in progress:
 
+- first, no fault: node 1 (torch's ``default`` code path) trains HideNseek with node
+  0, and the model file loads under that code path too;
 - a ClientApp that hangs past `round-timeout-s` (alive, its heartbeat going on: a
   ClientApp that stops altogether is restarted by the SuperNode): just before the
   message's deadline it answers with an error (`fedmask.client.deadline`), the
@@ -20,11 +23,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fedmask.client.deadline import margin_s
+from fedmask.server.app import MODEL_FILE
 
 from conftest import (
     DEPLOY,
@@ -46,8 +51,25 @@ NODES = 2
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    with deployed(tmp_path_factory.mktemp("faults"), NODES) as state:
+    with deployed(tmp_path_factory.mktemp("faults"), NODES,
+                  ("1:ATEN_CPU_CAPABILITY=default",)) as state:
         yield state
+
+
+def test_a_node_without_avx2_trains_hidenseek_and_loads_its_model_file(deployment, tmp_path):
+    assert deployment_state(deployment)["nodes"][1]["env"] == {"ATEN_CPU_CAPABILITY": "default"}
+    # no fault here: a deadline that the slower code path meets on a busy machine
+    config = {**FAULT, "num-server-rounds": 1, "round-timeout-s": 3 * TIMEOUT_S}
+    results = finish_run(start_run(deployment, tmp_path, config), tmp_path)
+    assert [(r["round"], r["num_clients"], r["failed_clients"], r["rejected_clients"])
+            for r in results["rounds"]] == [(1, NODES, [], [])]
+    load = ("import sys, torch; from fedmask.nn.model_file import load_model; "
+            "load_model(sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
+    done = subprocess.run([sys.executable, "-c", load, str(tmp_path / MODEL_FILE)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "DEFAULT"
 
 
 HANGING_CLIENT = """

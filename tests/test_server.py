@@ -1,20 +1,16 @@
-"""The ServerApp body in real simulations: failing and garbage-sending clients, a run
-killed and resumed from its checkpoint; resumption's config checks. (That a run of
-the same config and seed gives the same global state: test_deploy.py, whose deployed
-run reaches the simulation's state, and test_loopback.py.)"""
+"""The ServerApp body in a real simulation: failing and garbage-sending clients;
+resumption's config checks. (A run killed and resumed to the uninterrupted state:
+test_rounds.py for every method in-process, test_lab.py deployed. That a run of the
+same config and seed gives the same global state: test_deploy.py, whose deployed run
+reaches the simulation's state, and test_loopback.py.)"""
 
-import os
 import shutil
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord
 
 from fedmask.config import ConfigError, parse
-from fedmask.launch import flwr_run_command, overrides, run_simulation, staged_app
+from fedmask.launch import run_simulation
 from fedmask.nn.models import build_model
 from fedmask.nn.portable_random import GENERATOR
 from fedmask.nn.seeded import GENERATOR_KEY
@@ -22,7 +18,7 @@ from fedmask.server import checkpoint
 from fedmask.server.app import _resume, central_loader
 from strategies import FedAvg
 
-from conftest import MPFL_SMALL, ROOT, SMALL
+from conftest import ROOT, SMALL
 
 FAULTY_CLIENT = '''"""fedmask's ClientApp with two broken nodes: partition 0 raises on every train
 message, partition 1 answers with its real reply's arrays filled with NaN."""
@@ -74,46 +70,6 @@ def test_failing_and_garbage_clients_are_recorded_and_the_run_goes_on(superlink,
         assert rejected["field"].endswith("weight") and "finite" in rejected["reason"]
         assert record["num_clients"] == 2 and record["aggregated"]
     assert results["rounds"][-1]["accuracy"] > 0.2
-
-
-def _simulation_pids(env):
-    """PIDs of the flwr-simulation process(es) of the SuperLink `env` names."""
-    config = (Path(env["FLWR_HOME"]) / "config.toml").read_text()
-    address = config.split('address = "')[1].split('"')[0].encode()
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"flwr-simulation" in cmdline and address in cmdline:
-            pids.append(int(pid))
-    return pids
-
-
-def test_killed_run_resumes_to_the_uninterrupted_result(superlink, mpfl, tmp_path):
-    config = {**SMALL, **MPFL_SMALL, "out-dir": str(tmp_path)}
-    with staged_app(ROOT) as app:
-        run = subprocess.Popen(flwr_run_command(app, [overrides(config)], 3, 1), env=superlink,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        saved = tmp_path / checkpoint.CHECKPOINT
-        deadline = time.monotonic() + 600
-        while not (saved.exists() and checkpoint.load(saved).server_round >= 2):
-            assert time.monotonic() < deadline and run.poll() is None
-            time.sleep(0.2)
-        for pid in _simulation_pids(superlink):
-            os.kill(pid, signal.SIGKILL)  # the ServerApp dies mid-run
-        try:
-            run.wait(timeout=120)
-        finally:
-            run.kill()
-    killed_after = checkpoint.load(saved).server_round
-    assert killed_after < 4 and not (tmp_path / "results.json").exists()
-
-    resumed = run_simulation(superlink, {**config, "resume": True}, 3, timeout=600)
-    assert resumed["resumed_after_round"] == killed_after
-    assert resumed["final_arrays_sha256"] == mpfl["final_arrays_sha256"]
-    assert [r["accuracy"] for r in resumed["rounds"]] == [r["accuracy"] for r in mpfl["rounds"]]
 
 
 def test_resume_needs_out_dir():
