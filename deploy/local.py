@@ -42,9 +42,10 @@ from fedmask.launch import (  # noqa: E402
     flower_env,
     free_port,
     in_netns,
-    listening,
     run_streaming,
     staged_app,
+    tail,
+    wait_listening,
 )
 
 HOST = "127.0.0.1"
@@ -273,25 +274,6 @@ def supernode_cmd(certs: Path, superlink: str, private_key: Path, runtime_port: 
             "--ssl-ca-certfile", str(certs / "ca.crt")]
 
 
-def _wait_port(address: str, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}:\n"
-                               f"{_tail(logfile)}")
-        if listening(proc.pid, int(address.rsplit(":", 1)[1])):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"flower-superlink did not open {address} in {timeout:.0f} s")
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def start_superlink(state_dir: Path, state: dict, timeout: float) -> subprocess.Popen:
     """Start the SuperLink on the deployment's port (its state, registered keys
     included, in a database file that outlives the process); wait for the port."""
@@ -300,7 +282,7 @@ def start_superlink(state_dir: Path, state: dict, timeout: float) -> subprocess.
     cmd = superlink_cmd(Path(state["certs"]), state["address"], home / DATABASE)
     proc = start(state_dir, "superlink", on_host(state, "superlink", cmd), env_for(home),
                  link_log)
-    _wait_port(state["address"], proc, link_log, timeout)
+    wait_listening(proc, int(state["address"].rsplit(":", 1)[1]), link_log, timeout)
     state["superlink_pid"] = proc.pid
     (state_dir / STATE).write_text(json.dumps(state, indent=1))
     log(f"SuperLink on {state['address']} (TLS, SuperNode auth), PID {proc.pid}")
@@ -387,7 +369,7 @@ def up(state_dir: Path, num_nodes: int, timeout: float,
             for i, node in enumerate(nodes):
                 if node.poll() is not None:
                     raise RuntimeError(f"node-{i} exited with code {node.returncode}:\n"
-                                       f"{_tail(state_dir / f'node-{i}' / 'supernode.log')}")
+                                       f"{tail(state_dir / f'node-{i}' / 'supernode.log')}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(online)}/{num_nodes} SuperNodes online "
                                    f"after {timeout:.0f} s")

@@ -103,15 +103,26 @@ def listening(pid: int, port: int) -> bool:
     return False
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def tail(path: Path, lines: int = 25) -> str:
+    """The last `lines` lines of the log at `path` ('' if it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60.0) -> None:
+    """Wait until flower-superlink `proc` listens on `port`; raise with the tail of its
+    `log` if it exits first, or after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}")
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}:\n"
+                               f"{tail(log)}")
         if listening(proc.pid, port):
             return
         time.sleep(0.2)
-    raise TimeoutError(f"flower-superlink did not open port {port} in {timeout} s")
+    raise TimeoutError(f"flower-superlink did not open port {port} in {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -150,7 +161,7 @@ def simulation_superlink(flwr_home: Path, netns: str | None = None,
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (flwr_home / "superlink.pid").write_text(str(proc.pid))
         try:
-            _wait_port(port, proc)
+            wait_listening(proc, port, flwr_home / "superlink.log")
             yield env
         finally:
             stop(proc)
