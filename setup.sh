@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install fedmask with its test extras into it. Without
-# byte-compiling every installed module (torch's thousands): Python compiles what is
-# imported, once, on first import.
+# Create .venv (if missing) and install fedmask with its test extras into it.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q --no-compile -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test]"
