@@ -53,23 +53,14 @@ SMALL = {**SMOKE["run_config"], "data-root": DATA_ROOT, "num-server-rounds": SMO
 SMALL_NODES = SMOKE["num_supernodes"]
 
 
-# Modules whose real runs mostly wait (for a round's deadline, a heartbeat to lapse, a
-# node to reconnect): their integration tests are also ``waiting``, and ./test.sh runs
-# them in a pytest process of their own beside the one that runs the rest.
-WAITING = {"test_deploy_faults.py", "test_lab.py", "test_ray_cluster.py"}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
     ``integration``, as are those marked so by hand (a whole federated run
-    in-process); the rest are unit tests (``pytest -m "not integration"``). Those of
-    the WAITING modules are ``waiting`` too."""
+    in-process); the rest are unit tests (``pytest -m "not integration"``)."""
     for item in items:
         if {"superlink", "smoke", "deployment", "deployment_sockets"} & set(
                 getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if item.get_closest_marker("integration") and item.path.name in WAITING:
-            item.add_marker(pytest.mark.waiting)
 
 
 def is_loopback(ip: str) -> bool:
@@ -305,13 +296,6 @@ def network_footprint() -> dict[str, dict[Any, str]]:
             "process in a new network namespace": spaces}
 
 
-def _runs_the_lab(session: pytest.Session) -> bool:
-    """Whether this session runs the tests that make network namespaces (the waiting
-    ones): only such a session checks the footprint, as ./test.sh's other pytest
-    process, beside it, would see the lab's namespaces come and go."""
-    return any(item.get_closest_marker("waiting") for item in session.items)
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[FOOTPRINT] = network_footprint()
 
@@ -319,8 +303,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the session if it left a network namespace, a link or a process in a
     network namespace behind (the network lab's, deploy/lab.py)."""
-    if not _runs_the_lab(session):
-        return
     before, after = session.config.stash[FOOTPRINT], network_footprint()
     left = [f"{kind}: {what}" for kind, found in after.items()
             for key, what in found.items() if key not in before[kind]]
