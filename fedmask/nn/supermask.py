@@ -55,12 +55,26 @@ SQUARES = "fedmask-score-squares"  # optimizer.state[param]: (steps, running mea
 SQUARES_DECAY = 0.999  # Adam's default second-moment decay
 
 
-def momentum_gain(group: dict) -> float:
-    """The factor by which SGD's momentum (with `group`'s dampening and Nesterov
-    setting) multiplies a steady gradient's step, once the momentum has built up."""
+MOMENTUM_STEPS = "fedmask-momentum-steps"  # optimizer.state[param]: SGD steps since the buffer
+
+
+def bias_corrected_momentum(grad: Tensor, group: dict, state: dict) -> None:
+    """Scale `grad` and SGD's momentum buffer in `state` in place so that the step
+    SGD is about to take is the bias-corrected running mean of the gradients (Adam's
+    first moment): ``buf_t = EMA_t / (1 - m^t)``, ``EMA_t = m EMA_{t-1} + (1 - m)
+    g_t``. A steady gradient then moves the scores by ``lr`` per step from the first
+    step on, as without momentum and as Adam does (with Nesterov, by up to ``(1 +
+    m) lr``). Torch's first step copies the gradient into the buffer, which is that
+    mean already."""
     momentum, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
-    gain = (1 - dampening) / (1 - momentum)
-    return 1 + momentum * gain if group.get("nesterov", False) else gain
+    buffer = state.get("momentum_buffer")
+    if momentum <= 0 or buffer is None:
+        state[MOMENTUM_STEPS] = 1
+        return
+    steps = state.get(MOMENTUM_STEPS, 1) + 1
+    state[MOMENTUM_STEPS] = steps
+    buffer.mul_((1 - momentum ** (steps - 1)) / (1 - momentum**steps))
+    grad.mul_((1 - momentum) / (((1 - dampening) or 1.0) * (1 - momentum**steps)))
 
 
 def per_position(grad: Tensor, state: dict) -> Tensor:
@@ -78,22 +92,21 @@ def _sgd_on_scores(optimizer: torch.optim.Optimizer, args: object, kwargs: objec
     """Global optimiser pre-step hook: before a ``torch.optim.SGD`` step, divide the
     gradient of sign scores position by position by its running RMS (SGD then steps
     them as RMSprop would; Adam and other adaptive optimisers do so themselves), and
-    that of all supermask scores by the momentum's steady gain, so a steady gradient
-    moves them by about ``lr`` per step, as without momentum and as Adam does (the
-    first steps, while the momentum builds up, move them less: measured, that suits
-    sign supermasks better than a bias-corrected gain). Other parameters and other
-    optimisers are left alone."""
+    turn the momentum of all supermask scores into a bias-corrected mean
+    (:func:`bias_corrected_momentum`), so a steady gradient moves them by about
+    ``lr`` per step, as without momentum and as Adam does. Other parameters and
+    other optimisers are left alone."""
     del args, kwargs
     if not isinstance(optimizer, torch.optim.SGD):
         return
     for group in optimizer.param_groups:
-        gain = momentum_gain(group) if group.get("momentum", 0.0) > 0 else 1.0
         for param in group["params"]:
             if not isinstance(param, ScoreParameter) or param.grad is None:
                 continue
+            state = optimizer.state[param]
             if param.per_position:
-                param.grad.copy_(per_position(param.grad, optimizer.state[param]))
-            param.grad.div_(gain)
+                param.grad.copy_(per_position(param.grad, state))
+            bias_corrected_momentum(param.grad, group, state)
 
 
 register_optimizer_step_pre_hook(_sgd_on_scores)
