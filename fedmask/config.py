@@ -18,11 +18,11 @@ from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
 from fedmask.nn.models import INITS, MODELS
 from fedmask.nn.placement import DEVICE_RULE, PRECISIONS, valid_device
-from fedmask.nn.training import MIN_LOCAL_STEPS, OPTIMIZERS
+from fedmask.nn.training import LOSSES, MIN_LOCAL_STEPS, OPTIMIZERS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
 from fedmask.wire.coding import CODINGS
 
-_AUTO = {"optimizer": "auto", "lr": 0.0, "init": "auto"}
+_AUTO = {"optimizer": "auto", "lr": 0.0, "init": "auto", "loss": "auto"}
 
 
 class ConfigError(ValueError):
@@ -84,6 +84,12 @@ COMMON: dict[str, Option] = {
               "0.2, MPFL, SSFL, FedSparsify and FedAvg 0.02)")),
     "momentum": in_range(0.9, 0.0, 1.0,
         help="SGD momentum"),
+    "loss": choice("auto", ("auto", *LOSSES),
+        help=("fedmask's local loss: `cross-entropy`, or `balanced`, the cross-entropy of the "
+              "logits plus the log of the client's own label distribution (balanced softmax, "
+              "as FedLC calibrates logits under label skew), so a client does not train down "
+              "the classes it lacks; `auto`: `balanced` for HideNseek, `cross-entropy` for the "
+              "others (personalised fine-tuning always trains on cross-entropy)")),
     "fraction-train": in_range(1.0, 0.0, 1.0, lo_open=True,
         help="fraction of nodes sampled for training each round"),
     "fraction-evaluate": in_range(0.2, 0.0, 1.0,

@@ -460,4 +460,5 @@ def tiny_client_data() -> ClientData:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 12, 12, generator=gen), torch.randint(0, 10, (64,), generator=gen)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    return ClientData(train=loader, test=loader, num_train=64, num_test=64)
+    return ClientData(train=loader, test=loader, num_train=64, num_test=64,
+                      label_counts=torch.bincount(y))

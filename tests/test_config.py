@@ -23,7 +23,7 @@ def test_parse_empty_gives_defaults() -> None:
     config = parse({})
     assert list(config) == list(OPTIONS)
     for key, opt in OPTIONS.items():
-        if key not in ("optimizer", "lr", "init"):  # "auto" / 0 resolve per method
+        if key not in ("optimizer", "lr", "init", "loss"):  # "auto" / 0 resolve per method
             assert config[key] == opt.default
         assert type(config[key]) is type(opt.default), key
 
@@ -33,6 +33,9 @@ def test_some_defaults() -> None:
     assert config["method"] == "hidenseek"
     assert config["model"] == "cnn"
     assert (config["optimizer"], config["lr"]) == ("adam", 0.01)
+    assert config["loss"] == "balanced"
+    assert parse({"method": "fedavg"})["loss"] == "cross-entropy"
+    assert parse({"loss": "cross-entropy"})["loss"] == "cross-entropy"
     assert config["density"] == 0.5
     assert config["num-server-rounds"] == 5
 

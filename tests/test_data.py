@@ -157,6 +157,9 @@ def test_client_data_sizes(labels: np.ndarray) -> None:
     limited = _client(train_limit=100)
     assert (limited.num_train, limited.num_test) == (100, 25)
     assert len(limited.train.dataset) == 100 and len(limited.test.dataset) == 25
+    for client in (full, limited):  # the training labels per class, every class listed
+        torch.testing.assert_close(client.label_counts,
+                                   torch.bincount(client.train.dataset.tensors[1], minlength=10))
 
 
 def test_client_data_is_deterministic(cache_root: Path) -> None:

@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmask.client.settings import LocalSettings
 from fedmask.nn.training import (
+    MIN_PRIOR,
     OPTIMIZERS,
     batches,
     evaluate,
     evaluate_metrics,
+    log_prior,
     make_optimizer,
     train,
 )
@@ -170,3 +173,47 @@ def test_train_with_min_steps_counts_batches() -> None:
     model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
     train(model, loader, epochs=1, lr=0.1, min_steps=13)
     assert seen == [20] * 13
+
+
+def test_log_prior_is_the_label_distribution_with_absent_classes_at_min_prior() -> None:
+    torch.testing.assert_close(log_prior(torch.tensor([3, 1, 0])),
+                               torch.tensor([0.75, 0.25, MIN_PRIOR]).log())
+
+
+def test_the_balanced_loss_is_cross_entropy_of_the_shifted_logits() -> None:
+    data = _separable(20)
+    shift = log_prior(torch.tensor([15, 5]))
+    model, expected = _linear(), _linear()
+    train(model, _loader(data), 1, lr=0.1, optimizer="sgd", momentum=0.0, logit_shift=shift)
+    x, y = data.tensors
+    F.cross_entropy(expected(x) + shift, y).backward()
+    with torch.no_grad():
+        for param in expected.parameters():
+            param -= 0.1 * param.grad
+    for got, want in zip(model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_balanced_loss_leaves_the_classes_a_client_lacks_alone() -> None:
+    """Trained on classes 0 and 1 only, cross-entropy drives the other classes'
+    biases down; the balanced loss hardly moves them."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    moved = {}
+    for loss in ("cross-entropy", "balanced"):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 5)
+        before = model.bias.detach().clone()
+        settings = LocalSettings(lr=0.5, optimizer="sgd", momentum=0.0, loss=loss)
+        shift = settings.logit_shift(torch.bincount(y, minlength=5))
+        settings.fit(model, loader, 3, logit_shift=shift)
+        moved[loss] = (before - model.bias.detach())[2:]  # how far each absent class fell
+    assert (moved["cross-entropy"] > 0.2).all()
+    assert (moved["balanced"].abs() < 0.01).all()
+
+
+def test_local_settings_name_a_bad_loss() -> None:
+    assert LocalSettings().logit_shift(torch.tensor([1, 1])) is None  # cross-entropy
+    with pytest.raises(ValueError, match="loss: 'focal' is not one of"):
+        LocalSettings(loss="focal").logit_shift(torch.tensor([1, 1]))

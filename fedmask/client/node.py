@@ -69,7 +69,7 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
     net = train_module(msg, model, state)
     started = first_step_s()  # before the first step of a new process
     loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
-                        place.device, place.precision)
+                        place.device, place.precision, settings.logit_shift(data.label_counts))
     metrics = {"train-loss": loss}
     if started is not None:
         metrics[START_SECONDS] = started
@@ -95,7 +95,8 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
-    if fresh is not None:  # fine-tuned as a training round trains
+    if fresh is not None:  # fine-tuned as a round trains, on plain cross-entropy: the local
+        # test split has the local skew, which the balanced loss would train out
         tuned = train_module(msg, fresh, state)
         settings.fit(tuned, data.train, settings.personal_epochs, 0, place.device,
                      place.precision)

@@ -23,6 +23,7 @@ class LocalSettings:
     momentum: float = 0.9
     personal_epochs: int = 1
     min_local_steps: int = 0
+    loss: str = "cross-entropy"
 
     def to_config(self) -> ConfigRecord:
         """The settings as a ConfigRecord with kebab-case keys."""
@@ -36,9 +37,18 @@ class LocalSettings:
         return cls(**{k: type(v)(config.get(k.replace("_", "-"), v))
                       for k, v in defaults.__dict__.items()})
 
+    def logit_shift(self, label_counts: torch.Tensor) -> torch.Tensor | None:
+        """What `loss` adds to the logits in training, for a client with
+        `label_counts`: nothing (``cross-entropy``) or their log prior (``balanced``)."""
+        if self.loss not in training.LOSSES:
+            raise ValueError(f"loss: {self.loss!r} is not one of {list(training.LOSSES)}")
+        return training.log_prior(label_counts) if self.loss == "balanced" else None
+
     def fit(self, model: nn.Module, loader: DataLoader, epochs: int, min_steps: int = 0,
-            device: torch.device = training.CPU, precision: str = "float32") -> float:
+            device: torch.device = training.CPU, precision: str = "float32",
+            logit_shift: torch.Tensor | None = None) -> float:
         """Train `model` for `epochs`, continued to at least `min_steps` batches, with
-        these settings on `device` at `precision`; return the mean loss."""
+        these settings on `device` at `precision` (the logits plus `logit_shift` in
+        the loss, if given); return the mean loss."""
         return training.train(model, loader, epochs, self.lr, self.optimizer, self.momentum,
-                              min_steps, device, precision)
+                              min_steps, device, precision, logit_shift)

@@ -104,12 +104,15 @@ class ClientData:
         Local training (shuffled) and evaluation (ordered) loaders.
     num_train, num_test : int
         Number of examples behind each loader.
+    label_counts : torch.Tensor
+        Training examples per class (index: label), for ``loss = "balanced"``.
     """
 
     train: DataLoader
     test: DataLoader
     num_train: int
     num_test: int
+    label_counts: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,8 @@ def split_loaders(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, batch_s
         test=_loader(x, y, test_idx, batch_size, loading),
         num_train=len(train_idx),
         num_test=len(test_idx),
+        label_counts=torch.bincount(y[torch.as_tensor(train_idx, dtype=torch.int64)],
+                                    minlength=int(y.max()) + 1 if len(y) else 0),
     )
 
 

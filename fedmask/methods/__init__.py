@@ -4,7 +4,7 @@ A :class:`Method` names everything the rest of the code derives from: the
 run-config options it reads (with defaults and checks), its strategy class (by
 import path, so that a ClientApp never imports server code), its client-side
 module, whether its nodes keep state between rounds, and what ``optimizer =
-"auto"``, ``lr = 0`` and ``init = "auto"`` resolve to. Each method package
+"auto"``, ``lr = 0``, ``init = "auto"`` and ``loss = "auto"`` resolve to. Each method package
 (``fedmask/methods/<name>/``) declares ``METHOD``; :data:`REGISTRY` lists them.
 Adding a method: its package, its strategy module, one line here, and its
 options in ``pyproject.toml``.
@@ -39,7 +39,7 @@ class Method:
         Run-config keys passed to the strategy's constructor (snake-cased):
         its own options and the common ones it uses (``density``, ``mask-coding``).
     defaults : dict[str, Any]
-        ``optimizer``, ``lr`` and ``init`` for the ``auto`` settings.
+        ``optimizer``, ``lr``, ``init`` and ``loss`` for the ``auto`` settings.
     stateful : bool
         Its nodes keep state between rounds in ``context.state``.
     personalised : bool

@@ -16,6 +16,10 @@ from fedmask.nn.supermask import fixed_samples
 CPU = torch.device("cpu")
 
 OPTIMIZERS = ("sgd", "adam")
+# ``loss``: plain cross-entropy, or the balanced softmax (cross-entropy of the logits
+# shifted by the log of the client's label distribution; absent classes at MIN_PRIOR).
+LOSSES = ("cross-entropy", "balanced")
+MIN_PRIOR = 1e-4
 # Default of ``min-local-steps``: data-poor clients train at least this many batches a
 # round (chosen on validation data by benchmarks/sweep.py).
 MIN_LOCAL_STEPS = 20
@@ -29,6 +33,13 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
+
+
+def log_prior(label_counts: torch.Tensor) -> torch.Tensor:
+    """The balanced softmax's logit shift: the log of the label distribution
+    `label_counts` (examples per class) describe, each class at least MIN_PRIOR."""
+    prior = label_counts.double() / label_counts.sum().clamp_min(1)
+    return prior.clamp_min(MIN_PRIOR).log().float()
 
 
 def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any]:
@@ -52,11 +63,15 @@ def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any
 
 def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
           optimizer: str = "sgd", momentum: float = 0.9, min_steps: int = 0,
-          device: torch.device = CPU, precision: str = "float32") -> float:
+          device: torch.device = CPU, precision: str = "float32",
+          logit_shift: torch.Tensor | None = None) -> float:
     """Train the parameters of `model` that require grad for `epochs` passes over
     `loader`, continued to at least `min_steps` batches, on `device` (the model
-    moves there) at `precision` (:mod:`fedmask.nn.placement`); return the mean loss."""
+    moves there) at `precision` (:mod:`fedmask.nn.placement`), on the cross-entropy
+    of the logits plus `logit_shift` (if given: :func:`log_prior`); return the mean
+    loss."""
     model.to(device)
+    shift = None if logit_shift is None else logit_shift.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum)
     model.train()
@@ -65,7 +80,8 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            loss = F.cross_entropy(model(x), y)
+            out = model(x)
+            loss = F.cross_entropy(out if shift is None else out + shift, y)
         loss.backward()
         opt.step()
         total += loss.item() * len(y)

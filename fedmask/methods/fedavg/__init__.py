@@ -8,6 +8,6 @@ METHOD = Method(
     name="fedavg",
     strategy="strategies.fedavg:FedAvg",
     client="fedmask.methods.fedavg.client",
-    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal", "loss": "cross-entropy"},
     personalised=True,  # FedAvg-FT: the global model fine-tuned on each client
 )

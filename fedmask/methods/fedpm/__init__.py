@@ -36,5 +36,5 @@ METHOD = Method(
     },
     arguments=("mask-coding", "estimator", "prior-reset", "weighted-aggregation", "posterior",
                "theta-format", "eval-samples", "model-theta"),
-    defaults={"optimizer": "adam", "lr": 0.2, "init": "signed-constant"},
+    defaults={"optimizer": "adam", "lr": 0.2, "init": "signed-constant", "loss": "cross-entropy"},
 )

@@ -28,6 +28,6 @@ METHOD = Method(
     arguments=("model-value-format", "value-format", "mask-coding", "num-server-rounds",
                "fedsparsify-variant",
                "final-sparsity", "prune-start", "prune-every", "nnz-average"),
-    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal", "loss": "cross-entropy"},
     stateful=True,
 )

@@ -28,6 +28,6 @@ METHOD = Method(
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
                "personal-epochs", "vote", "vote-smoothing"),
-    defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal"},
+    defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal", "loss": "balanced"},
     personalised=True,
 )

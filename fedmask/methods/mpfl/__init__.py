@@ -20,6 +20,6 @@ METHOD = Method(
     },
     arguments=("model-value-format", "value-format", "density", "mask-coding", "prune-rate",
                "prune-structure"),
-    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal", "loss": "cross-entropy"},
     stateful=True,
 )

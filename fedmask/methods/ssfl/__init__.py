@@ -22,6 +22,6 @@ METHOD = Method(
     arguments=("model-value-format", "value-format", "density", "saliency-batches",
                "saliency-format",
                "saliency-weighted"),
-    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal"},
+    defaults={"optimizer": "sgd", "lr": 0.02, "init": "kaiming-normal", "loss": "cross-entropy"},
     stateful=True,
 )
