@@ -14,10 +14,15 @@ from fedmask.launch import BIN, flower_env, free_port, overrides, run_and_read
 
 from conftest import DEPLOY, ROOT, SMALL, SMALL_NODES, deployed
 
+# Each ClientApp trains on one thread, as in the simulation (Ray gives each simulated
+# client 1 CPU): float sums in other thread counts round differently, and a score that
+# ends near zero may then take the other sign.
+ONE_THREAD = tuple(f"{node}:OMP_NUM_THREADS=1" for node in range(SMALL_NODES))
+
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, deployment_sockets):
-    with deployed(tmp_path_factory.mktemp("deployment"), SMALL_NODES,
+    with deployed(tmp_path_factory.mktemp("deployment"), SMALL_NODES, ONE_THREAD,
                   watch=deployment_sockets) as state:
         yield state
 
