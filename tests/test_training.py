@@ -217,3 +217,12 @@ def test_local_settings_name_a_bad_loss() -> None:
     assert LocalSettings().logit_shift(torch.tensor([1, 1])) is None  # cross-entropy
     with pytest.raises(ValueError, match="loss: 'focal' is not one of"):
         LocalSettings(loss="focal").logit_shift(torch.tensor([1, 1]))
+
+
+def test_a_label_prior_shorter_than_the_logits_trains_the_missing_classes_as_absent() -> None:
+    data = _separable(20)  # labels 0 and 1; the model has 3 outputs
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    train(model, _loader(data), 1, lr=0.1, optimizer="sgd", momentum=0.0,
+          logit_shift=log_prior(torch.tensor([15, 5])))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,12 @@ def log_prior(label_counts: torch.Tensor) -> torch.Tensor:
     `label_counts` (examples per class) describe, each class at least MIN_PRIOR."""
     prior = label_counts.double() / label_counts.sum().clamp_min(1)
     return prior.clamp_min(MIN_PRIOR).log().float()
+
+
+def padded(shift: torch.Tensor, width: int) -> torch.Tensor:
+    """`shift` for `width` classes: the classes past its end (a client whose labels
+    stop below the highest, e.g. a device's own folders) at MIN_PRIOR."""
+    return F.pad(shift, (0, width - len(shift)), value=math.log(MIN_PRIOR))
 
 
 def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any]:
@@ -81,7 +88,8 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
             out = model(x)
-            loss = F.cross_entropy(out if shift is None else out + shift, y)
+            loss = F.cross_entropy(out if shift is None else out + padded(shift, out.shape[1]),
+                                   y)
         loss.backward()
         opt.step()
         total += loss.item() * len(y)
