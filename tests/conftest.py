@@ -22,6 +22,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, Record
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader, TensorDataset
+from xdist.scheduler import LoadScopeScheduling
 
 from fedmask.client import node as client_node
 from fedmask.client.settings import LocalSettings
@@ -41,6 +42,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # training images per node.
 os.environ.setdefault("QUICKSTART_DATA", DATA_ROOT)
 os.environ.setdefault("QUICKSTART_TRAIN_LIMIT", "600")
+# Under pytest-xdist (./test.sh runs a worker per core) each worker, and every process
+# it starts, computes on one thread (unless OMP_NUM_THREADS says otherwise): two
+# workers each spinning an OpenMP thread per core would slow each other down.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -53,14 +59,60 @@ SMALL = {**SMOKE["run_config"], "data-root": DATA_ROOT, "num-server-rounds": SMO
 SMALL_NODES = SMOKE["num_supernodes"]
 
 
+# Modules that share a pytest-xdist worker (./test.sh runs two): those reading the
+# session's smoke runs, its MPFL run or test_deploy.py's deployment (SHARED_FIXTURES;
+# test_listening.py checks what they listened on; a test that needs only a simulation
+# SuperLink gets its worker's own), and those that make network namespaces (their
+# tests compare the namespaces before and after). Every other module is a unit of its
+# own (test_example_app.py joins the shared runs to balance the two workers). The
+# longest units start first.
+SHARED_RUNS = {"test_compare", "test_deploy", "test_example_app", "test_listening",
+               "test_loopback", "test_model_file", "test_simulation"}
+NETWORK_LAB = {"test_lab", "test_ray_cluster"}
+SHARED_FIXTURES = {"smoke", "mpfl", "deployment_sockets"}
+LONGEST_FIRST = ("shared-runs", "test_deploy_faults", "network-lab")
+
+
+def worker_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its module's group, or its module."""
+    module = Path(nodeid.split("::")[0]).stem
+    return ("shared-runs" if module in SHARED_RUNS
+            else "network-lab" if module in NETWORK_LAB else module)
+
+
+class SharedRunScheduling(LoadScopeScheduling):
+    """xdist's scope scheduling with `worker_unit` as the scope, longest units first."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return worker_unit(nodeid)
+
+    def _assign_work_unit(self, node) -> None:
+        for unit in reversed(LONGEST_FIRST):
+            if unit in self.workqueue:
+                self.workqueue.move_to_end(unit, last=False)
+        super()._assign_work_unit(node)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> SharedRunScheduling:
+    return SharedRunScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
     ``integration``, as are those marked so by hand (a whole federated run
-    in-process); the rest are unit tests (``pytest -m "not integration"``)."""
+    in-process); the rest are unit tests (``pytest -m "not integration"``). A test
+    that reads the session's shared runs must live in a SHARED_RUNS module."""
+    strays = []
     for item in items:
-        if {"superlink", "smoke", "deployment", "deployment_sockets"} & set(
-                getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"superlink", "smoke", "deployment", "deployment_sockets"} & fixtures:
             item.add_marker(pytest.mark.integration)
+        if SHARED_FIXTURES & fixtures and worker_unit(item.nodeid) != "shared-runs":
+            strays.append(item.nodeid)
+    if strays:
+        raise pytest.UsageError(f"{strays} read the session's shared runs: add their "
+                                "modules to SHARED_RUNS in tests/conftest.py")
 
 
 def is_loopback(ip: str) -> bool:
@@ -296,13 +348,21 @@ def network_footprint() -> dict[str, dict[Any, str]]:
             "process in a new network namespace": spaces}
 
 
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[FOOTPRINT] = network_footprint()
+    if not is_xdist_worker(session.config):  # the controller, before any worker starts
+        session.config.stash[FOOTPRINT] = network_footprint()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the session if it left a network namespace, a link or a process in a
-    network namespace behind (the network lab's, deploy/lab.py)."""
+    network namespace behind (the network lab's, deploy/lab.py); under xdist, checked
+    by the controller once every worker has ended."""
+    if is_xdist_worker(session.config):
+        return
     before, after = session.config.stash[FOOTPRINT], network_footprint()
     left = [f"{kind}: {what}" for kind, found in after.items()
             for key, what in found.items() if key not in before[kind]]
@@ -462,3 +522,4 @@ def tiny_client_data() -> ClientData:
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     return ClientData(train=loader, test=loader, num_train=64, num_test=64,
                       label_counts=torch.bincount(y))
+
