@@ -6,6 +6,5 @@ cd "$(dirname "$0")"
 ./setup.sh
 # Two pytest-xdist workers: while one waits on a deployment's deadline or heartbeat, the
 # other computes, each on one thread. Tests that share a run or a network lab share a
-# worker (work units,
-# tests/conftest.py: SharedRunScheduling); `-n 0` after the script runs everything in one process.
+# worker (tests/conftest.py: SharedRunScheduling). `-n 0` runs all in one process.
 .venv/bin/python -m pytest -q --durations=15 -n 2 "$@"
