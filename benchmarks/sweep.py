@@ -89,10 +89,10 @@ SKEW_GRID: dict[str, list[dict[str, Any]]] = {
 DRIFT_GRID: dict[str, list[dict[str, Any]]] = {
     "fedavg": [{}],
     "hidenseek": [{"vote-smoothing": 0.5}, {"vote-smoothing": 0.8}, {"vote-smoothing": 0.9}]}
-# HideNseek's local loss (``--grid loss``, with ``--regimes limited skew shards``): plain
+# Each method's local loss (``--grid loss``, with ``--regimes limited skew shards``): plain
 # cross-entropy against the balanced softmax (``loss = "balanced"``).
 LOSS_GRID: dict[str, list[dict[str, Any]]] = {
-    "hidenseek": [{"loss": "cross-entropy"}, {"loss": "balanced"}]}
+    method: [{"loss": "cross-entropy"}, {"loss": "balanced"}] for method in GRID}
 GRIDS = {"main": GRID, "skew": SKEW_GRID, "drift": DRIFT_GRID, "loss": LOSS_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="main: every candidate of GRID; steps: each method's default "
                              "setting at 0 and 20 min-local-steps; skew: HideNseek's "
                              "aggregation options (SKEW_GRID); drift: its vote memory "
-                             "(DRIFT_GRID); loss: its local loss (LOSS_GRID)")
+                             "(DRIFT_GRID); loss: each method's local loss (LOSS_GRID)")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
     parser.add_argument("--score-rounds", type=int, default=5,

@@ -45,7 +45,8 @@ os.environ.setdefault("QUICKSTART_TRAIN_LIMIT", "600")
 # Under pytest-xdist (./test.sh runs a worker per core) each worker, and every process
 # it starts, computes on one thread (unless OMP_NUM_THREADS says otherwise): two
 # workers each spinning an OpenMP thread per core would slow each other down.
-if os.environ.get("PYTEST_XDIST_WORKER"):
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # set by xdist in its workers
+if XDIST_WORKER:
     torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
@@ -348,12 +349,8 @@ def network_footprint() -> dict[str, dict[Any, str]]:
             "process in a new network namespace": spaces}
 
 
-def is_xdist_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not is_xdist_worker(session.config):  # the controller, before any worker starts
+    if not XDIST_WORKER:  # the controller, before any worker starts
         session.config.stash[FOOTPRINT] = network_footprint()
 
 
@@ -361,7 +358,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the session if it left a network namespace, a link or a process in a
     network namespace behind (the network lab's, deploy/lab.py); under xdist, checked
     by the controller once every worker has ended."""
-    if is_xdist_worker(session.config):
+    if XDIST_WORKER:
         return
     before, after = session.config.stash[FOOTPRINT], network_footprint()
     left = [f"{kind}: {what}" for kind, found in after.items()
