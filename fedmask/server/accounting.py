@@ -30,24 +30,29 @@ from fedmask.wire.records import CLIENT_SECONDS, METRICS, START_SECONDS
 FIRST_POLL_S, LONGEST_POLL_S = 0.02, 0.5
 
 
-def message_bytes(msg: Message) -> int:
-    """Serialized size of `msg`: header + object tree + every object's bytes."""
+def message_sizes(msg: Message) -> tuple[int, int]:
+    """Serialized size of `msg` (header + object tree + every object's bytes) and of
+    its ArrayRecords and their arrays (the payload a method sends, without Flower's
+    framing, whose ids differ between a simulation and a deployment, see
+    docs/guide/results.md); each object serialized once."""
     header = message_to_proto(remove_content_from_message(msg)).ByteSize()
     if msg.has_error():
-        return header
-    tree = get_object_tree(msg).ByteSize()
-    objects = sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
-    return header + tree + objects
+        return header, 0
+    sizes = {oid: len(obj.deflate()) for oid, obj in get_all_nested_objects(msg).items()}
+    arrays = sum(sizes[oid] for record in msg.content.array_records.values()
+                 for oid in get_all_nested_objects(record))
+    return header + get_object_tree(msg).ByteSize() + sum(sizes.values()), arrays
+
+
+def message_bytes(msg: Message) -> int:
+    """Serialized size of `msg` (see :func:`message_sizes`)."""
+    return message_sizes(msg)[0]
 
 
 def array_bytes(msg: Message) -> int:
-    """Serialized size of `msg`'s ArrayRecords and their arrays: the payload a method
-    sends, without Flower's framing (whose ids differ between a simulation and a
-    deployment, see docs/guide/results.md)."""
-    if msg.has_error():
-        return 0
-    return sum(len(obj.deflate()) for record in msg.content.array_records.values()
-               for obj in get_all_nested_objects(record).values())
+    """Serialized size of `msg`'s ArrayRecords and their arrays (see
+    :func:`message_sizes`)."""
+    return message_sizes(msg)[1]
 
 
 def reply_seconds(msg: Message, key: str = CLIENT_SECONDS) -> float | None:
@@ -83,7 +88,7 @@ class Ledger:
         if node is None:
             node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         self.transfers.append(Transfer(node, direction, msg.metadata.message_type,
-                                       message_bytes(msg), array_bytes(msg), msg.has_error(),
+                                       *message_sizes(msg), msg.has_error(),
                                        reply_seconds(msg) or 0.0,
                                        reply_seconds(msg, START_SECONDS)))
 
