@@ -2,13 +2,16 @@
 
 Every method runs with the same dataset, partition, model, seed, clients and
 rounds on one simulation SuperLink, one after another. Per method and round the
-JSON holds the central accuracy, the clients' mean personalised accuracy where
-the method has one (HideNseek), the density of the global model, the cumulative
-MB up and down (every message measured: queries, train, evaluate), the uplink
-bits per prunable parameter of a train reply, the clients' seconds per train
-message (mean and slowest), the server's aggregation seconds, the round's wall
-seconds and the Flower overhead share ``(wall - slowest client) / wall``. It
-also writes a Markdown table of the final figures and one PNG figure per profile
+JSON holds the central accuracy, the evaluating clients' mean accuracy of the
+global model on their own test data and, where the method has one (HideNseek,
+FedAvg-FT), after fine-tuning on their own data (personalised), the density of
+the global model, the cumulative MB up and down (every message measured:
+queries, train, evaluate), the uplink bits per prunable parameter of a train
+reply, the clients' seconds per train message (mean and slowest), the server's
+aggregation seconds, the round's wall seconds and the Flower overhead share
+``(wall - slowest client) / wall``. It also writes a Markdown table of the final
+figures (the clients' figures also as means over the last 10 rounds: a round
+evaluates only a few clients) and one PNG figure per profile
 (accuracy vs cumulative uplink MB, accuracy vs round, uplink bits per parameter).
 
 Each entry is also reported as a fraction of its central ceiling (``ceiling.py``:
@@ -109,9 +112,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 SWING_ROUNDS = 10  # the stability figure looks at this many last rounds
 SEED_TAG = "-seed"  # a run of entry E with seed offset S is named E-seedS (--seeds > 1)
 # Figures reported with their standard deviation over seeds.
-SPREAD_FIELDS = ("accuracy", "last10_accuracy", "personal_accuracy", "ceiling", "of_ceiling",
-                 "swing")
-ROUND_FIELDS = ("round", "accuracy", "personal_accuracy", "density", "cumulative_mb_up",
+SPREAD_FIELDS = ("accuracy", "last10_accuracy", "personal_accuracy", "last10_personal_accuracy",
+                 "last10_local_accuracy", "ceiling", "of_ceiling", "swing")
+ROUND_FIELDS = ("round", "accuracy", "local_accuracy", "personal_accuracy", "density",
+                "cumulative_mb_up",
                 "cumulative_mb_down", "uplink_bpp", "client_s_mean", "client_s_max",
                 "aggregate_s", "wall_s", "overhead_share")
 
@@ -128,6 +132,7 @@ def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
         seconds = [c["client_s"] for c in record["clients"] if not c["failed"]] or [0.0]
         rows.append({
             "round": record["round"], "accuracy": record["accuracy"],
+            "local_accuracy": record["client_eval_metrics"].get("accuracy"),
             "personal_accuracy": record["client_eval_metrics"].get("personal-accuracy"),
             "density": record["train_metrics"].get("density", results["density"]),
             "cumulative_mb_up": up / MB, "cumulative_mb_down": down / MB,
@@ -273,6 +278,13 @@ def swing(rounds: list[dict[str, float | None]], last: int = SWING_ROUNDS) -> fl
     return max((abs(b - a) for a, b in zip(accuracy, accuracy[1:])), default=0.0)
 
 
+def last_mean(rounds: list[dict[str, float | None]], key: str, last: int = SWING_ROUNDS
+              ) -> float | None:
+    """The mean of `key` over the `last` rounds that report it (None if none does)."""
+    values = [float(v) for r in rounds[-last:] if (v := r.get(key)) is not None]
+    return statistics.mean(values) if values else None
+
+
 def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, float],
             results: dict[str, dict[str, Any]], ceiling: dict[str, float]
             ) -> list[dict[str, Any]]:
@@ -294,8 +306,9 @@ def summary(figures: dict[str, list[dict[str, float | None]]], run_s: dict[str, 
                      "accuracy_vs_base": last["accuracy"] - base["accuracy"],
                      "ceiling": ceiling[entry], "of_ceiling": last["accuracy"] / ceiling[entry],
                      "swing": swing(rounds),
-                     "last10_accuracy": statistics.mean(
-                         float(r["accuracy"] or 0.0) for r in rounds[-SWING_ROUNDS:]),
+                     "last10_accuracy": last_mean(rounds, "accuracy"),
+                     "last10_local_accuracy": last_mean(rounds, "local_accuracy"),
+                     "last10_personal_accuracy": last_mean(rounds, "personal_accuracy"),
                      "uplink_vs_base": last["cumulative_mb_up"] / base["cumulative_mb_up"],
                      **model_size(results[entry])})
     return rows
@@ -320,15 +333,17 @@ def spread(row: dict[str, Any], key: str, digits: int = 4) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (means ± standard deviations over seeds)."""
     lines = ["| method | accuracy | mean of last 10 | ceiling | of ceiling | swing (last 10) "
-             "| personalised | density | MB up | MB down | uplink bpp "
-             "(last round) | up / first | client s / round | aggregation s | round s | run min "
-             "| model file bytes | model bpp | model / float32 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| personalised | local, last 10 | personalised, last 10 | density | MB up | MB down "
+             "| uplink bpp (last round) | up / first | client s / round | aggregation s | round s "
+             "| run min | model file bytes | model bpp | model / float32 |",
+             "|" + "---|" * 21]
     for r in rows:
         lines.append(f"| {r['entry']} | {spread(r, 'accuracy')} "
                      f"| {spread(r, 'last10_accuracy')} | {spread(r, 'ceiling')} "
                      f"| {spread(r, 'of_ceiling', 3)} | {spread(r, 'swing')} "
                      f"| {spread(r, 'personal_accuracy')} "
+                     f"| {spread(r, 'last10_local_accuracy')} "
+                     f"| {spread(r, 'last10_personal_accuracy')} "
                      f"| {r['density']:.3f} "
                      f"| {r['mb_up']:.2f} | {r['mb_down']:.2f} | {r['uplink_bpp']:.3f} "
                      f"| {r['uplink_vs_base']:.3f} | {r['client_s_mean']:.1f} "

@@ -12,6 +12,7 @@ from compare import (
     PROFILES,
     ROUND_FIELDS,
     entry_configs,
+    last_mean,
     main,
     markdown,
     over_seeds,
@@ -37,6 +38,7 @@ def test_smoke_profile_writes_every_method_round_and_figure(smoke, tmp_path):
         assert [r["round"] for r in rounds] == [1, 2], entry
         for row in rounds:
             assert set(row) == set(ROUND_FIELDS)
+            assert 0 < row["local_accuracy"] <= 1, (entry, row)  # every node evaluates
             numbers = {k: v for k, v in row.items() if k != "personal_accuracy"}
             assert all(math.isfinite(v) for v in numbers.values()), (entry, row)
             assert 0 < row["uplink_bpp"] and row["client_s_max"] >= row["client_s_mean"] > 0
@@ -110,7 +112,8 @@ def _row(entry: str, accuracy: float, mb_up: float, personal: float | None = Non
                                 "of_ceiling", "swing", "last10_accuracy", "uplink_vs_base",
                                 "model_bytes", "model_bpp", "model_vs_float32")}
     return {**figures, "entry": entry, "accuracy": accuracy, "mb_up": mb_up,
-            "personal_accuracy": personal}
+            "personal_accuracy": personal, "last10_personal_accuracy": personal,
+            "last10_local_accuracy": accuracy}
 
 
 def test_over_seeds_reports_means_and_standard_deviations():
@@ -127,3 +130,9 @@ def test_over_seeds_reports_means_and_standard_deviations():
     assert "mb_up_std" not in hidenseek  # only accuracy figures carry a spread
     table = markdown([fedavg, hidenseek])
     assert "| fedavg | 0.7000 ± 0.1414 |" in table and "| 0.8000 ± 0.1414 |" in table
+
+
+def test_last_mean_skips_rounds_without_the_figure():
+    rounds = [{"personal_accuracy": v} for v in (0.1, None, 0.6, None, 0.8)]
+    assert last_mean(rounds, "personal_accuracy", last=4) == pytest.approx(0.7)
+    assert last_mean(rounds[:2], "personal_accuracy", last=1) is None  # none in the last round
