@@ -115,9 +115,8 @@ SEED_TAG = "-seed"  # a run of entry E with seed offset S is named E-seedS (--se
 SPREAD_FIELDS = ("accuracy", "last10_accuracy", "personal_accuracy", "last10_personal_accuracy",
                  "last10_local_accuracy", "ceiling", "of_ceiling", "swing")
 ROUND_FIELDS = ("round", "accuracy", "local_accuracy", "personal_accuracy", "density",
-                "cumulative_mb_up",
-                "cumulative_mb_down", "uplink_bpp", "client_s_mean", "client_s_max",
-                "aggregate_s", "wall_s", "overhead_share")
+                "cumulative_mb_up", "cumulative_mb_down", "uplink_bpp", "client_s_mean",
+                "client_s_max", "aggregate_s", "wall_s", "overhead_share")
 
 
 def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
