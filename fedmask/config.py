@@ -73,7 +73,8 @@ COMMON: dict[str, Option] = {
     "personal-epochs": non_negative(1,
         help=("HideNseek and FedAvg (FedAvg-FT): fine-tuning epochs for personalised accuracy, "
               "the evaluating clients' local test accuracy after fine-tuning the global model on "
-              "their own data as a training round would (0 = off)")),
+              "their own data as a training round would (the same loss, continued to "
+              "`min-local-steps` batches; 0 = off)")),
     "batch-size": positive(64,
         help="local batch size"),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS),
@@ -89,7 +90,8 @@ COMMON: dict[str, Option] = {
               "logits plus the log of the client's own label distribution (balanced softmax, "
               "as FedLC calibrates logits under label skew), so a client does not train down "
               "the classes it lacks; `auto`: `balanced` for HideNseek, `cross-entropy` for the "
-              "others (personalised fine-tuning always trains on cross-entropy)")),
+              "others; personalised fine-tuning trains on the same loss, and after `balanced` "
+              "the personal model adds the client's log label distribution to its logits")),
     "fraction-train": in_range(1.0, 0.0, 1.0, lo_open=True,
         help="fraction of nodes sampled for training each round"),
     "fraction-evaluate": in_range(0.2, 0.0, 1.0,

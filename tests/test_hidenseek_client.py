@@ -9,6 +9,7 @@ from fedmask.client import node as hidenseek
 from fedmask.client.settings import LocalSettings
 from fedmask.methods.hidenseek import client as hidenseek_client
 from fedmask.methods.hidenseek import wire as wire
+from fedmask.nn import training
 from fedmask.nn.models import build_model
 from fedmask.nn.seeded import WeightHashError
 from fedmask.nn.supermask import frozen_weight, supermasks
@@ -32,8 +33,8 @@ def _as_received(msg: Message) -> Message:
     return msg
 
 
-def _messages(strategy, kind="train", server_round=1):
-    config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam").to_config()
+def _messages(strategy, kind="train", server_round=1, loss="cross-entropy"):
+    config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam", loss=loss).to_config()
     configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
     sent = configure(server_round, strategy.global_arrays(), config, FakeGrid([21, 22]))
     return [_as_received(m) for m in sent]
@@ -69,6 +70,30 @@ def test_evaluate_reports_local_and_personalised_accuracy(strategy):
     assert metrics["num-examples"] == 64
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["personal-accuracy"] <= 1.0
     assert metrics["personal-accuracy"] >= metrics["accuracy"]  # fine-tuned on the same data
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "balanced"])
+def test_the_personal_model_adds_the_log_prior_after_the_balanced_loss(strategy, loss,
+                                                                        monkeypatch):
+    """Fine-tuned and evaluated on the loss a round trains on: after ``balanced`` the
+    personal model's logits gain the client's log label distribution."""
+    shifts = []
+    real = training.evaluate
+
+    def spy(model, loader, device=training.CPU, precision="float32", logit_shift=None):
+        shifts.append(logit_shift)
+        return real(model, loader, device, precision, logit_shift)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    data = tiny_client_data()
+    msg = _messages(strategy, "evaluate", loss=loss)[0]
+    hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), data, RecordDict())
+    global_shift, personal_shift = shifts
+    assert global_shift is None  # the global model predicts from its own logits
+    if loss == "cross-entropy":
+        assert personal_shift is None
+    else:
+        torch.testing.assert_close(personal_shift, training.log_prior(data.label_counts))
 
 
 def test_frozen_weights_stay_seed_weights_after_training(strategy):

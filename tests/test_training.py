@@ -134,6 +134,18 @@ def test_evaluate_exact_values() -> None:
     assert no_grad_ok
 
 
+def test_evaluate_predicts_from_the_logits_plus_the_shift() -> None:
+    model = nn.Linear(2, 2)
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)  # every logit 0: the shift alone decides
+    x, y = torch.randn(10, 2), torch.tensor([1] * 7 + [0] * 3)
+    shift = log_prior(torch.tensor([1, 3]))
+    loss, accuracy = evaluate(model, _loader(TensorDataset(x, y), 5), logit_shift=shift)
+    assert accuracy == pytest.approx(0.7)
+    assert loss == pytest.approx(F.cross_entropy(shift.expand(10, 2), y).item())
+    assert evaluate(model, _loader(TensorDataset(x, y), 5))[1] == pytest.approx(0.3)  # ties: 0
+
+
 def test_evaluate_empty_loader() -> None:
     empty = TensorDataset(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
     with pytest.raises(ValueError, match="no examples"):

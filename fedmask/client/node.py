@@ -84,8 +84,8 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
 def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
              place: Placement = ON_CPU) -> Message:
     """Local test loss and accuracy of the global model (on `place`); FedPM adds the
-    mean over `eval-samples` sampled masks, HideNseek the accuracy after
-    `personal-epochs` of fine-tuning (HideNseek and FedAvg)."""
+    mean over `eval-samples` sampled masks, HideNseek and FedAvg the accuracy after
+    fine-tuning for `personal-epochs`, continued to `min-local-steps` batches."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
     settings = LocalSettings.from_message(msg)
     personal = method.personalised and settings.personal_epochs > 0
@@ -95,13 +95,14 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
-    if fresh is not None:  # fine-tuned as a round trains, on plain cross-entropy: the local
-        # test split has the local skew, which the balanced loss would train out
+    if fresh is not None:  # fine-tuned as a round trains; after the balanced loss the
+        # personal model adds this client's log label distribution to its logits (FedRoD)
+        shift = settings.logit_shift(data.label_counts)
         tuned = train_module(msg, fresh, state)
-        settings.fit(tuned, data.train, settings.personal_epochs, 0, place.device,
-                     place.precision)
+        settings.fit(tuned, data.train, settings.personal_epochs, settings.min_local_steps,
+                     place.device, place.precision, shift)
         metrics["personal-accuracy"] = training.evaluate(tuned, data.test, place.device,
-                                                         place.precision)[1]
+                                                         place.precision, shift)[1]
     return reply(msg, metrics)
 
 

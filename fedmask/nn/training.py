@@ -99,16 +99,21 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device = CPU,
-             precision: str = "float32") -> tuple[float, float]:
+             precision: str = "float32", logit_shift: torch.Tensor | None = None
+             ) -> tuple[float, float]:
     """Return (mean cross-entropy loss, accuracy) of `model` on `loader`, on
-    `device` (the model moves there) at `precision`."""
+    `device` (the model moves there) at `precision`, predicting from its logits
+    plus `logit_shift` (if given: :func:`log_prior`)."""
     model.to(device).eval()
+    shift = None if logit_shift is None else logit_shift.to(device)
     loss, correct, count = 0.0, 0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
-            out = model(x)
-        loss += F.cross_entropy(out.float(), y, reduction="sum").item()
+            out = model(x).float()
+        if shift is not None:
+            out = out + padded(shift, out.shape[1])
+        loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         count += len(y)
     if count == 0:
