@@ -32,6 +32,7 @@ from fedmask.nn.models import build_model
 from fedmask.server.checkpoint import CHECKPOINT, load
 
 ROOT = Path(__file__).resolve().parents[1]
+LAB_MODULE = str(ROOT / "deploy" / "lab.py")  # tests that import it: NETWORK_LAB
 FOOTPRINT = pytest.StashKey[dict]()
 DATA_ROOT = os.environ.get("FEDMASK_TEST_DATA", str(ROOT.parent / "shared" / "data"))
 # The suite never reaches the Hugging Face hub (its datasets are local folders); every
@@ -87,10 +88,14 @@ class SharedRunScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         return worker_unit(nodeid)
 
+    ordered = False  # the queue, complete before the first assignment, sorted once
+
     def _assign_work_unit(self, node) -> None:
-        for unit in reversed(LONGEST_FIRST):
-            if unit in self.workqueue:
-                self.workqueue.move_to_end(unit, last=False)
+        if not self.ordered:
+            for unit in reversed(LONGEST_FIRST):
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
+            self.ordered = True
         super()._assign_work_unit(node)
 
 
@@ -99,21 +104,34 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log) -> SharedRunScheduli
     return SharedRunScheduling(config, log)
 
 
+def uses_network_lab(item: pytest.Item) -> bool:
+    """Whether the test's module imports deploy/lab.py (it makes network namespaces)."""
+    module = getattr(item, "module", None)
+    return module is not None and any(getattr(value, "__file__", None) == LAB_MODULE
+                                      for value in vars(module).values())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs real Flower (a SuperLink, `flwr run`, a deployment) is
     ``integration``, as are those marked so by hand (a whole federated run
     in-process); the rest are unit tests (``pytest -m "not integration"``). A test
-    that reads the session's shared runs must live in a SHARED_RUNS module."""
-    strays = []
+    that reads the session's shared runs must live in a SHARED_RUNS module, one
+    that uses the network lab in a NETWORK_LAB module."""
+    strays, lab_strays = [], []
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if {"superlink", "smoke", "deployment", "deployment_sockets"} & fixtures:
             item.add_marker(pytest.mark.integration)
         if SHARED_FIXTURES & fixtures and worker_unit(item.nodeid) != "shared-runs":
             strays.append(item.nodeid)
+        if uses_network_lab(item) and worker_unit(item.nodeid) != "network-lab":
+            lab_strays.append(item.nodeid)
     if strays:
         raise pytest.UsageError(f"{strays} read the session's shared runs: add their "
                                 "modules to SHARED_RUNS in tests/conftest.py")
+    if lab_strays:
+        raise pytest.UsageError(f"{lab_strays} make network namespaces: add their modules "
+                                "to NETWORK_LAB in tests/conftest.py")
 
 
 def is_loopback(ip: str) -> bool:
