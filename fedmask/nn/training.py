@@ -49,6 +49,11 @@ def padded(shift: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(shift, (0, width - len(shift)), value=math.log(MIN_PRIOR))
 
 
+def shifted(logits: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """`logits` plus `shift` (:func:`padded` to their width), or `logits` when None."""
+    return logits if shift is None else logits + padded(shift, logits.shape[1])
+
+
 def batches(loader: DataLoader, epochs: int, min_steps: int = 0) -> Iterator[Any]:
     """`epochs` passes over `loader`, continued (passing over it again) until at
     least `min_steps` batches were given."""
@@ -88,8 +93,7 @@ def train(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
             out = model(x)
-            loss = F.cross_entropy(out if shift is None else out + padded(shift, out.shape[1]),
-                                   y)
+            loss = F.cross_entropy(shifted(out, shift), y)
         loss.backward()
         opt.step()
         total += loss.item() * len(y)
@@ -110,9 +114,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device = CPU,
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
-            out = model(x).float()
-        if shift is not None:
-            out = out + padded(shift, out.shape[1])
+            out = shifted(model(x).float(), shift)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         count += len(y)
