@@ -3,9 +3,6 @@ quickstart conventions (its own Net, dict-batch loaders, train and test, its own
 torch.save) switched between every fedmask method."""
 
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,60 +57,31 @@ def framing(reply: Message) -> int:
     return 1600 + 700 * arrays
 
 
-def example_config(method: str, optimizer: str) -> dict:
-    """The example's run config for `method` in the project's own loop under `optimizer`
-    (SGD: the project's lr, or SETTINGS; Adam: lr 0.001, 3 rounds)."""
-    if optimizer == "adam":
-        return {**RUN, "strategy": method, "num-server-rounds": 3, "optimizer": "adam",
-                "learning-rate": 0.001}
-    return {**RUN, "strategy": method, "num-server-rounds": ROUNDS.get(method, 3),
-            **SETTINGS.get(method, {})}
-
-
-# The test that reads each kind of run, and the optimiser that run trains with.
-RUN_TESTS = {"test_example_runs_every_method_and_saves_a_plain_model": "sgd",
-             "test_example_trains_the_mask_methods_with_adam": "adam"}
-
-
-@pytest.fixture(scope="module")
-def example_runs(request, superlink, tmp_path_factory
-                 ) -> Iterator[dict[tuple[str, str], Future]]:
-    """The `flwr run` of the README-switched project for each (method, optimiser) that a
-    selected test reads, two at a time on the shared SuperLink (much of a run waits on
-    Ray and process start-up): each a future of its out-dir and its rounds."""
-    wanted = dict.fromkeys((item.callspec.params["method"], RUN_TESTS[item.originalname])
-                           for item in request.session.items  # in the order tests read them
-                           if item.module is request.module and item.originalname in RUN_TESTS)
-
-    def run(method: str, optimizer: str) -> tuple[Path, list[dict]]:
-        out = tmp_path_factory.mktemp(f"{method}-{optimizer}")
-        config = {**example_config(method, optimizer), "out-dir": str(out)}
-        project = switched_project(out / "project")  # the README's diffs, applied
-        return out, run_simulation(superlink, config, 2, app=project, timeout=900)["rounds"]
-
-    with ThreadPoolExecutor(2) as pool:
-        yield {key: pool.submit(run, *key) for key in wanted}
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_example_runs_every_method_and_saves_a_plain_model(example_runs, method):
-    out, results = example_runs[method, "sgd"].result()
-    rounds = example_config(method, "sgd")["num-server-rounds"]
+def test_example_runs_every_method_and_saves_a_plain_model(superlink, tmp_path, method):
+    rounds = ROUNDS.get(method, 3)
+    config = {**RUN, "strategy": method, "num-server-rounds": rounds, "out-dir": str(tmp_path),
+              **SETTINGS.get(method, {})}
+    project = switched_project(tmp_path / "project")  # the README's diffs, applied
+    results = run_simulation(superlink, config, 2, app=project, timeout=900)["rounds"]
     assert [r["round"] for r in results] == list(range(rounds + 1))
     assert results[-1]["accuracy"] > SGD_ACCURACY.get(method, 0.3)  # chance is 0.1
-    log = (out / "run.log").read_text()
+    log = (tmp_path / "run.log").read_text()
     assert "dropping reply" not in log and " failed: " not in log
     assert [f"round {r}: 2 valid replies, 0 dropped" in log for r in range(1, rounds + 1)] \
         == [True] * rounds
     model = task.Net()  # the example's own torch.save, loaded into a fresh Net
-    model.load_state_dict(torch.load(out / "final_model.pt"))
+    model.load_state_dict(torch.load(tmp_path / "final_model.pt"))
     _, accuracy = task.test(model, task.load_centralized_dataset(), torch.device("cpu"))
     assert accuracy == results[-1]["accuracy"]
 
 
 @pytest.mark.parametrize("method", list(ADAM_ACCURACY))
-def test_example_trains_the_mask_methods_with_adam(example_runs, method):
-    _, results = example_runs[method, "adam"].result()
+def test_example_trains_the_mask_methods_with_adam(superlink, tmp_path, method):
+    config = {**RUN, "strategy": method, "num-server-rounds": 3, "out-dir": str(tmp_path),
+              "optimizer": "adam", "learning-rate": 0.001}
+    project = switched_project(tmp_path / "project")
+    results = run_simulation(superlink, config, 2, app=project, timeout=900)["rounds"]
     assert results[-1]["accuracy"] > ADAM_ACCURACY[method]
 
 
