@@ -18,7 +18,7 @@ from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
 from fedmask.nn.models import INITS, MODELS
 from fedmask.nn.placement import DEVICE_RULE, PRECISIONS, valid_device
-from fedmask.nn.training import LOSSES, MIN_LOCAL_STEPS, OPTIMIZERS
+from fedmask.nn.training import LOSSES, MIN_LOCAL_STEPS, OPTIMIZERS, PERSONAL_TUNINGS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
 from fedmask.wire.coding import CODINGS
 
@@ -73,8 +73,16 @@ COMMON: dict[str, Option] = {
     "personal-epochs": non_negative(1,
         help=("HideNseek and FedAvg (FedAvg-FT): fine-tuning epochs for personalised accuracy, "
               "the evaluating clients' local test accuracy after fine-tuning the global model on "
-              "their own data as a training round would (the same loss, continued to "
-              "`min-local-steps` batches; 0 = off)")),
+              "their own data (the round's loss, continued to `min-local-steps` batches; 0 = "
+              "off)")),
+    "personal-tuning": choice("weights", PERSONAL_TUNINGS,
+        help=("what personal fine-tuning trains: `weights`, the global network's weights as "
+              "floats (HideNseek: w * P * g, a personal model that never leaves the client), by "
+              "SGD with `momentum` at `personal-lr`, the same for FedAvg-FT; `training`, what a "
+              "round trains at its optimiser and lr (HideNseek: its scores, METHODS.md's rule) "
+              "(see \"Personalised accuracy: the weights fine-tuned\")")),
+    "personal-lr": positive(0.005,
+        help="learning rate of personal fine-tuning with `personal-tuning = \"weights\"`"),
     "batch-size": positive(64,
         help="local batch size"),
     "optimizer": choice("auto", ("auto", *OPTIMIZERS),

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedmask.methods.hidenseek import wire
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
+from fedmask.nn.training import PERSONAL_TUNINGS
 from fedmask.wire.bits import flatten_masks, unpack_mask
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG
@@ -60,6 +61,11 @@ class HideNseek(SeededMaskStrategy):
         ``"global"`` or ``"layer"`` thresholding.
     personal_epochs : int
         Fine-tuning epochs of the clients' personalised evaluation (0: off).
+    personal_tuning : {"weights", "training"}
+        What that fine-tuning trains: the global network's weights as floats, by SGD
+        at `personal_lr`, or the scores (at the round's optimiser and lr).
+    personal_lr : float
+        Learning rate of the fine-tuning of the weights.
     vote : {"majority", "share"}
         ``"majority"``: only the global signs g go down (1 bit); ``"share"``: with
         them the vote margin ``|2p - 1|`` (8-bit codes) of the share p voting +1, and
@@ -81,8 +87,14 @@ class HideNseek(SeededMaskStrategy):
                  seed: int = 0, init: str = "auto", density: float = 0.5,
                  mask_coding: str = "entropy", synflow_iterations: int = 100,
                  prune_scope: str = "global", personal_epochs: int = 1,
+                 personal_tuning: str = "weights", personal_lr: float = 0.005,
                  vote: str = "majority", vote_smoothing: float = 0.5,
                  **kwargs: Any) -> None:
+        if personal_tuning not in PERSONAL_TUNINGS:
+            raise ValueError(f"personal-tuning: {personal_tuning!r} is not one of "
+                             f"{list(PERSONAL_TUNINGS)}")
+        if not personal_lr > 0:
+            raise ValueError(f"personal-lr: must be > 0, got {personal_lr}")
         if vote not in wire.VOTES:
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
@@ -96,6 +108,7 @@ class HideNseek(SeededMaskStrategy):
         self.share = np.ones(self.signs.size)  # smoothed share voting +1 (all, before round 1)
         self.vote, self.vote_smoothing = vote, vote_smoothing
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
+        self.personal_tuning, self.personal_lr = personal_tuning, personal_lr
 
     def summary(self) -> None:
         """Log the pruning result, then FedAvg's sampling summary."""
@@ -170,8 +183,9 @@ class HideNseek(SeededMaskStrategy):
         return self.signs.size / self.prune.size
 
     def method_config(self) -> dict[str, Any]:
-        """The clients' personalised fine-tuning epochs."""
-        return {"personal-epochs": self.personal_epochs}
+        """How the clients fine-tune for their personalised evaluation."""
+        return {"personal-epochs": self.personal_epochs, "personal-tuning": self.personal_tuning,
+                "personal-lr": self.personal_lr}
 
     def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
         """The global network ``w * P * g`` that `arrays` describe, for evaluation."""

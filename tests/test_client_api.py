@@ -182,6 +182,7 @@ def test_client_app_factory_runs_the_users_functions_for_every_message_kind():
     evaluated = app(_message(hidenseek, "evaluate"), context)
     metrics = evaluated.content.metric_records["metrics"]
     assert {"accuracy", "loss", "personal-accuracy", "num-examples"} <= set(metrics)
+    assert calls[1] == ("train", 1, 0.005, "cpu")  # personal fine-tuning at personal-lr
     ssfl = _strategy("ssfl")
     config = ssfl.with_method(ConfigRecord(
         {"saliency-batches": 1, "saliency-format": "float16", "num-params": ssfl.mask.size}))

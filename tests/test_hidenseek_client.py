@@ -33,8 +33,10 @@ def _as_received(msg: Message) -> Message:
     return msg
 
 
-def _messages(strategy, kind="train", server_round=1, loss="cross-entropy"):
-    config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam", loss=loss).to_config()
+def _messages(strategy, kind="train", server_round=1, loss="cross-entropy",
+              personal_tuning="weights"):
+    config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam", loss=loss,
+                           personal_tuning=personal_tuning).to_config()
     configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
     sent = configure(server_round, strategy.global_arrays(), config, FakeGrid([21, 22]))
     return [_as_received(m) for m in sent]
@@ -63,8 +65,9 @@ def test_client_with_a_different_model_is_refused(strategy):
         hidenseek.train(msg, build_model("conv4", 10, 1, 12), tiny_client_data(), RecordDict())
 
 
-def test_evaluate_reports_local_and_personalised_accuracy(strategy):
-    msg = _messages(strategy, "evaluate")[0]
+@pytest.mark.parametrize("tuning", ["weights", "training"])
+def test_evaluate_reports_local_and_personalised_accuracy(strategy, tuning):
+    msg = _messages(strategy, "evaluate", personal_tuning=tuning)[0]
     reply = hidenseek.evaluate(msg, build_model("cnn", 10, 1, 12), tiny_client_data(), RecordDict())
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 64
@@ -94,6 +97,30 @@ def test_the_personal_model_adds_the_log_prior_after_the_balanced_loss(strategy,
         assert personal_shift is None
     else:
         torch.testing.assert_close(personal_shift, training.log_prior(data.label_counts))
+
+
+@pytest.mark.parametrize("tuning", ["weights", "training"])
+def test_personal_fine_tuning_trains_the_weights_or_the_scores(strategy, tuning, monkeypatch):
+    """``weights``: SGD at ``personal-lr`` on the global network's weights, every one
+    of them; ``training``: the round's Adam at its lr on the scores."""
+    made = []
+    real = training.make_optimizer
+
+    def spy(params, name, lr, momentum):
+        made.append((name, lr, [p.shape for p in params]))
+        return real(params, name, lr, momentum)
+
+    monkeypatch.setattr(training, "make_optimizer", spy)
+    msg = _messages(strategy, "evaluate", personal_tuning=tuning)[0]
+    model = build_model("cnn", 10, 1, 12)
+    hidenseek.evaluate(msg, model, tiny_client_data(), RecordDict())
+    (name, lr, shapes), = made
+    weights = [p.shape for p in build_model("cnn", 10, 1, 12).parameters()]
+    if tuning == "weights":
+        assert (name, lr, shapes) == ("sgd", LocalSettings().personal_lr, weights)
+    else:
+        assert (name, lr) == ("adam", 0.05)
+        assert sorted(shapes) == sorted(s for s in weights if len(s) > 1)  # one score a weight
 
 
 def test_frozen_weights_stay_seed_weights_after_training(strategy):

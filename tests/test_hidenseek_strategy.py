@@ -209,8 +209,10 @@ def test_share_vote_sends_margins_from_round_two(reply):
 
 
 @pytest.mark.parametrize("kwargs, match", [({"vote": "mean"}, "vote"),
-                                           ({"vote_smoothing": 1.0}, "vote-smoothing")])
-def test_bad_vote_options_fail_at_construction(kwargs, match):
+                                           ({"vote_smoothing": 1.0}, "vote-smoothing"),
+                                           ({"personal_tuning": "head"}, "personal-tuning"),
+                                           ({"personal_lr": 0.0}, "personal-lr")])
+def test_bad_options_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HideNseek(model=build_model("cnn", 10, 1, 12), input_shape=(1, 12, 12), **kwargs)
 

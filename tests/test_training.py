@@ -231,6 +231,16 @@ def test_local_settings_name_a_bad_loss() -> None:
         LocalSettings(loss="focal").logit_shift(torch.tensor([1, 1]))
 
 
+def test_personal_settings_train_the_weights_by_sgd_at_the_personal_lr() -> None:
+    settings = LocalSettings(lr=0.01, optimizer="adam", personal_lr=0.003)
+    assert settings.tunes_weights  # the default
+    assert (settings.personal().optimizer, settings.personal().lr) == ("sgd", 0.003)
+    training_rule = LocalSettings(lr=0.01, optimizer="adam", personal_tuning="training")
+    assert training_rule.personal() == training_rule  # the round's optimiser and lr
+    with pytest.raises(ValueError, match="personal-tuning: 'head' is not one of"):
+        LocalSettings(personal_tuning="head").personal()
+
+
 def test_a_label_prior_shorter_than_the_logits_trains_the_missing_classes_as_absent() -> None:
     data = _separable(20)  # labels 0 and 1; the model has 3 outputs
     torch.manual_seed(0)

@@ -24,6 +24,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from torch import nn
 
+from fedmask.client.settings import LocalSettings
 from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.methods.fedavg.client import ARRAYS
 from fedmask.nn.batches import as_pairs
@@ -105,6 +106,15 @@ def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     class with ordinary weights (masks folded in), eval mode."""
     restore_state(msg, state, model)
     return fold(method_of(msg).client_module().eval_module(msg, model, state))
+
+
+def personal_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """What personal fine-tuning trains, from `model` (a fresh instance): the global
+    network as a plain module whose weights all train (``personal-tuning =
+    "weights"``, the default), or the module a round trains (``"training"``)."""
+    if LocalSettings.from_message(msg).tunes_weights:
+        return eval_module(msg, model, state)
+    return train_module(msg, model, state)
 
 
 def eval_reply(msg: Message, num_examples: int, metrics: Mapping[str, float]) -> Message:

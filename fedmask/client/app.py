@@ -16,10 +16,12 @@ from fedmask.client import (
     eval_reply,
     message_lr,
     method_of,
+    personal_module,
     query_reply,
     train_module,
     train_reply,
 )
+from fedmask.client.settings import LocalSettings
 from fedmask.nn.supermask import fold
 from fedmask.wire.records import CONFIG, config_value
 
@@ -75,8 +77,10 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
     Epochs come from the message's ``local-epochs`` (else the run config's; raised
     to whole epochs of at least ``min-local-steps`` batches when it names any), the
     learning rate from its ``lr``. A method with personalised evaluation
-    (HideNseek, ``personal-epochs`` in the evaluate config) also fine-tunes with
-    `train` and reports ``personal-accuracy``.
+    (HideNseek and FedAvg, ``personal-epochs`` in the evaluate config) also
+    fine-tunes with `train` and reports ``personal-accuracy``: the global network's
+    weights at the message's ``personal-lr`` (``personal-tuning = "weights"``), or
+    what a round trains at its ``lr`` (``"training"``).
     """
     app = ClientApp()
     where = pick_device(device)
@@ -97,8 +101,10 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
         metrics = {"loss": float(loss), "accuracy": float(accuracy)}
         personal = config_value(msg.content.config_records[CONFIG], "personal-epochs", int, 0)
         if method_of(msg).personalised and personal > 0:
-            net = train_module(msg, model(), context.state)
-            train(net, trainloader, personal, learning_rate(msg), where)
+            settings = LocalSettings.from_message(msg)
+            net = personal_module(msg, model(), context.state)
+            lr = settings.personal_lr if settings.tunes_weights else learning_rate(msg)
+            train(net, trainloader, personal, lr, where)
             metrics["personal-accuracy"] = float(test(fold(net), testloader, where)[1])
         return eval_reply(msg, len(testloader.dataset), metrics)
 

@@ -13,7 +13,14 @@ from flwr.app import Context, Message, RecordDict
 from torch import nn
 
 from fedmask import config as run_config
-from fedmask.client import method_of, query_reply, restore_state, train_module, train_reply
+from fedmask.client import (
+    method_of,
+    personal_module,
+    query_reply,
+    restore_state,
+    train_module,
+    train_reply,
+)
 from fedmask.client.settings import LocalSettings
 from fedmask.client.startup import first_step_s
 from fedmask.data.datasets import ClientData, LoaderOptions, client_data, get_spec
@@ -85,7 +92,8 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
              place: Placement = ON_CPU) -> Message:
     """Local test loss and accuracy of the global model (on `place`); FedPM adds the
     mean over `eval-samples` sampled masks, HideNseek and FedAvg the accuracy after
-    fine-tuning for `personal-epochs`, continued to `min-local-steps` batches."""
+    fine-tuning (`personal-tuning`) for `personal-epochs`, continued to
+    `min-local-steps` batches."""
     config, method = msg.content.config_records[CONFIG], method_of(msg)
     settings = LocalSettings.from_message(msg)
     personal = method.personalised and settings.personal_epochs > 0
@@ -95,12 +103,12 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
-    if fresh is not None:  # fine-tuned as a round trains; after the balanced loss the
-        # personal model adds this client's log label distribution to its logits (FedRoD)
+    if fresh is not None:  # on the round's loss; after the balanced loss the personal
+        # model adds this client's log label distribution to its logits (FedRoD)
         shift = settings.logit_shift(data.label_counts)
-        tuned = train_module(msg, fresh, state)
-        settings.fit(tuned, data.train, settings.personal_epochs, settings.min_local_steps,
-                     place.device, place.precision, shift)
+        tuned = personal_module(msg, fresh, state)
+        settings.personal().fit(tuned, data.train, settings.personal_epochs,
+                                settings.min_local_steps, place.device, place.precision, shift)
         metrics["personal-accuracy"] = training.evaluate(tuned, data.test, place.device,
                                                          place.precision, shift)[1]
     return reply(msg, metrics)

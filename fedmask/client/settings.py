@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ConfigRecord, Message
@@ -24,6 +24,8 @@ class LocalSettings:
     personal_epochs: int = 1
     min_local_steps: int = 0
     loss: str = "cross-entropy"
+    personal_tuning: str = "weights"
+    personal_lr: float = 0.005
 
     def to_config(self) -> ConfigRecord:
         """The settings as a ConfigRecord with kebab-case keys."""
@@ -43,6 +45,20 @@ class LocalSettings:
         if self.loss not in training.LOSSES:
             raise ValueError(f"loss: {self.loss!r} is not one of {list(training.LOSSES)}")
         return training.log_prior(label_counts) if self.loss == "balanced" else None
+
+    @property
+    def tunes_weights(self) -> bool:
+        """Whether personal fine-tuning trains the global network's weights
+        (``personal-tuning = "weights"``) rather than what a round trains."""
+        if self.personal_tuning not in training.PERSONAL_TUNINGS:
+            raise ValueError(f"personal-tuning: {self.personal_tuning!r} is not one of "
+                             f"{list(training.PERSONAL_TUNINGS)}")
+        return self.personal_tuning == "weights"
+
+    def personal(self) -> LocalSettings:
+        """The settings personal fine-tuning trains with: SGD at `personal_lr` on the
+        weights, or these (the round's optimiser and lr)."""
+        return replace(self, optimizer="sgd", lr=self.personal_lr) if self.tunes_weights else self
 
     def fit(self, model: nn.Module, loader: DataLoader, epochs: int, min_steps: int = 0,
             device: torch.device = training.CPU, precision: str = "float32",

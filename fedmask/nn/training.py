@@ -20,6 +20,8 @@ OPTIMIZERS = ("sgd", "adam")
 # ``loss``: plain cross-entropy, or the balanced softmax (cross-entropy of the logits
 # shifted by the log of the client's label distribution; absent classes at MIN_PRIOR).
 LOSSES = ("cross-entropy", "balanced")
+# What personal fine-tuning trains: the global network's weights, or what a round trains.
+PERSONAL_TUNINGS = ("weights", "training")
 MIN_PRIOR = 1e-4
 # Default of ``min-local-steps``: data-poor clients train at least this many batches a
 # round (chosen on validation data by benchmarks/sweep.py).

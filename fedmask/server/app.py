@@ -170,8 +170,8 @@ def run(grid: Grid, context: Context) -> Path:
                         {"config": cfg, "results": recorder.state(), GENERATOR_KEY: GENERATOR})
 
     settings = LocalSettings(cfg["local-epochs"], cfg["lr"], cfg["optimizer"],
-                             cfg["momentum"], cfg["personal-epochs"],
-                             cfg["min-local-steps"], cfg["loss"]).to_config()
+                             cfg["momentum"], cfg["personal-epochs"], cfg["min-local-steps"],
+                             cfg["loss"], cfg["personal-tuning"], cfg["personal-lr"]).to_config()
     final = run_rounds(strategy, measuring, arrays, range(first, cfg["num-server-rounds"] + 1),
                        timeout, settings, settings, after_round)
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],

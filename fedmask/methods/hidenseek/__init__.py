@@ -27,7 +27,7 @@ METHOD = Method(
                   " \"HideNseek under label skew\")")),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
-               "personal-epochs", "vote", "vote-smoothing"),
+               "personal-epochs", "personal-tuning", "personal-lr", "vote", "vote-smoothing"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal", "loss": "balanced"},
     personalised=True,
 )
