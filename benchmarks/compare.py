@@ -145,9 +145,11 @@ def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
 
 def _watch(out: Path, entry: str, rounds: int, done: threading.Event,
            say: Callable[[str], None]) -> None:
-    """Say each round of a running entry as its checkpoint appears."""
-    shown = 0
-    while not done.wait(2.0):
+    """Say each round of a running entry as its checkpoint appears, and once more
+    when the run has ended (a short run may end between two looks)."""
+    shown, ended = 0, False
+    while not ended:
+        ended = done.wait(2.0)
         try:
             results = checkpoint.load(out / checkpoint.CHECKPOINT).document["results"]
         except (OSError, ValueError, KeyError):

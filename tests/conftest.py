@@ -52,6 +52,8 @@ if XDIST_WORKER:
 
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from loopback import run_federation  # noqa: E402 - benchmarks/loopback.py
+
 import compare  # noqa: E402 - benchmarks/compare.py
 
 # A small real run: compare.py's smoke profile (3 nodes, 2 rounds, 400 training
@@ -422,16 +424,40 @@ class Smoke:
         return {entry: run.results for entry, run in self.runs.items()}
 
 
+def in_process(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
+    """results.json of an in-process federation (benchmarks/loopback.py: fedmask's
+    ServerApp and ClientApp bodies, messages serialized and measured, no Ray) on one
+    thread, as each simulated client trains: it ends where `flwr run` ends."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_federation(config, num_nodes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# The smoke entries run through real `flwr run`: HideNseek and FedAvg, the runs the
+# deployment, loopback and uplink tests compare against. The others run in-process
+# (`in_process`), which saves a Ray start each; every method also runs through
+# `flwr run` in test_example_app.py, and MPFL in the `mpfl` fixture.
+SMOKE_FLWR_RUN = ("hidenseek", "fedavg")
+
+
 @pytest.fixture(scope="session")
 def smoke(superlink, tmp_path_factory):
-    """Every compare.py entry on the smoke profile (= SMALL), through real `flwr run`."""
+    """Every compare.py entry on the smoke profile (= SMALL): SMOKE_FLWR_RUN through
+    real `flwr run`, two at a time, then the others in-process, one at a time."""
     progress: list[str] = []
     configs = compare.entry_configs(SMOKE, list(compare.ENTRIES),
                                     {**SMOKE["run_config"], "data-root": DATA_ROOT})
-    runner = functools.partial(run_simulation, superlink)
-    runs = compare.run_all(runner, configs, SMOKE["rounds"], SMALL_NODES,
-                           tmp_path_factory.mktemp("smoke"), progress.append, SMOKE["parallel"])
-    return Smoke(runs, progress)
+    work = tmp_path_factory.mktemp("smoke")
+    runs = compare.run_all(functools.partial(run_simulation, superlink),
+                           {e: c for e, c in configs.items() if e in SMOKE_FLWR_RUN},
+                           SMOKE["rounds"], SMALL_NODES, work, progress.append, SMOKE["parallel"])
+    runs |= compare.run_all(in_process,
+                            {e: c for e, c in configs.items() if e not in SMOKE_FLWR_RUN},
+                            SMOKE["rounds"], SMALL_NODES, work, progress.append)
+    return Smoke({entry: runs[entry] for entry in configs}, progress)
 
 
 def small_simulation(env, tmp_path_factory, **config):

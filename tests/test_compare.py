@@ -1,6 +1,6 @@
 """The comparison harness (benchmarks/compare.py): its smoke profile end to end, every
-method through real Flower simulations (conftest.smoke), and the completeness of what
-it writes."""
+method run (conftest.smoke: HideNseek and FedAvg through real Flower simulations, the
+others in-process), and the completeness of what it writes."""
 
 import json
 import math

@@ -3,11 +3,10 @@
 import loopback
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array
 from loopback import run_federation
 
-from conftest import SMALL, SMALL_NODES
+from conftest import SMALL, SMALL_NODES, in_process
 
 
 def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):
@@ -15,12 +14,7 @@ def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):
     depends on seed, round and partition only: the same final global state (on one
     thread, as each simulated client trains: other thread counts round float sums
     differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = run_federation({**SMALL, "method": "hidenseek"}, SMALL_NODES)
-    finally:
-        torch.set_num_threads(threads)
+    results = in_process({**SMALL, "method": "hidenseek"}, SMALL_NODES)
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     assert results["final_arrays_sha256"] == hidenseek["final_arrays_sha256"]
     assert [r["accuracy"] for r in results["rounds"]] == [
