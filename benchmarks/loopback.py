@@ -6,8 +6,9 @@ the client side (data partition, training loop, method hooks, per-message seeds)
 are the code a ``flwr run`` executes; only the transport differs: no Ray, no
 gRPC, no SuperLink, messages handed over in memory (their sizes are still
 measured by serializing them). It runs a 20-client round in a fraction of a
-simulation's time, which is what a hyper-parameter sweep needs; the benchmarks
-that report a method's figures (``compare.py``) keep using real Flower runs.
+simulation's time, which is what a hyper-parameter sweep needs; ``compare.py``
+runs real Flower simulations unless told ``--in-process``, and the test suite runs
+its smoke entries both ways (``tests/conftest.py``).
 
 Usage::
 
