@@ -217,12 +217,19 @@ def run_all(runner: Runner, configs: dict[str, dict[str, Any]], rounds: int,
 
 
 def in_process(config: dict[str, Any], num_supernodes: int) -> dict[str, Any]:
-    """One run in this (worker) process, through ``loopback.py``, on one thread."""
+    """One run in this process, through ``loopback.py`` (fedmask's ServerApp and
+    ClientApp bodies, messages serialized and measured, no Ray), on one thread as
+    each simulated client trains, so it ends where ``flwr run`` ends; the process's
+    thread count is restored after."""
     import torch  # noqa: PLC0415 - a worker's own setting
     from loopback import run_federation  # noqa: PLC0415
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return run_federation(config, num_supernodes)
+    try:
+        return run_federation(config, num_supernodes)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

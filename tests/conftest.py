@@ -52,8 +52,6 @@ if XDIST_WORKER:
 
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from loopback import run_federation  # noqa: E402 - benchmarks/loopback.py
-
 import compare  # noqa: E402 - benchmarks/compare.py
 
 # A small real run: compare.py's smoke profile (3 nodes, 2 rounds, 400 training
@@ -427,21 +425,9 @@ class Smoke:
         return {entry: run.results for entry, run in self.runs.items()}
 
 
-def in_process(config: dict[str, Any], num_nodes: int) -> dict[str, Any]:
-    """results.json of an in-process federation (benchmarks/loopback.py: fedmask's
-    ServerApp and ClientApp bodies, messages serialized and measured, no Ray) on one
-    thread, as each simulated client trains: it ends where `flwr run` ends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_federation(config, num_nodes)
-    finally:
-        torch.set_num_threads(threads)
-
-
 # The smoke entries run through real `flwr run`: HideNseek and FedAvg, the runs the
 # deployment, loopback and uplink tests compare against. The others run in-process
-# (`in_process`), which saves a Ray start each; every method also runs through
+# (`compare.in_process`), which saves a Ray start each; every method also runs through
 # `flwr run` in test_example_app.py, and MPFL in the `mpfl` fixture.
 SMOKE_FLWR_RUN = ("hidenseek", "fedavg")
 
@@ -457,7 +443,7 @@ def smoke(superlink, tmp_path_factory):
     runs = compare.run_all(functools.partial(run_simulation, superlink),
                            {e: c for e, c in configs.items() if e in SMOKE_FLWR_RUN},
                            SMOKE["rounds"], SMALL_NODES, work, progress.append, SMOKE["parallel"])
-    runs |= compare.run_all(in_process,
+    runs |= compare.run_all(compare.in_process,
                             {e: c for e, c in configs.items() if e not in SMOKE_FLWR_RUN},
                             SMOKE["rounds"], SMALL_NODES, work, progress.append)
     return Smoke({entry: runs[entry] for entry in configs}, progress)

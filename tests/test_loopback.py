@@ -6,7 +6,8 @@ import pytest
 from flwr.app import Array
 from loopback import run_federation
 
-from conftest import SMALL, SMALL_NODES, in_process
+from compare import in_process
+from conftest import SMALL, SMALL_NODES
 
 
 def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):

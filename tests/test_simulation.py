@@ -1,14 +1,15 @@
 """Every method's runs on FashionMNIST: the wire format and sizes each method's
 replies really have, measured from the serialized messages. HideNseek, FedAvg and
 MPFL run through real ``flwr run`` simulations (Ray backend); the packed HideNseek
-run, FedPM, SSFL and FedSparsify in-process (conftest.in_process: the same ServerApp
+run, FedPM, SSFL and FedSparsify in-process (compare.in_process: the same ServerApp
 and ClientApp bodies without Ray)."""
 
 import math
 
 import pytest
 
-from conftest import SMALL, SMALL_NODES, in_process
+from compare import in_process
+from conftest import SMALL, SMALL_NODES
 
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
 # Flower framing (message header, object tree, record/array headers, npy header).
