@@ -428,7 +428,7 @@ class Smoke:
 # The smoke entries run through real `flwr run`: HideNseek and FedAvg, the runs the
 # deployment, loopback and uplink tests compare against. The others run in-process
 # (`compare.in_process`), which saves a Ray start each; every method also runs through
-# `flwr run` in test_example_app.py, and MPFL in the `mpfl` fixture.
+# `flwr run` in test_example_app.py.
 SMOKE_FLWR_RUN = ("hidenseek", "fedavg")
 
 
@@ -461,9 +461,11 @@ MPFL_SMALL = {"method": "mpfl", "density": 0.5, "prune-rate": 0.3, "num-server-r
 
 
 @pytest.fixture(scope="session")
-def mpfl(superlink, tmp_path_factory):
-    """The SMALL MPFL simulation."""
-    return small_simulation(superlink, tmp_path_factory, **MPFL_SMALL)
+def mpfl(tmp_path_factory):
+    """The SMALL MPFL run, in-process (`compare.in_process`; MPFL's votes and masked
+    FedAvg also run through `flwr run` in test_example_app.py)."""
+    out = tmp_path_factory.mktemp("mpfl")
+    return compare.in_process({**SMALL, **MPFL_SMALL, "out-dir": str(out)}, SMALL_NODES)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Every method's runs on FashionMNIST: the wire format and sizes each method's
-replies really have, measured from the serialized messages. HideNseek, FedAvg and
-MPFL run through real ``flwr run`` simulations (Ray backend); the packed HideNseek
-run, FedPM, SSFL and FedSparsify in-process (compare.in_process: the same ServerApp
-and ClientApp bodies without Ray)."""
+replies really have, measured from the serialized messages. HideNseek and FedAvg
+run through real ``flwr run`` simulations (Ray backend); the packed HideNseek run,
+FedPM, SSFL, FedSparsify and MPFL in-process (compare.in_process: the same ServerApp
+and ClientApp bodies without Ray). Every method runs through ``flwr run`` in
+test_example_app.py."""
 
 import math
 
@@ -143,7 +144,7 @@ def test_hidenseek_entropy_codes_the_flips_losslessly(hidenseek, hidenseek_packe
 
 
 def test_mpfl_votes_a_mask_then_sends_only_kept_values(mpfl):
-    _check_common(mpfl, "mpfl", flwr_run=True)
+    _check_common(mpfl, "mpfl")
     n = mpfl["num_params"]
     phases = [r["train_metrics"]["phase"] for r in mpfl["rounds"]]
     assert phases == [1, 1, 2, 2]  # 0.7, then 0.49 -> 0.5 reached after two votes
