@@ -121,9 +121,9 @@ def test_a_hanging_clientapp_fails_its_round_at_the_timeout(deployment, tmp_path
 
 def test_a_killed_supernode_rejoins_and_trains_again(deployment, tmp_path):
     node = deployment_state(deployment)["nodes"][1]
-    # round 2 fails it when its heartbeat expires; it is back within seconds, while
-    # round 3 (or at its start) samples the nodes then online: at the latest round 4
-    # finds its state gone and round 5 sends the masks again
+    # round 2 fails it when its heartbeat expires, and it is back within seconds: the
+    # first round to sample it (3, or 4 if it was back after round 3 began) finds its
+    # state gone, and the next sends the masks again (by round 5)
     run = start_run(deployment, tmp_path, {**FAULT, "num-server-rounds": 5})
     try:
         wait_for(lambda: checkpoint_round(tmp_path) >= 1, 300, "round 1")
