@@ -66,8 +66,8 @@ SMALL_NODES = SMOKE["num_supernodes"]
 # test_listening.py checks what they listened on; a test that needs only a simulation
 # SuperLink gets its worker's own), and those that make network namespaces (their
 # tests compare the namespaces before and after). Every other module is a unit of its
-# own. The longest units start first (measured, `pytest --durations=0 -n 2`: about 520,
-# 460, 390 and 370 s), and the shorter ones fill in behind them.
+# own. The longest units (by `pytest --durations=0 -n 2`) start first, and the shorter
+# ones fill in behind them.
 SHARED_RUNS = {"test_compare", "test_deploy", "test_listening", "test_loopback",
                "test_model_file", "test_simulation"}
 NETWORK_LAB = {"test_lab", "test_ray_cluster"}
@@ -461,11 +461,10 @@ MPFL_SMALL = {"method": "mpfl", "density": 0.5, "prune-rate": 0.3, "num-server-r
 
 
 @pytest.fixture(scope="session")
-def mpfl(tmp_path_factory):
+def mpfl():
     """The SMALL MPFL run, in-process (`compare.in_process`; MPFL's votes and masked
     FedAvg also run through `flwr run` in test_example_app.py)."""
-    out = tmp_path_factory.mktemp("mpfl")
-    return compare.in_process({**SMALL, **MPFL_SMALL, "out-dir": str(out)}, SMALL_NODES)
+    return compare.in_process({**SMALL, **MPFL_SMALL}, SMALL_NODES)
 
 
 @pytest.fixture(scope="session")
