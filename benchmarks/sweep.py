@@ -91,9 +91,16 @@ DRIFT_GRID: dict[str, list[dict[str, Any]]] = {
     "hidenseek": [{"vote-smoothing": 0.5}, {"vote-smoothing": 0.8}, {"vote-smoothing": 0.9}]}
 # Each method's local loss (``--grid loss``, with ``--regimes limited skew shards``): plain
 # cross-entropy against the balanced softmax (``loss = "balanced"``).
+# HideNseek's per-class logit offset as built (``class-bias``), on the regimes its
+# screen ran (``--grid offset --regimes limited skew shards``), to be set beside
+# the screen's figures (benchmarks/results/class-bias-screen.json: ``as_is`` is the
+# default's trajectory without it, ``sgd3mem`` the rule built here).
+OFFSET_GRID: dict[str, list[dict[str, Any]]] = {
+    "hidenseek": [{"class-bias": "federated", "class-bias-lr": 3.0}]}
 LOSS_GRID: dict[str, list[dict[str, Any]]] = {
     method: [{"loss": "cross-entropy"}, {"loss": "balanced"}] for method in GRID}
 GRIDS = {"main": GRID, "skew": SKEW_GRID, "drift": DRIFT_GRID, "loss": LOSS_GRID,
+         "offset": OFFSET_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
 # Data regimes: the standard profile, the same with 400 images per client, and that
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="main: every candidate of GRID; steps: each method's default "
                              "setting at 0 and 20 min-local-steps; skew: HideNseek's "
                              "aggregation options (SKEW_GRID); drift: its vote memory "
-                             "(DRIFT_GRID); loss: each method's local loss (LOSS_GRID)")
+                             "(DRIFT_GRID); loss: each method's local loss (LOSS_GRID); offset: "
+                             "HideNseek's per-class logit offset (OFFSET_GRID)")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
     parser.add_argument("--score-rounds", type=int, default=5,

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from fedmask.data import hub
-from fedmask.data.datasets import DATASETS, PARTITIONS
+from fedmask.data.datasets import DATASETS, PARTITIONS, get_spec
 from fedmask.methods import REGISTRY
 from fedmask.methods.masked.wire import VALUE_FORMATS
-from fedmask.nn.models import INITS, MODELS
+from fedmask.nn.models import INITS, MODELS, build_model
 from fedmask.nn.placement import DEVICE_RULE, PRECISIONS, valid_device
 from fedmask.nn.training import LOSSES, MIN_LOCAL_STEPS, OPTIMIZERS, PERSONAL_TUNINGS
 from fedmask.options import Option, choice, flag, in_range, non_negative, positive
@@ -216,3 +218,13 @@ def _dataset_reference(config: dict[str, Any]) -> str:
             raise ConfigError(f"{key}: names a column of a Hugging Face dataset; "
                               f"{config['dataset']!r} is built in (leave {key} empty)")
     return hub.reference(config["dataset"], config["image-column"], config["label-column"])
+
+
+def run_model(config: dict[str, Any]) -> nn.Module:
+    """The fedmask model a parsed run `config` names, for its dataset, with a bias in
+    its output layer where the method keeps per-class offsets there (HideNseek's
+    ``class-bias``)."""
+    spec = get_spec(config["dataset"])
+    output_bias = config["method"] == "hidenseek" and config["class-bias"] != "none"
+    return build_model(config["model"], spec.num_classes, spec.in_channels, spec.image_size,
+                       output_bias)

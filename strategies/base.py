@@ -24,7 +24,7 @@ from torch import nn
 
 from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.nn.model_file import architecture_name, write_model_file
-from fedmask.nn.models import INITS, num_prunable
+from fedmask.nn.models import INITS, has_output_bias, num_prunable
 from fedmask.nn.seeded import SeededNet
 from fedmask.nn.supermask import fold
 from fedmask.nn.training import MIN_LOCAL_STEPS
@@ -162,6 +162,8 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
                   "architecture": architecture_name(self.model, architecture),
                   "dataset": dataset, "num_params": num_prunable(self.model),
                   "density": self.kept_fraction}
+        if architecture is not None:  # a fedmask model: built with or without the bias
+            header["output_bias"] = has_output_bias(self.model)
         return write_model_file(path, self.model_content(arrays), header)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,

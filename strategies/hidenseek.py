@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -12,9 +12,12 @@ from flwr.common.logger import log
 from torch import nn
 
 from fedmask.methods.hidenseek import wire
+from fedmask.nn.class_bias import layer_bias, output_layer, set_output_bias
 from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.nn.training import PERSONAL_TUNINGS
+from fedmask.server.class_bias import ClassBias
 from fedmask.wire.bits import flatten_masks, unpack_mask
+from fedmask.wire.class_bias import CLASS_BIAS_LAYER, CLASS_BIASES, ClassStats, decode_stats
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
@@ -74,11 +77,19 @@ class HideNseek(SeededMaskStrategy):
         beta in [0, 1): from round 2 the server's share is ``beta * previous + (1 -
         beta) * this round's`` (0: this round's votes alone, the paper's majority
         vote); g is its majority.
+    class_bias : {"auto", "federated", "none"}
+        ``"federated"``: a per-class logit offset b, learnt by the server from the
+        clients' class statistics (:mod:`fedmask.server.class_bias`), lives in the
+        output layer's bias (which the model must have); ``"none"``: the paper's
+        network, that bias frozen as seeded; ``"auto"``: federated where the
+        output layer has a bias, else none (logged).
+    class_bias_lr : float
+        The server's step size on b.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
 
-    STATE = ("signs", "share")  # checkpointed (fedmask.server.checkpoint)
+    STATE: tuple[str, ...] = ("signs", "share")  # checkpointed, with the offset's when on
     LEAN = {wire.PRUNE_MASK: "bits", wire.SIGN_MASK: "bits"}  # what nodes keep
 
     METHOD = "hidenseek"
@@ -89,6 +100,7 @@ class HideNseek(SeededMaskStrategy):
                  prune_scope: str = "global", personal_epochs: int = 1,
                  personal_tuning: str = "weights", personal_lr: float = 0.005,
                  vote: str = "majority", vote_smoothing: float = 0.5,
+                 class_bias: str = "auto", class_bias_lr: float = 3.0,
                  **kwargs: Any) -> None:
         if personal_tuning not in PERSONAL_TUNINGS:
             raise ValueError(f"personal-tuning: {personal_tuning!r} is not one of "
@@ -99,6 +111,10 @@ class HideNseek(SeededMaskStrategy):
             raise ValueError(f"vote: {vote!r} is not one of {list(wire.VOTES)}")
         if not 0.0 <= vote_smoothing < 1.0:
             raise ValueError(f"vote-smoothing: must be in [0, 1), got {vote_smoothing}")
+        if class_bias not in CLASS_BIASES:
+            raise ValueError(f"class-bias: {class_bias!r} is not one of {list(CLASS_BIASES)}")
+        if not class_bias_lr > 0:
+            raise ValueError(f"class-bias-lr: must be > 0, got {class_bias_lr}")
         shape = input_shape or model_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
@@ -109,6 +125,26 @@ class HideNseek(SeededMaskStrategy):
         self.vote, self.vote_smoothing = vote, vote_smoothing
         self.synflow_iterations, self.personal_epochs = synflow_iterations, personal_epochs
         self.personal_tuning, self.personal_lr = personal_tuning, personal_lr
+        self.offset_layer, self.offset = self._offset_layer(model, shape, class_bias), None
+        if self.offset_layer:
+            self.offset = ClassBias(layer_bias(model, self.offset_layer).numel(),
+                                    class_bias_lr)
+            self.STATE = (*type(self).STATE, "offset.bias", "offset.reports", "offset.reported")
+        self.unreported = 0  # replies without class statistics so far
+
+    @staticmethod
+    def _offset_layer(model: nn.Module, shape: tuple[int, ...], class_bias: str) -> str:
+        """The output layer that keeps the per-class offsets ("" when off): with
+        ``"auto"``, off (logged) where the model's output layer has no bias."""
+        if class_bias == "none":
+            return ""
+        try:
+            return output_layer(model, shape)
+        except ValueError as err:
+            if class_bias == "federated":
+                raise
+            log(WARNING, "class-bias 'auto': no per-class offsets (%s)", err)
+            return ""
 
     def summary(self) -> None:
         """Log the pruning result, then FedAvg's sampling summary."""
@@ -116,31 +152,57 @@ class HideNseek(SeededMaskStrategy):
             "(density %.3f), seed %d, hash %s, mask coding %s", self.synflow_iterations,
             self.signs.size, self.prune.size, self.signs.size / self.prune.size,
             self.net.seed, self.net.weight_hash, self.mask_coding)
+        if self.offset is not None:
+            log(INFO, "\t├──> class-bias: federated per-class offsets of %d classes in %s's "
+                "bias, step %g", self.offset.num_classes, self.offset_layer, self.offset.lr)
         super().summary()
 
     def global_arrays(self) -> ArrayRecord:
-        """The global state: P and the current global signs (all +1 before round 1)."""
-        return wire.encode_masks(self.prune, self.signs)
+        """The global state: P, the current global signs (all +1 before round 1) and
+        the per-class offsets when `class_bias` is on."""
+        return wire.encode_masks(self.prune, self.signs, class_bias=self._bias())
+
+    def _bias(self) -> np.ndarray | None:
+        return None if self.offset is None else self.offset.bias
 
     def train_arrays(self, server_round: int) -> ArrayRecord:
-        """P, and from round 2 the global signs (absent means all +1) and, when `vote`
-        is ``"share"``, their vote margins."""
+        """P, and from round 2 the global signs (absent means all +1), when `vote`
+        is ``"share"`` their vote margins, and the per-class offsets."""
         if server_round == 1:
             return wire.encode_masks(self.prune, None)
         margin = wire.margin_codes(self.share) if self.vote == "share" else None
-        return wire.encode_masks(self.prune, self.signs, margin=margin)
+        return wire.encode_masks(self.prune, self.signs, margin=margin, class_bias=self._bias())
 
     def downlink_context(self) -> Context:
         """P and g coded within each seeded weight's output unit and |w| quantile."""
         return wire.downlink_context(self.model)
 
     def wire_config(self) -> dict[str, Any]:
-        """The number of kept weights K."""
-        return {wire.NUM_KEPT: self.signs.size}
+        """The number of kept weights K, and the output layer the offsets live in."""
+        if self.offset is None:
+            return {wire.NUM_KEPT: self.signs.size}
+        return {wire.NUM_KEPT: self.signs.size, CLASS_BIAS_LAYER: self.offset_layer}
 
     def decode(self, msg: Message) -> np.ndarray:
         """The client's K sign bits, packed."""
         return wire.decode_signs(msg, self.signs, self.mask_coding)
+
+    def decode_stats(self, msg: Message) -> ClassStats | None:
+        """The reply's class statistics, when the offset is on."""
+        return None if self.offset is None else decode_stats(msg, self.offset.num_classes)
+
+    def commit_stats(self, server_round: int, stats: list[Any]) -> dict[str, float]:
+        """Step the offsets on the class statistics of the accepted replies (replies
+        without them are logged the first time: their loop did not report)."""
+        if self.offset is None or server_round == 1:  # round 1 trains from no vote
+            return {}
+        given = [one for one in stats if one is not None]
+        if len(given) < len(stats) and not self.unreported:
+            log(WARNING, "round %d: %d replies carry no class statistics for class-bias "
+                "(call fedmask.client.report_classes before training); the offsets learn "
+                "from the others", server_round, len(stats) - len(given))
+        self.unreported += len(stats) - len(given)
+        return {**self.offset.update(given), "class-stats-replies": len(given)}
 
     def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, None]:
         """The flips relative to the global signs, coded as i.i.d. bits."""
@@ -174,8 +236,9 @@ class HideNseek(SeededMaskStrategy):
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
         """P and g of `arrays`, each range coded where that is smaller than packed."""
         prune, signs = wire.decode_masks(arrays, self.config())
-        return RecordDict({wire.MASKS: wire.encode_masks(prune, signs, compact=True),
-                           CONFIG: self.config()})
+        masks = wire.encode_masks(prune, signs, compact=True,
+                                  class_bias=wire.decode_class_bias(arrays))
+        return RecordDict({wire.MASKS: masks, CONFIG: self.config()})
 
     @property
     def kept_fraction(self) -> float:
@@ -188,6 +251,8 @@ class HideNseek(SeededMaskStrategy):
                 "personal-lr": self.personal_lr}
 
     def evaluation_model(self, arrays: ArrayRecord) -> nn.Module:
-        """The global network ``w * P * g`` that `arrays` describe, for evaluation."""
+        """The global network ``w * P * g`` that `arrays` describe, with their per-class
+        offsets in the output layer's bias, for evaluation."""
         prune, signs = wire.decode_masks(arrays, self.config(ConfigRecord()))
-        return wire.sign_net(copy.deepcopy(self.model), prune, signs)
+        net = wire.sign_net(copy.deepcopy(self.model), prune, signs)
+        return set_output_bias(net, self.offset_layer, wire.decode_class_bias(arrays))

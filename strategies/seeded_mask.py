@@ -100,6 +100,18 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def mask_length(self) -> int:
         """The bits of one client's mask."""
 
+    def decode_stats(self, msg: Message) -> Any:
+        """What a training reply carries beside its mask for :meth:`commit_stats`
+        (default: nothing); raise ReplyError where it is malformed."""
+        del msg
+        return None
+
+    def commit_stats(self, server_round: int, stats: list[Any]) -> dict[str, float]:
+        """Apply the accepted replies' :meth:`decode_stats`, once the masks are
+        committed; return the round's metrics of it (default: none)."""
+        del server_round, stats
+        return {}
+
     def mask_weight(self, num_examples: int) -> int:
         """A client's weight in the sum of masks (default: its examples)."""
         return num_examples
@@ -159,19 +171,20 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         """Bytes of the global state re-sent in full to nodes that lost it."""
         return self.downlink.drain_resent()
 
-    def _decode(self, msg: Message) -> tuple[int, Any]:
-        return num_examples(msg), self.decode(msg)
+    def _decode(self, msg: Message) -> tuple[int, Any, Any]:
+        return num_examples(msg), self.decode(msg), self.decode_stats(msg)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the accepted masks; metrics gain the masks' empirical entropy."""
         replies = list(replies)
         self.downlink.acknowledge(replies)
-        total, contents, examples = MaskSum(self.mask_length), [], 0
+        total, contents, examples, stats = MaskSum(self.mask_length), [], 0, []
         entropy: list[tuple[float, float, float]] = []
-        for msg, (n, decoded) in self.stream(server_round, replies, self._decode):
+        for msg, (n, decoded, side) in self.stream(server_round, replies, self._decode):
             total.add(decoded, self.mask_weight(n))
             contents.append(msg.content)
+            stats.append(side)
             examples += n
             if len(entropy) < ENTROPY_SAMPLE:  # against the global state before the update
                 entropy.append(self._entropy_bits(decoded))
@@ -183,6 +196,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
                         "mask-iid-entropy-bpp": float(iid_bits / self.num_params),
                         "mask-coded-share": float(ones)})
         metrics.update(self.commit(server_round, total.total(), len(contents), examples))
+        metrics.update(self.commit_stats(server_round, stats))
         return self.global_arrays(), metrics
 
     def _entropy_bits(self, decoded: Any) -> tuple[float, float, float]:

@@ -15,6 +15,9 @@ from conftest import SMALL, SMALL_NODES
 # HideNseek's train reply carries ceil(K/8) payload bytes plus this many bytes of
 # Flower framing (message header, object tree, record/array headers, npy header).
 HIDENSEEK_OVERHEAD = 1800
+# and, with class-bias on (the default), its class-stats MetricRecord: for C = 10
+# classes at most C x (C + 2) varints of up to 3 bytes, and the record's framing.
+CLASS_STATS_BYTES = 600
 PACKED = {"mask-coding": "packed"}
 
 
@@ -66,9 +69,12 @@ def test_hidenseek_packed_uplink_is_the_sign_bits(hidenseek_packed):
     kept = round(0.5 * n)
     assert hidenseek_packed["density"] == pytest.approx(kept / n)
     for record in hidenseek_packed["rounds"]:
+        if record["round"] > 1:  # round 1 trains from no voted model: nothing to report
+            assert record["train_metrics"]["class-stats-replies"] == record["num_clients"]
         for client in record["clients"]:
             payload = math.ceil(kept / 8)
-            assert payload < client["bytes_up"] <= payload + HIDENSEEK_OVERHEAD
+            assert payload < client["bytes_up"] <= (payload + HIDENSEEK_OVERHEAD
+                                                    + CLASS_STATS_BYTES)
     assert "personal-accuracy" in hidenseek_packed["rounds"][-1]["client_eval_metrics"]
 
 

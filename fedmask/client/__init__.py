@@ -4,6 +4,7 @@ A fedmask strategy names its method in every message (``fedmask-method``), so
 one ClientApp serves all six. On a train message::
 
     net = fedmask.client.train_module(msg, Net(), context.state)
+    fedmask.client.report_classes(msg, net, trainloader)  # HideNseek's class-bias
     loss = train(net, trainloader, epochs, lr, device)       # the project's own loop
     return fedmask.client.train_reply(msg, net, len(trainloader.dataset), {"train_loss": loss})
 
@@ -18,22 +19,34 @@ at zero). On an evaluate message, :func:`eval_module` gives a plain module
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedmask.client.settings import LocalSettings
 from fedmask.methods import METHOD_KEY, Method, get_method
 from fedmask.methods.fedavg.client import ARRAYS
 from fedmask.nn.batches import as_pairs
+from fedmask.nn.class_bias import class_stats, layer_bias, with_offset
 from fedmask.nn.supermask import fold
+from fedmask.wire.class_bias import CLASS_STATS, offset_of
 from fedmask.wire.held import restore
 from fedmask.wire.records import CONFIG, NUM_EXAMPLES, Encoder, config_value, reply
 
-_ENCODERS: weakref.WeakKeyDictionary[nn.Module, tuple[str, Encoder]] = \
-    weakref.WeakKeyDictionary()
+
+@dataclass
+class _Pending:
+    """What :func:`train_reply` needs of a module :func:`train_module` returned."""
+
+    message_id: str
+    encode: Encoder
+    records: dict[str, MetricRecord] = field(default_factory=dict)  # class statistics
+
+
+_PENDING: weakref.WeakKeyDictionary[nn.Module, _Pending] = weakref.WeakKeyDictionary()
 
 
 def _with_examples(num_examples: int, metrics: Mapping[str, float] | None
@@ -85,27 +98,58 @@ def train_module(msg: Message, model: nn.Module, state: RecordDict, *,
     restore_state(msg, state, model)
     lr = message_lr(msg) if lr is None else lr
     net, encode = method_of(msg).client_module().train_module(msg, model, state, lr)
-    _ENCODERS[net] = (msg.metadata.message_id, encode)
+    _PENDING[net] = _Pending(msg.metadata.message_id, encode)
     return net
+
+
+def _pending(msg: Message, model: nn.Module) -> _Pending:
+    pending = _PENDING.get(model)
+    if pending is None or pending.message_id != msg.metadata.message_id:
+        raise ValueError("model: not the module fedmask.client.train_module returned "
+                         "for this message")
+    return pending
+
+
+def report_classes(msg: Message, model: nn.Module, trainloader: Iterable[Any]) -> None:
+    """Before your loop trains `model` (the module :func:`train_module` returned),
+    one pass over `trainloader` (tuple or dict batches, on the model's device)
+    gives the class statistics :func:`train_reply` sends where the method learns
+    per-class logit offsets (HideNseek's ``class-bias``, its default; from round
+    2, when the global model is a voted one): per class held, the examples and
+    the mean softmax at the global model. Elsewhere it reads nothing. Without it the server logs that the offsets learn from other
+    clients only."""
+    pending = _pending(msg, model)
+    found = offset_of(msg)
+    if found is not None and found[1] is not None:  # from round 2: a voted model
+        layer, bias = found
+        stats = class_stats(model, trainloader, bias, layer_bias(model, layer).numel())
+        pending.records[CLASS_STATS] = stats.record()
 
 
 def train_reply(msg: Message, model: nn.Module, num_examples: int,
                 metrics: Mapping[str, float] | None = None) -> Message:
     """The reply to train message `msg`: what the method sends of the trained `model`
-    (the module :func:`train_module` returned), `num_examples` and `metrics`."""
-    pending = _ENCODERS.pop(model, None)
-    if pending is None or pending[0] != msg.metadata.message_id:
-        raise ValueError("model: not the module fedmask.client.train_module returned "
-                         "for this message")
-    arrays = pending[1](model.cpu())
-    return reply(msg, _with_examples(num_examples, metrics), arrays)
+    (the module :func:`train_module` returned), `num_examples` and `metrics`, with
+    the class statistics :func:`report_classes` took."""
+    pending = _pending(msg, model)
+    del _PENDING[model]
+    answer = reply(msg, _with_examples(num_examples, metrics), pending.encode(model.cpu()))
+    for name, record in pending.records.items():
+        answer.content[name] = record
+    return answer
 
 
 def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     """The global model of evaluate message `msg` as a plain module: `model`'s
     class with ordinary weights (masks folded in), eval mode."""
+    return fold(global_module(msg, model, state))
+
+
+def global_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
+    """The global model of evaluate message `msg` in the method's own form (masks
+    attached, eval mode), per-class offsets in its output layer's bias."""
     restore_state(msg, state, model)
-    return fold(method_of(msg).client_module().eval_module(msg, model, state))
+    return with_offset(msg, method_of(msg).client_module().eval_module(msg, model, state))
 
 
 def personal_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:

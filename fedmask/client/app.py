@@ -18,6 +18,7 @@ from fedmask.client import (
     method_of,
     personal_module,
     query_reply,
+    report_classes,
     train_module,
     train_reply,
 )
@@ -89,6 +90,7 @@ def client_app(*, model: Callable[[], nn.Module], load_data: Callable[[Context],
     def _train(msg: Message, context: Context) -> Message:
         trainloader, _ = load_data(context)
         net = train_module(msg, model(), context.state)
+        report_classes(msg, net, trainloader)
         epochs = local_epochs(msg, context, len(trainloader))
         loss = train(net, trainloader, epochs, learning_rate(msg), where)
         metrics = {} if loss is None else {"train-loss": float(loss)}

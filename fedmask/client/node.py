@@ -14,19 +14,19 @@ from torch import nn
 
 from fedmask import config as run_config
 from fedmask.client import (
+    global_module,
     method_of,
     personal_module,
     query_reply,
-    restore_state,
+    report_classes,
     train_module,
     train_reply,
 )
 from fedmask.client.settings import LocalSettings
 from fedmask.client.startup import first_step_s
-from fedmask.data.datasets import ClientData, LoaderOptions, client_data, get_spec
+from fedmask.data.datasets import ClientData, LoaderOptions, client_data
 from fedmask.data.device import device_data
 from fedmask.nn import training
-from fedmask.nn.models import build_model
 from fedmask.nn.placement import ON_CPU, Placement
 from fedmask.wire.records import (
     CLIENT_SECONDS,
@@ -74,6 +74,7 @@ def train(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
     the method sends (of the module as `before_reply`, if given, leaves it)."""
     settings = LocalSettings.from_message(msg)
     net = train_module(msg, model, state)
+    report_classes(msg, net, data.train)
     started = first_step_s()  # before the first step of a new process
     loss = settings.fit(net, data.train, settings.local_epochs, settings.min_local_steps,
                         place.device, place.precision, settings.logit_shift(data.label_counts))
@@ -98,8 +99,7 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
     settings = LocalSettings.from_message(msg)
     personal = method.personalised and settings.personal_epochs > 0
     fresh = copy.deepcopy(model) if personal else None  # eval_module changes `model`
-    restore_state(msg, state, model)
-    net = method.client_module().eval_module(msg, model, state)
+    net = global_module(msg, model, state)
     samples = config_value(config, EVAL_SAMPLES, int, 0)
     metrics = {NUM_EXAMPLES: data.num_test, **training.evaluate_metrics(
         net, data.test, samples, place.device, place.precision)}
@@ -133,9 +133,8 @@ def handle(msg: Message, context: Context, phase: str,
     seconds the handler took."""
     cfg = run_config.parse(context.run_config)
     place = Placement.from_config(cfg, context.node_config)
-    spec = get_spec(cfg["dataset"])
     data, partition = node_data(cfg, context.node_config, place)
-    model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
+    model = run_config.run_model(cfg)
     server_round = config_value(msg.content.config_records[CONFIG], "server-round", int, 0)
     torch.manual_seed(message_seed(cfg["seed"], server_round, partition, phase))
     start = time.perf_counter()

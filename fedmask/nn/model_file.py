@@ -28,6 +28,7 @@ from safetensors.numpy import save as save_bytes
 from torch import nn
 
 from fedmask.methods import METHOD_KEY, get_method
+from fedmask.nn.class_bias import with_offset
 from fedmask.nn.models import build_model
 from fedmask.nn.seeded import GeneratorError, SeededNet, WeightHashError
 from fedmask.nn.supermask import fold
@@ -110,7 +111,7 @@ def build_architecture(header: dict[str, Any]) -> nn.Module:
         if not dataset:
             raise ModelFileError("dataset: a fedmask architecture needs the dataset's shape")
         return build_model(name, dataset["num_classes"], dataset["in_channels"],
-                           dataset["image_size"])
+                           dataset["image_size"], bool(header.get("output_bias", False)))
     module, _, qualname = name.partition(":")
     try:
         factory: Callable[[], nn.Module] = getattr(importlib.import_module(module), qualname)
@@ -144,6 +145,7 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         raise ModelFileError(f"config: {err}") from err
     msg = cast(Message, StoredMessage(content))
     try:
-        return fold(method.client_module().eval_module(msg, net, RecordDict()))
+        return fold(with_offset(msg, method.client_module().eval_module(msg, net,
+                                                                        RecordDict())))
     except (KeyError, ValueError) as err:
         raise ModelFileError(f"{method.name}: {err}") from err

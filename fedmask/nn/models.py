@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -126,11 +127,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build architecture `name` (one of :data:`MODELS`) with its default norm."""
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
+                output_bias: bool = False) -> nn.Module:
+    """Build architecture `name` (one of :data:`MODELS`) with its default norm; with
+    `output_bias` its output layer has a bias (HideNseek's ``class-bias``)."""
     if name not in MODELS:
         raise ValueError(f"model: unknown model {name!r}; allowed: {sorted(MODELS)}")
-    return MODELS[name](num_classes, in_channels, image_size)
+    model = MODELS[name](num_classes, in_channels, image_size)
+    if output_bias:
+        layers = cast(nn.Sequential, model)
+        layers[-1] = nn.Linear(cast(nn.Linear, layers[-1]).in_features, num_classes)
+    return model
+
+
+def has_output_bias(model: nn.Module) -> bool:
+    """Whether a model :func:`build_model` built has a bias in its output layer."""
+    return isinstance(model, nn.Sequential) and getattr(model[-1], "bias", None) is not None
 
 
 def _init_weight(weight: torch.Tensor, scheme: str, stream: PortableStream) -> None:

@@ -21,7 +21,7 @@ from fedmask import config as run_config
 from fedmask.client.settings import LocalSettings
 from fedmask.data.datasets import central_test, central_validation, get_spec
 from fedmask.methods import REGISTRY
-from fedmask.nn.models import build_model, num_prunable
+from fedmask.nn.models import num_prunable
 from fedmask.nn.placement import Placement
 from fedmask.nn.portable_random import GENERATOR
 from fedmask.nn.seeded import GENERATOR_KEY
@@ -141,7 +141,7 @@ def run(grid: Grid, context: Context) -> Path:
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     spec = get_spec(cfg["dataset"])
-    model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
+    model = run_config.run_model(cfg)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     strategy = build_strategy(cfg, model, input_shape)
     folder, timeout = out_dir(cfg), cfg["round-timeout-s"]

@@ -13,6 +13,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,21 @@ CHECKPOINT = "checkpoint.npz"
 
 class Checkpointable:
     """Mixin: the strategy state to checkpoint is the attributes named in STATE
-    (numpy arrays or numbers)."""
+    (numpy arrays or numbers; a dotted name is an attribute of an attribute)."""
 
     STATE: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The STATE attributes as numpy arrays."""
-        return {name: np.asarray(getattr(self, name)) for name in self.STATE}
+        return {name: np.asarray(attrgetter(name)(self)) for name in self.STATE}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore the STATE attributes (0-d arrays become Python numbers)."""
         for name in self.STATE:
             value = state[name]
-            setattr(self, name, value.item() if value.ndim == 0 else value.copy())
+            owner, _, attr = name.rpartition(".")
+            setattr(attrgetter(owner)(self) if owner else self, attr,
+                    value.item() if value.ndim == 0 else value.copy())
 
 
 @dataclass

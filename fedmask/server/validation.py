@@ -27,6 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
 from fedmask.nn.models import num_prunable
+from fedmask.wire.class_bias import CLASS_STATS
 from fedmask.wire.records import METRICS, ReplyError, num_examples
 
 T = TypeVar("T")
@@ -53,8 +54,9 @@ def check_reply(msg: Message, limit: int) -> int:
     if size > limit:
         raise ReplyError("arrays", f"{size} bytes exceed the limit of {limit} for this model")
     records = msg.content.metric_records
-    if list(records) != [METRICS]:
-        raise ReplyError(METRICS, f"expected one MetricRecord {METRICS!r}, got {list(records)}")
+    if METRICS not in records or not set(records) <= {METRICS, CLASS_STATS}:
+        raise ReplyError(METRICS, f"expected the MetricRecord {METRICS!r} (and at most "
+                                  f"{CLASS_STATS!r}), got {list(records)}")
     for key, value in records[METRICS].items():
         if isinstance(value, (list, bool)) or not math.isfinite(value):
             raise ReplyError(key, f"must be a finite number, got {value!r}")

@@ -28,6 +28,7 @@ def train(msg: Message, context: Context):
     num_partitions = context.node_config["num-partitions"]
     batch_size = context.run_config["batch-size"]
     trainloader, _ = load_data(partition_id, num_partitions, batch_size)
+    fedmask.client.report_classes(msg, model, trainloader)  # HideNseek's class-bias
 
     # Call the training function
     train_loss = train_fn(

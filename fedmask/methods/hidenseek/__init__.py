@@ -6,6 +6,7 @@ from fedmask.methods import Method
 from fedmask.methods.hidenseek.wire import VOTES
 from fedmask.nn.pruning import SCOPES
 from fedmask.options import choice, in_range, positive
+from fedmask.wire.class_bias import CLASS_BIASES
 
 METHOD = Method(
     name="hidenseek",
@@ -25,9 +26,21 @@ METHOD = Method(
                   "beta) * this round's`, g its majority (0 = this round's votes alone, the "
                   "paper's rule); 0.5 keeps the global signs from wandering under label skew (see"
                   " \"HideNseek under label skew\")")),
+        "class-bias": choice("auto", CLASS_BIASES,
+            help=("HideNseek: `federated` learns one logit offset per class on the server from "
+                  "the clients' class statistics (the mean softmax of each class they hold, at "
+                  "the model they received) and keeps it in the output layer's bias, which the "
+                  "model must have (fedmask's own models gain one; a model without fails at "
+                  "start); under label skew the signs alone leave the classes' levels off (see "
+                  "\"Shards: what holds the runs back\"). `none`: the paper's network, signs "
+                  "only. `auto`: `federated` where the output layer has a bias, else `none`, "
+                  "logged at start")),
+        "class-bias-lr": positive(3.0,
+            help="HideNseek: the server's step size on the per-class offsets"),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
-               "personal-epochs", "personal-tuning", "personal-lr", "vote", "vote-smoothing"),
+               "personal-epochs", "personal-tuning", "personal-lr", "vote", "vote-smoothing",
+               "class-bias", "class-bias-lr"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal", "loss": "balanced"},
     personalised=True,
 )

@@ -5,7 +5,9 @@ packed) and, from round 2, ``sign-mask`` (the global sign of the K kept
 weights, packed; absent means all +1) and, in train messages of the ``share``
 vote, ``sign-margin`` (K uint8 codes of the vote margin ``|2p - 1|``);
 ``config`` carries the seeded-net description, ``num-params`` N, ``num-kept`` K
-and the local settings. What a node already holds is not sent again
+and the local settings. With ``class-bias = "federated"`` the record also
+carries ``class-bias`` from round 2 and replies a ``class-stats`` record
+(:mod:`fedmask.wire.class_bias`). What a node already holds is not sent again
 (:mod:`fedmask.wire.held`): ``prune-mask`` goes to a node once, ``sign-mask`` as
 ``sign-mask-flips`` against the signs it holds; the client rebuilds the full
 record before anything here reads it.
@@ -26,6 +28,7 @@ from torch import nn
 from fedmask.nn.pruning import flat_weights, unit_bins
 from fedmask.nn.supermask import SignSupermask
 from fedmask.wire.bits import pack_mask, unpack_mask
+from fedmask.wire.class_bias import CLASS_BIAS
 from fedmask.wire.coding import decode_mask, decode_packed, encode_mask
 from fedmask.wire.entropy import Groups
 from fedmask.wire.held import Context
@@ -61,10 +64,12 @@ def margins(codes: np.ndarray) -> np.ndarray:
 
 
 def encode_masks(prune: np.ndarray, signs: np.ndarray | None, compact: bool = False,
-                 margin: np.ndarray | None = None) -> ArrayRecord:
-    """The ``masks`` record: the prune mask and (unless None) the signs, packed, and
-    the `margin` codes if given; with `compact` (model files) each mask is range
-    coded as i.i.d. bits instead, under the key + ``-coded``, where that is smaller."""
+                 margin: np.ndarray | None = None, class_bias: np.ndarray | None = None
+                 ) -> ArrayRecord:
+    """The ``masks`` record: the prune mask and (unless None) the signs, packed, the
+    `margin` codes and the per-class offsets `class_bias` if given; with `compact`
+    (model files) each mask is range coded as i.i.d. bits instead, under the key +
+    ``-coded``, where that is smaller."""
     bits = {PRUNE_MASK: prune} if signs is None else {PRUNE_MASK: prune, SIGN_MASK: signs}
     record = ArrayRecord()
     for key, mask in bits.items():
@@ -74,7 +79,14 @@ def encode_masks(prune: np.ndarray, signs: np.ndarray | None, compact: bool = Fa
         record[key + CODED if smaller else key] = Array(coded if smaller else packed)
     if margin is not None:
         record[SIGN_MARGIN] = Array(margin)
+    if class_bias is not None:
+        record[CLASS_BIAS] = Array(class_bias.astype(np.float32))
     return record
+
+
+def decode_class_bias(record: ArrayRecord) -> np.ndarray | None:
+    """The per-class offsets of a ``masks`` record (None when it carries none)."""
+    return record[CLASS_BIAS].numpy() if CLASS_BIAS in record else None
 
 
 def _read_bits(record: ArrayRecord, key: str, length: int) -> np.ndarray:
