@@ -17,7 +17,13 @@ from fedmask.nn.pruning import PRUNABLE_MODULES, prunable_names, synflow_mask
 from fedmask.nn.training import PERSONAL_TUNINGS
 from fedmask.server.class_bias import ClassBias
 from fedmask.wire.bits import flatten_masks, unpack_mask
-from fedmask.wire.class_bias import CLASS_BIAS_LAYER, CLASS_BIASES, ClassStats, decode_stats
+from fedmask.wire.class_bias import (
+    CLASS_BIAS_LAYER,
+    CLASS_BIASES,
+    ClassStats,
+    decode_stats,
+    split_offset,
+)
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG
 from strategies.seeded_mask import SeededMaskStrategy
@@ -234,11 +240,19 @@ class HideNseek(SeededMaskStrategy):
                 "vote-margin": float(np.abs(2 * self.share - 1).mean())}
 
     def model_content(self, arrays: ArrayRecord) -> RecordDict:
-        """P and g of `arrays`, each range coded where that is smaller than packed."""
+        """P and g of `arrays`, each range coded where that is smaller than packed, and
+        the per-class offsets in the config."""
         prune, signs = wire.decode_masks(arrays, self.config())
         masks = wire.encode_masks(prune, signs, compact=True,
                                   class_bias=wire.decode_class_bias(arrays))
-        return RecordDict({wire.MASKS: masks, CONFIG: self.config()})
+        masks, config = self.on_the_wire(masks, self.config())
+        return RecordDict({wire.MASKS: masks, CONFIG: config})
+
+    def on_the_wire(self, arrays: ArrayRecord, config: ConfigRecord
+                    ) -> tuple[ArrayRecord, ConfigRecord]:
+        """The per-class offsets move from the state's record into the config (ten
+        floats cost about 100 bytes there, as an Array about 600)."""
+        return split_offset(arrays, config)
 
     @property
     def kept_fraction(self) -> float:

@@ -86,6 +86,12 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         """Method-specific keys of the ConfigRecord sent down."""
         return {}
 
+    def on_the_wire(self, arrays: ArrayRecord, config: ConfigRecord
+                    ) -> tuple[ArrayRecord, ConfigRecord]:
+        """The global state as messages and model files carry it: `arrays` and
+        `config` (default: as they are)."""
+        return arrays, config
+
     def downlink_context(self) -> Context | None:
         """The lean downlink's coding context (:mod:`fedmask.wire.held`; default none),
         computed once, from the seeded model."""
@@ -148,17 +154,17 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send train_arrays() with the seeded-net config, each node only what it lacks."""
-        return self.downlink.lean(super().configure_train(
-            server_round, self.train_arrays(server_round), self.config(config), grid),
-            self.arrayrecord_key)
+        arrays, config = self.on_the_wire(self.train_arrays(server_round), self.config(config))
+        return self.downlink.lean(super().configure_train(server_round, arrays, config, grid),
+                                  self.arrayrecord_key)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Send global_arrays() for the clients' local evaluation, each node only
         what it lacks."""
-        return self.downlink.lean(super().configure_evaluate(
-            server_round, self.global_arrays(), self.config(config), grid),
-            self.arrayrecord_key)
+        arrays, config = self.on_the_wire(self.global_arrays(), self.config(config))
+        return self.downlink.lean(super().configure_evaluate(server_round, arrays, config, grid),
+                                  self.arrayrecord_key)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

@@ -82,18 +82,23 @@ def test_malformed_statistics_raise_naming_the_field(client_reply, values, field
 
 
 class _Head(nn.Module):
+    """A net whose hidden layer runs twice (as a quickstart's pool does)."""
+
     def __init__(self, after=None, bias=True) -> None:
         super().__init__()
-        self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 3, bias=bias)
+        self.body, self.fc = nn.Linear(4, 4), nn.Linear(4, 3, bias=bias)
         self.after = after
 
     def forward(self, x):
-        out = self.fc(torch.relu(self.body(x)))
+        out = self.fc(torch.relu(self.body(torch.relu(self.body(x)))))
         return out if self.after is None else self.after(out)
 
 
 def test_the_output_layer_is_the_one_whose_output_the_model_returns():
-    assert output_layer(_Head(), (4,)) == "fc"
+    model, x = _Head(), torch.randn(3, 4)
+    before = model(x)
+    assert output_layer(model, (4,)) == "fc"
+    torch.testing.assert_close(model(x), before)  # the search leaves the model as it was
     assert output_layer(build_model("cnn", 10, 1, 12, output_bias=True), (1, 12, 12)) == "11"
     wrapped = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3)))
     assert output_layer(wrapped, (4,)) == "1.0"  # the innermost, not its container
@@ -145,24 +150,25 @@ def _received(strategy, kind: str, server_round: int) -> list[Message]:
     return sent
 
 
-def _train(strategy, server_round: int) -> Message:
+def _train(strategy, server_round: int, state: RecordDict) -> Message:
+    """Node 21's reply to its train message; `state` is what it holds between rounds."""
     msg = _received(strategy, "train", server_round)[0]
     return node.train(msg, build_model("cnn", 10, 1, 12, output_bias=True), tiny_client_data(),
-                      RecordDict())
+                      state)
 
 
 def test_offsets_go_down_from_round_two_and_the_replies_statistics_step_them(client_reply):
-    strategy = _strategy()
+    strategy, state = _strategy(), RecordDict()
     first = _received(strategy, "train", 1)[0]
     assert first.content.config_records["config"]["class-bias-layer"] == "11"
     assert offset_wire.offset_of(first) == ("11", None)  # round 1: no voted model, no b
-    reply = _train(strategy, 1)
+    reply = _train(strategy, 1, state)
     assert decode_stats(reply, 10) is None  # nothing to report on
     _, metrics = strategy.aggregate_train(1, [client_reply(reply.content, node=21)])
     assert "class-stats-replies" not in metrics and not strategy.offset.bias.any()
     second = _received(strategy, "train", 2)[0]
     np.testing.assert_array_equal(offset_wire.offset_of(second)[1], np.zeros(10))
-    reply = _train(strategy, 2)
+    reply = _train(strategy, 2, state)
     stats = decode_stats(reply, 10)
     assert stats is not None and stats.counts.sum() == 64
     _, metrics = strategy.aggregate_train(2, [client_reply(reply.content, node=21)])
@@ -174,9 +180,13 @@ def test_offsets_go_down_from_round_two_and_the_replies_statistics_step_them(cli
 
 def test_the_offsets_never_change_the_signs_and_a_bad_record_rejects_the_reply(client_reply):
     with_stats, without = _strategy(), _strategy(class_bias="none")
+    states = {id(with_stats): RecordDict(), id(without): RecordDict()}
     for strategy in (with_stats, without):
-        strategy.aggregate_train(1, [client_reply(_train(strategy, 1).content, node=21)])
-    reply = _train(with_stats, 2)
+        first = _train(strategy, 1, states[id(strategy)])
+        strategy.aggregate_train(1, [client_reply(first.content, node=21)])
+    np.testing.assert_array_equal(with_stats.signs, without.signs)
+    reply = _train(with_stats, 2, states[id(with_stats)])
+    _train(without, 2, states[id(without)])  # its round-2 message, so that it holds g
     with_stats.aggregate_train(2, [client_reply(reply.content, node=21)])
     without.aggregate_train(2, [client_reply(RecordDict({
         k: v for k, v in reply.content.items() if k != CLASS_STATS}), node=21)])

@@ -116,8 +116,8 @@ def report_classes(msg: Message, model: nn.Module, trainloader: Iterable[Any]) -
     gives the class statistics :func:`train_reply` sends where the method learns
     per-class logit offsets (HideNseek's ``class-bias``, its default; from round
     2, when the global model is a voted one): per class held, the examples and
-    the mean softmax at the global model. Elsewhere it reads nothing. Without it the server logs that the offsets learn from other
-    clients only."""
+    the mean softmax at the global model. Elsewhere it reads nothing. Without it
+    the server logs that the offsets learn from other clients only."""
     pending = _pending(msg, model)
     found = offset_of(msg)
     if found is not None and found[1] is not None:  # from round 2: a voted model

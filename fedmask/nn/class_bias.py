@@ -5,7 +5,7 @@ contract: :mod:`fedmask.wire.class_bias`, server step:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,14 @@ def output_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     pass on two zero examples of `input_shape`); ValueError naming ``class-bias``
     where there is none, or where it has no bias."""
     outputs: dict[str, Any] = {}
-    hooks = [module.register_forward_hook(lambda m, i, out, name=name: outputs.setdefault(
-        name, out)) for name, module in model.named_modules() if name]
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+            outputs[name] = out  # its last call's (a module may run twice, e.g. a pool)
+        return hook
+
+    hooks = [module.register_forward_hook(keep(name))
+             for name, module in model.named_modules() if name]
     training = model.training
     try:
         result = model.eval()(torch.zeros(2, *input_shape))

@@ -1,10 +1,12 @@
 """Wire contract of the federated per-class logit offset (HideNseek's ``class-bias``).
 
 Down: the config names the output layer (``class-bias-layer``, a module name of
-the model) whenever the offset is on; the method's global record carries
-``class-bias``, C float32 offsets b added to the output layer's logits, in
-evaluate messages and model files, and in train messages from round 2 (round 1
-trains from no voted model, and has none). Up (train replies to a message that
+the model) whenever the offset is on, and carries ``class-bias``, the C offsets
+b added to the output layer's logits (float32 values as a list of floats: ten
+cost about 100 bytes there, an Array about 600), in evaluate messages and
+model files, and in train messages from round 2 (round 1 trains from no voted
+model, and has none). The server keeps b in its state's ArrayRecord (the
+checkpoint, the evaluation, the final digest). Up (train replies to a message that
 carries b): a ``class-stats`` MetricRecord with
 ``class-ids`` (the k classes the client holds), ``class-counts`` (its examples
 of each) and ``class-probs`` (k x C, row by row: for each of those classes,
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedmask.wire.records import CONFIG, MAX_EXAMPLES, ReplyError
 
@@ -54,15 +56,25 @@ class ClassStats:
                              CLASS_PROBS: [int(v) for v in self.units.ravel()]})
 
 
+def split_offset(state: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, ConfigRecord]:
+    """The server's state record without its ``class-bias`` Array, and `config` with
+    the offsets as a list of floats (exact for float32) where the state has them."""
+    if CLASS_BIAS not in state:
+        return state, config
+    config[CLASS_BIAS] = [float(v) for v in state[CLASS_BIAS].numpy()]
+    return ArrayRecord({k: v for k, v in state.items() if k != CLASS_BIAS}), config
+
+
 def offset_of(msg: Message) -> tuple[str, np.ndarray | None] | None:
-    """The output layer's name and the offsets b a message carries (None: all 0);
-    None when the message's method runs without the offset."""
+    """The output layer's name and the offsets b a message (or model file) carries
+    (None: not yet, all 0); None when its method runs without the offsets."""
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     if CLASS_BIAS_LAYER not in config:
         return None
-    found = [record[CLASS_BIAS].numpy() for record in msg.content.array_records.values()
-             if CLASS_BIAS in record]
-    return str(config[CLASS_BIAS_LAYER]), (found[0] if found else None)
+    bias = config.get(CLASS_BIAS)
+    if not isinstance(bias, list) or not all(isinstance(v, float) for v in bias):
+        return str(config[CLASS_BIAS_LAYER]), None
+    return str(config[CLASS_BIAS_LAYER]), np.asarray(bias, dtype=np.float32)
 
 
 def _ints(record: MetricRecord, key: str, size: int | None = None) -> np.ndarray:
