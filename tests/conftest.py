@@ -511,11 +511,12 @@ class FakeGrid:
 
 class LoopbackGrid(FakeGrid):
     """A Grid whose nodes are answered in-process by fedmask's client handlers
-    (``fedmask.client.node``), each node with its own state and seeded torch."""
+    (``fedmask.client.node``), each node with its own state and seeded torch; their
+    ``cnn`` has a bias in its output layer with `output_bias` (HideNseek's offsets)."""
 
-    def __init__(self, method: str, nodes: list[int]) -> None:
+    def __init__(self, method: str, nodes: list[int], output_bias: bool = False) -> None:
         super().__init__(nodes)
-        self.method = method
+        self.method, self.output_bias = method, output_bias
         self.states = {node: RecordDict() for node in nodes}
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
@@ -526,8 +527,8 @@ class LoopbackGrid(FakeGrid):
             server_round = int(msg.content.config_records["config"].get("server-round", 0))
             torch.manual_seed(1000 * server_round + node)
             handler = client_node.HANDLERS[msg.metadata.message_type]
-            reply = handler(msg, build_model("cnn", 10, 1, 12), tiny_client_data(),
-                            self.states[node])
+            reply = handler(msg, build_model("cnn", 10, 1, 12, output_bias=self.output_bias),
+                            tiny_client_data(), self.states[node])
             replies.append(make_message(_metadata(node, msg.metadata.message_type),
                                         content=reply.content))
         return replies
