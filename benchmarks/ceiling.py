@@ -35,7 +35,6 @@ from fedmask.data.datasets import get_spec
 from fedmask.launch import parse_pairs
 from fedmask.methods import REGISTRY
 from fedmask.nn import training
-from fedmask.nn.models import build_model
 from fedmask.server.app import build_strategy, central_loader
 
 MASK_METHODS = ("hidenseek", "fedpm")  # the others' ceiling is dense SGD (fedavg's)
@@ -67,7 +66,7 @@ def initial_network(cfg: dict[str, Any]) -> nn.Module:
     """The trainable network of the parsed run config `cfg`'s method before round 1."""
     torch.manual_seed(cfg["seed"])
     spec = get_spec(cfg["dataset"])
-    model = build_model(cfg["model"], spec.num_classes, spec.in_channels, spec.image_size)
+    model = run_config.run_model(cfg)  # the run's network (HideNseek's: its offsets at 0)
     strategy = build_strategy(cfg, model, (spec.in_channels, spec.image_size, spec.image_size))
     return strategy.evaluation_model(strategy.initial_arrays())
 
