@@ -38,6 +38,8 @@ def test_the_step_is_the_balanced_cross_entropys_gradient_over_the_classes_repor
     offsets.update([_stats([1], [2], [[0.0, 1.0, 0.0]])])  # class 0's report stands
     # mean of (q_0 - e_0, q_1 - e_1) = (-0.25, 0.125, 0.125)
     np.testing.assert_allclose(offsets.bias, [1.5, -0.75, -0.75], atol=1e-4)
+    offsets.update([])  # no report this round: nothing new to step on
+    np.testing.assert_allclose(offsets.bias, [1.5, -0.75, -0.75], atol=1e-4)
 
 
 def test_a_rounds_reports_of_one_class_pool_by_count_in_any_order():

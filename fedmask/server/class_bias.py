@@ -37,8 +37,9 @@ class ClassBias:
         return self.bias.size
 
     def update(self, stats: Sequence[ClassStats]) -> dict[str, float]:
-        """Take the round's reports (each class's pooled by count), step b; metrics:
-        the classes reported so far and the range of b."""
+        """Take the round's reports (each class's pooled by count), step b (a round
+        without reports leaves it: nothing new to step on); metrics: the classes
+        reported so far and the range of b."""
         pooled = np.zeros(self.reports.shape, dtype=np.int64)  # exact, in any order
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for one in stats:
@@ -47,7 +48,7 @@ class ClassBias:
         fresh = counts > 0
         self.reports[fresh] = pooled[fresh] / (counts[fresh, None] * float(PROB_UNITS))
         self.reported |= fresh
-        if self.reported.any():
+        if fresh.any():
             targets = np.eye(self.num_classes)[self.reported]
             gradient = (self.reports[self.reported] - targets).mean(axis=0)
             self.bias = (self.bias - self.lr * gradient).astype(np.float32)
