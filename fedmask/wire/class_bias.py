@@ -13,7 +13,7 @@ of each) and ``class-probs`` (k x C, row by row: for each of those classes,
 the mean softmax of the logits + b over its examples, at the global model the
 client received, in units of 1/65535), all lists of ints: protobuf codes them
 as varints, about 0.3 to 0.5 kB a reply for ten classes (an ArrayRecord of
-the same numbers costs 0.8 to 2.5 kB of framing). A reply without the record
+the same numbers costs 0.9 to 2.5 kB, measured). A reply without the record
 is valid (a loop that did not report); a malformed one is rejected.
 """
 
