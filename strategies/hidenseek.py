@@ -20,6 +20,7 @@ from fedmask.wire.bits import flatten_masks, unpack_mask
 from fedmask.wire.class_bias import (
     CLASS_BIAS_LAYER,
     CLASS_BIASES,
+    CLASS_STATS,
     ClassStats,
     decode_stats,
     split_offset,
@@ -136,6 +137,7 @@ class HideNseek(SeededMaskStrategy):
             self.offset = ClassBias(layer_bias(model, self.offset_layer).numel(),
                                     class_bias_lr)
             self.STATE = (*type(self).STATE, "offset.bias", "offset.reports", "offset.reported")
+            self.reply_records = frozenset({CLASS_STATS})
         self.unreported = 0  # replies without class statistics so far
 
     @staticmethod

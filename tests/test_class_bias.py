@@ -5,7 +5,7 @@ offset carried into every form of the global model."""
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -81,6 +81,19 @@ def test_malformed_statistics_raise_naming_the_field(client_reply, values, field
             "class-probs": [PROB_UNITS, 0, 0, 0, PROB_UNITS, 0]}
     with pytest.raises(ReplyError, match=f"class-stats/{field}"):
         decode_stats(_reply(client_reply, MetricRecord({**good, **values})), 3)
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ({"class-bias-layer": ""}, "class-bias-layer"),
+    ({"class-bias-layer": "fc", "class-bias": "0.5"}, "class-bias"),
+    ({"class-bias-layer": "fc", "class-bias": []}, "class-bias"),
+    ({"class-bias-layer": "fc", "class-bias": [0.5, float("nan")]}, "class-bias"),
+])
+def test_a_malformed_offset_in_a_message_raises_naming_the_key(config, key):
+    msg = Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=1,
+                  message_type="evaluate")
+    with pytest.raises(ValueError, match=f"config/{key}:"):
+        offset_wire.offset_of(msg)
 
 
 class _Head(nn.Module):
@@ -200,6 +213,8 @@ def test_the_offsets_never_change_the_signs_and_a_bad_record_rejects_the_reply(c
     arrays, _ = with_stats.aggregate_train(3, [client_reply(bad, node=22)])
     assert arrays is None and with_stats.rejected[3][0]["field"] == "class-stats/class-ids"
     np.testing.assert_array_equal(with_stats.offset.bias, bias)
+    arrays, _ = without.aggregate_train(3, [client_reply(reply.content, node=22)])
+    assert arrays is None and without.rejected[3][0]["field"] == "metrics"  # not asked for
 
 
 def test_every_form_of_the_global_model_carries_the_offsets(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from logging import INFO, WARNING
 from typing import Any, TypeVar
 
@@ -27,7 +27,6 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 
 from fedmask.nn.models import num_prunable
-from fedmask.wire.class_bias import CLASS_STATS
 from fedmask.wire.records import METRICS, ReplyError, num_examples
 
 T = TypeVar("T")
@@ -48,16 +47,17 @@ def payload_bytes(content: RecordDict) -> int:
                for array in record.values())
 
 
-def check_reply(msg: Message, limit: int) -> int:
-    """Size and metrics checks of a reply; its `num-examples`. Raise ReplyError."""
+def check_reply(msg: Message, limit: int, records: Collection[str] = ()) -> int:
+    """Size and metrics checks of a reply, which may carry the MetricRecords named
+    in `records` beside its metrics; its `num-examples`. Raise ReplyError."""
     size = payload_bytes(msg.content)
     if size > limit:
         raise ReplyError("arrays", f"{size} bytes exceed the limit of {limit} for this model")
-    records = msg.content.metric_records
-    if METRICS not in records or not set(records) <= {METRICS, CLASS_STATS}:
+    given = msg.content.metric_records
+    if METRICS not in given or not set(given) <= {METRICS, *records}:
         raise ReplyError(METRICS, f"expected the MetricRecord {METRICS!r} (and at most "
-                                  f"{CLASS_STATS!r}), got {list(records)}")
-    for key, value in records[METRICS].items():
+                                  f"{sorted(records)}), got {list(given)}")
+    for key, value in given[METRICS].items():
         if isinstance(value, (list, bool)) or not math.isfinite(value):
             raise ReplyError(key, f"must be a finite number, got {value!r}")
     return num_examples(msg)
@@ -83,8 +83,9 @@ def _reject(rejected: list[dict[str, Any]], msg: Message, err: Exception) -> Non
 
 
 def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]],
-           prefix: int | None = None) -> list[Message]:
-    """The replies without an error (logged) that pass :func:`check_reply`, in
+           prefix: int | None = None, records: Collection[str] = ()) -> list[Message]:
+    """The replies without an error (logged) that pass :func:`check_reply` (with
+    `records`), in
     canonical order (by the digest of the payloads, or of their first `prefix`
     bytes); the others are added to `rejected`."""
     passed = []
@@ -93,7 +94,7 @@ def screen(replies: Iterable[Message], limit: int, rejected: list[dict[str, Any]
             log(WARNING, "node %d failed: %s", msg.metadata.src_node_id, msg.error.reason)
             continue
         try:
-            check_reply(msg, limit)
+            check_reply(msg, limit, records)
             passed.append(msg)
         except Exception as err:  # noqa: BLE001 - any bad reply must not stop the round
             _reject(rejected, msg, err)
@@ -138,6 +139,7 @@ class ValidatedStrategy:
     min_train_nodes: int
     weighted_by_key: str
     ORDER_PREFIX: int | None = None  # PREFIX_BYTES where the aggregate is an integer sum
+    reply_records: frozenset[str] = frozenset()  # MetricRecords a train reply may add
 
     def init_validation(self, model: nn.Module) -> None:
         """Derive the reply size limit from `model`; start the rejection log."""
@@ -149,8 +151,8 @@ class ValidatedStrategy:
         """The round's valid replies, decoded one at a time (so that aggregation can
         stream), in canonical order; rejections are logged in ``rejected``."""
         rejected = self.rejected.setdefault(server_round, [])
-        return decode_each(screen(replies, self.reply_limit, rejected, self.ORDER_PREFIX),
-                           decode, rejected)
+        return decode_each(screen(replies, self.reply_limit, rejected, self.ORDER_PREFIX,
+                                  self.reply_records), decode, rejected)
 
     def quorum(self, server_round: int, count: int) -> bool:
         """Whether `count` valid replies are enough; logs the count and the verdict."""

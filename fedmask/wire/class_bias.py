@@ -67,14 +67,21 @@ def split_offset(state: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord,
 
 def offset_of(msg: Message) -> tuple[str, np.ndarray | None] | None:
     """The output layer's name and the offsets b a message (or model file) carries
-    (None: not yet, all 0); None when its method runs without the offsets."""
+    (None: not yet, all 0); None when its method runs without the offsets.
+    ValueError naming the key where either is malformed."""
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     if CLASS_BIAS_LAYER not in config:
         return None
-    bias = config.get(CLASS_BIAS)
-    if not isinstance(bias, list) or not all(isinstance(v, float) for v in bias):
-        return str(config[CLASS_BIAS_LAYER]), None
-    return str(config[CLASS_BIAS_LAYER]), np.asarray(bias, dtype=np.float32)
+    layer, bias = config[CLASS_BIAS_LAYER], config.get(CLASS_BIAS)
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(f"{CONFIG}/{CLASS_BIAS_LAYER}: expected a module name, got {layer!r}")
+    if bias is None:
+        return layer, None
+    if not isinstance(bias, list) or not bias or not all(
+            isinstance(v, float) and np.isfinite(v) for v in bias):
+        raise ValueError(f"{CONFIG}/{CLASS_BIAS}: expected a non-empty list of finite "
+                         f"floats, got {bias!r}")
+    return layer, np.asarray(bias, dtype=np.float32)
 
 
 def _ints(record: MetricRecord, key: str, size: int | None = None) -> np.ndarray:
