@@ -3,6 +3,7 @@
 import loopback
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array
 from loopback import run_federation
 
@@ -17,6 +18,7 @@ def test_loopback_run_ends_where_the_flower_simulation_ends(hidenseek):
     differently)."""
     results = in_process({**SMALL, "method": "hidenseek"}, SMALL_NODES)
     assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["versions"]["torch"] == torch.__version__  # figures depend on the build
     assert results["final_arrays_sha256"] == hidenseek["final_arrays_sha256"]
     assert [r["accuracy"] for r in results["rounds"]] == [
         r["accuracy"] for r in hidenseek["rounds"]]

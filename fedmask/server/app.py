@@ -28,7 +28,7 @@ from fedmask.nn.seeded import GENERATOR_KEY
 from fedmask.server import checkpoint
 from fedmask.server.accounting import MeasuringGrid
 from fedmask.server.checkpoint import CHECKPOINT, Checkpointable
-from fedmask.server.results import RoundRecorder, arrays_sha256, write_json
+from fedmask.server.results import RoundRecorder, arrays_sha256, library_versions, write_json
 from fedmask.server.rounds import run_rounds
 
 MODEL_FILE = "model.safetensors"
@@ -177,7 +177,7 @@ def run(grid: Grid, context: Context) -> Path:
     header = {"method": cfg["method"], "dataset": cfg["dataset"], "model": cfg["model"],
               "num_params": num_prunable(model), "density": strategy.kept_fraction,
               "seed": cfg["seed"], "run_id": context.run_id,
-              "config": cfg, "resumed_after_round": first - 1,
+              "config": cfg, "resumed_after_round": first - 1, "versions": library_versions(),
               "final_arrays_sha256": arrays_sha256(final), **save_model(strategy, final, cfg,
                                                                         folder)}
     path = folder / "results.json"

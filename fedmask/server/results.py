@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
+from importlib import import_module
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,17 @@ class RoundRecorder:
     def results(self, header: dict[str, Any]) -> dict[str, Any]:
         """results.json content: `header`, the initial evaluation and the rounds."""
         return {**header, "initial": self.initial, "rounds": self.rounds}
+
+
+VERSIONED = ("torch", "torchvision", "flwr", "numpy")  # what a run's numbers depend on
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and the numeric libraries' versions, with the build's tag (torch's
+    ``+cu130``): the same code and seed give other figures under another torch
+    build, so results.json records them."""
+    return {"python": platform.python_version(),
+            **{name: str(import_module(name).__version__) for name in VERSIONED}}
 
 
 def arrays_sha256(arrays: ArrayRecord) -> str:
