@@ -1,9 +1,12 @@
-"""Tests for fedmask.data.datasets on the real (read-only) MNIST/FashionMNIST files."""
+"""Tests for fedmask.data.datasets on the real MNIST/FashionMNIST files, read from a
+read-only copy of the test data (whatever the permissions of the original)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +17,12 @@ import torch
 
 from fedmask.data import datasets as data
 
-SHARED_ROOT = Path("/work/shared/data")
+from conftest import DATA_ROOT
+
 DATASET = "fashion-mnist"
 
 pytestmark = pytest.mark.skipif(
-    not (SHARED_ROOT / "FashionMNIST" / "raw").is_dir(), reason="shared data missing"
+    not (Path(DATA_ROOT) / "FashionMNIST" / "raw").is_dir(), reason="test data missing"
 )
 
 
@@ -29,24 +33,34 @@ def _snapshot(root: Path) -> set[tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory):
-    """A fresh cache for the module, also exported as FEDMASK_CACHE."""
-    root = tmp_path_factory.mktemp("fedmask-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEDMASK_CACHE", str(root))
-        yield root
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the test data with every write bit removed, as a shared mount is."""
+    copy = tmp_path_factory.mktemp("read-only") / "data"
+    shutil.copytree(DATA_ROOT, copy, ignore=shutil.ignore_patterns("cache"))
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return copy
 
 
 @pytest.fixture(scope="module")
-def labels(cache_root: Path) -> np.ndarray:
-    return data.load_split(DATASET, SHARED_ROOT, train=True).tensors[1].numpy()
+def cache_root(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh cache for the module, also exported as FEDMASK_CACHE."""
+    path = tmp_path_factory.mktemp("fedmask-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDMASK_CACHE", str(path))
+        yield path
 
 
-def test_load_split_mirrors_read_only_root(cache_root: Path) -> None:
-    before = _snapshot(SHARED_ROOT)
-    train = data.load_split(DATASET, SHARED_ROOT, train=True, cache_root=cache_root)
-    test = data.load_split(DATASET, str(SHARED_ROOT), train=False)
-    assert _snapshot(SHARED_ROOT) == before
+@pytest.fixture(scope="module")
+def labels(root: Path, cache_root: Path) -> np.ndarray:
+    return data.load_split(DATASET, root, train=True).tensors[1].numpy()
+
+
+def test_load_split_mirrors_read_only_root(root: Path, cache_root: Path) -> None:
+    before = _snapshot(root)
+    train = data.load_split(DATASET, root, train=True, cache_root=cache_root)
+    test = data.load_split(DATASET, str(root), train=False)
+    assert _snapshot(root) == before and not list(root.rglob("*-ubyte"))
     assert (cache_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
     for split, size in ((train, 60000), (test, 10000)):
@@ -56,19 +70,19 @@ def test_load_split_mirrors_read_only_root(cache_root: Path) -> None:
         assert set(y.unique().tolist()) == set(range(10))
     x = train.tensors[0]
     assert abs(x.mean().item()) < 0.05 and 0.9 < x.std().item() < 1.1
-    assert data.load_split(DATASET, SHARED_ROOT, train=True) is train
+    assert data.load_split(DATASET, root, train=True) is train
 
 
-def test_load_split_mnist(cache_root: Path) -> None:
-    x, y = data.load_split("mnist", SHARED_ROOT, train=False).tensors
+def test_load_split_mnist(root: Path, cache_root: Path) -> None:
+    x, y = data.load_split("mnist", root, train=False).tensors
     assert x.shape == (10000, 1, 28, 28) and int(y.max()) == 9
     assert abs(x.mean().item()) < 0.1
     assert data.DATASETS["mnist"].in_channels == x.shape[1]
 
 
-def test_load_split_unknown_dataset() -> None:
+def test_load_split_unknown_dataset(root: Path) -> None:
     with pytest.raises(ValueError, match="dataset.*fashion-mnist"):
-        data.load_split("imagenet", SHARED_ROOT, train=True)
+        data.load_split("imagenet", root, train=True)
 
 
 def test_missing_dataset_raises_file_not_found(tmp_path: Path) -> None:
@@ -129,10 +143,10 @@ def test_split_train_test() -> None:
     assert not np.array_equal(train, data.split_train_test(indices, 0.2, seed=4)[0])
 
 
-def _client(partition_id: int = 2, **overrides) -> data.ClientData:
+def _client(root: Path, partition_id: int = 2, **overrides) -> data.ClientData:
     kwargs = dict(
         dataset=DATASET,
-        data_root=SHARED_ROOT,
+        data_root=root,
         partition_id=partition_id,
         num_partitions=10,
         partition="dirichlet",
@@ -143,8 +157,8 @@ def _client(partition_id: int = 2, **overrides) -> data.ClientData:
     return data.client_data(**(kwargs | overrides))
 
 
-def test_client_data_sizes(labels: np.ndarray) -> None:
-    full = _client()
+def test_client_data_sizes(root: Path, labels: np.ndarray) -> None:
+    full = _client(root)
     part = data.partition_indices(labels, 10, "dirichlet", seed=0, alpha=0.3)[2]
     assert full.num_train + full.num_test == len(part)
     assert full.num_test == round(0.2 * len(part))
@@ -154,7 +168,7 @@ def test_client_data_sizes(labels: np.ndarray) -> None:
     assert x.shape == (32, 1, 28, 28) and y.shape == (32,)
     assert set(full.train.dataset.tensors[1].tolist()) <= set(labels[part].tolist())
 
-    limited = _client(train_limit=100)
+    limited = _client(root, train_limit=100)
     assert (limited.num_train, limited.num_test) == (100, 25)
     assert len(limited.train.dataset) == 100 and len(limited.test.dataset) == 25
     for client in (full, limited):  # the training labels per class, every class listed
@@ -162,11 +176,11 @@ def test_client_data_sizes(labels: np.ndarray) -> None:
                                    torch.bincount(client.train.dataset.tensors[1], minlength=10))
 
 
-def test_client_data_is_deterministic(cache_root: Path) -> None:
-    first, second = _client(), _client()
+def test_client_data_is_deterministic(root: Path, cache_root: Path) -> None:
+    first, second = _client(root), _client(root)
     torch.testing.assert_close(next(iter(first.train)), next(iter(second.train)))
     torch.testing.assert_close(next(iter(first.test)), next(iter(second.test)))
-    other = _client(partition_id=3)
+    other = _client(root, partition_id=3)
     assert not torch.equal(next(iter(first.test))[0], next(iter(other.test))[0])
 
 
@@ -179,19 +193,20 @@ def test_client_data_is_deterministic(cache_root: Path) -> None:
         ({"partition": "pathological"}, "partition"),
     ],
 )
-def test_client_data_rejects_bad_arguments(cache_root: Path, overrides: dict, key: str) -> None:
+def test_client_data_rejects_bad_arguments(root: Path, cache_root: Path, overrides: dict,
+                                            key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        _client(**overrides)
+        _client(root, **overrides)
 
 
-def test_central_test(cache_root: Path) -> None:
-    loader = data.central_test(DATASET, SHARED_ROOT, batch_size=64, limit=500)
+def test_central_test(root: Path, cache_root: Path) -> None:
+    loader = data.central_test(DATASET, root, batch_size=64, limit=500)
     assert len(loader.dataset) == 500
     x, y = next(iter(loader))
-    full_x, full_y = data.load_split(DATASET, SHARED_ROOT, train=False).tensors
+    full_x, full_y = data.load_split(DATASET, root, train=False).tensors
     torch.testing.assert_close(x, full_x[:64])
     assert torch.equal(y, full_y[:64])
-    assert len(data.central_test(DATASET, SHARED_ROOT, batch_size=64).dataset) == 10000
+    assert len(data.central_test(DATASET, root, batch_size=64).dataset) == 10000
 
 
 @pytest.mark.parametrize("spec", list(data.DATASETS.values()), ids=list(data.DATASETS))
@@ -202,13 +217,14 @@ def test_spec_names_the_torchvision_class_and_its_files(spec: data.DatasetSpec) 
     assert spec.entries == files
 
 
-def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(cache_root: Path) -> None:
-    client, test = _client(), data.central_test(DATASET, SHARED_ROOT, batch_size=64)
+def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(root: Path,
+                                                                   cache_root: Path) -> None:
+    client, test = _client(root), data.central_test(DATASET, root, batch_size=64)
     code = (
         "import sys\n"
         "from fedmask.data import datasets as data\n"
-        f"c = data.client_data('{DATASET}', '{SHARED_ROOT}', 2, 10, 'dirichlet', 0.3, 0, 32)\n"
-        f"t = data.central_test('{DATASET}', '{SHARED_ROOT}', 64)\n"
+        f"c = data.client_data('{DATASET}', '{root}', 2, 10, 'dirichlet', 0.3, 0, 32)\n"
+        f"t = data.central_test('{DATASET}', '{root}', 64)\n"
         "x, y = c.train.dataset.tensors\n"
         "print(c.num_train, len(t.dataset), float(x.sum()), int(y.sum()), "
         "sorted({'torchvision', 'datasets', 'flwr_datasets'} & set(sys.modules)))"
@@ -220,20 +236,16 @@ def test_a_fresh_process_reads_the_disk_cache_without_heavy_imports(cache_root: 
                                    str(float(x.sum())), str(int(y.sum())), "[]"]
 
 
-def test_nothing_extracted_into_shared_root() -> None:
-    assert not list(SHARED_ROOT.rglob("*-ubyte"))
-
-
-def test_validation_set_is_held_out_from_every_client(labels: np.ndarray) -> None:
+def test_validation_set_is_held_out_from_every_client(root: Path, labels: np.ndarray) -> None:
     held = set(data.validation_indices(len(labels), 2000, seed=0).tolist())
     assert len(held) == 2000
-    parts = data._train_partitions(DATASET, SHARED_ROOT, data._resolve_cache(None), 10,
+    parts = data._train_partitions(DATASET, root, data._resolve_cache(None), 10,
                                    "dirichlet", 0, 0.5, 2000)
     seen = np.concatenate(parts)
     assert len(seen) == len(labels) - 2000 and len(set(seen.tolist())) == len(seen)
     assert held.isdisjoint(seen.tolist())
-    loader = data.central_validation(DATASET, SHARED_ROOT, 256, 2000, seed=0)
-    x, y = data.load_split(DATASET, SHARED_ROOT, train=True).tensors
+    loader = data.central_validation(DATASET, root, 256, 2000, seed=0)
+    x, y = data.load_split(DATASET, root, train=True).tensors
     first = sorted(held)[:256]
     torch.testing.assert_close(next(iter(loader)), [x[first], y[first]])
 
