@@ -126,8 +126,8 @@ def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
     down = results["initial"].get("bytes_down", 0)
     rows = []
     for record in results["rounds"]:
-        up += record["bytes_up"] + record["eval_bytes_up"]
-        down += record["bytes_down"] + record["eval_bytes_down"]
+        up += record["bytes_up"] + record["eval_bytes_up"] + record["query_bytes_up"]
+        down += record["bytes_down"] + record["eval_bytes_down"] + record["query_bytes_down"]
         seconds = [c["client_s"] for c in record["clients"] if not c["failed"]] or [0.0]
         rows.append({
             "round": record["round"], "accuracy": record["accuracy"],
@@ -135,7 +135,8 @@ def per_round(results: dict[str, Any]) -> list[dict[str, float | None]]:
             "personal_accuracy": record["client_eval_metrics"].get("personal-accuracy"),
             "density": record["train_metrics"].get("density", results["density"]),
             "cumulative_mb_up": up / MB, "cumulative_mb_down": down / MB,
-            "uplink_bpp": 8 * record["bytes_up"] / max(len(record["clients"]), 1) / n,
+            "uplink_bpp": (8 * (record["bytes_up"] + record["query_bytes_up"])
+                           / max(len(record["clients"]), 1) / n),
             "client_s_mean": sum(seconds) / len(seconds), "client_s_max": max(seconds),
             "aggregate_s": record["aggregate_s"], "wall_s": record["wall_s"],
             "overhead_share": max(record["wall_s"] - max(seconds), 0.0) / record["wall_s"],

@@ -97,10 +97,16 @@ DRIFT_GRID: dict[str, list[dict[str, Any]]] = {
 # default's trajectory without it, ``sgd3mem`` the rule built here).
 OFFSET_GRID: dict[str, list[dict[str, Any]]] = {
     "hidenseek": [{"class-bias": "federated", "class-bias-lr": 3.0}]}
+# Where the offsets' class statistics are taken (``--grid report``, same regimes): in
+# the train replies (the default), or after the vote on the voted model, at two steps.
+REPORT_GRID: dict[str, list[dict[str, Any]]] = {
+    "hidenseek": [{"class-bias": "federated", "class-bias-lr": 3.0, "class-bias-report": report}
+                  for report in ("train", "voted")]
+    + [{"class-bias": "federated", "class-bias-lr": 10.0, "class-bias-report": "voted"}]}
 LOSS_GRID: dict[str, list[dict[str, Any]]] = {
     method: [{"loss": "cross-entropy"}, {"loss": "balanced"}] for method in GRID}
 GRIDS = {"main": GRID, "skew": SKEW_GRID, "drift": DRIFT_GRID, "loss": LOSS_GRID,
-         "offset": OFFSET_GRID,
+         "offset": OFFSET_GRID, "report": REPORT_GRID,
          "steps": {method: [{**setting, "min-local-steps": steps} for steps in (0, 20)]
                    for method, setting in DEFAULT_SETTINGS.items()}}
 # Data regimes: the standard profile, the same with 400 images per client, and that
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                              "setting at 0 and 20 min-local-steps; skew: HideNseek's "
                              "aggregation options (SKEW_GRID); drift: its vote memory "
                              "(DRIFT_GRID); loss: each method's local loss (LOSS_GRID); offset: "
-                             "HideNseek's per-class logit offset (OFFSET_GRID)")
+                             "HideNseek's per-class logit offset (OFFSET_GRID); report: where "
+                             "its class statistics are taken (REPORT_GRID)")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--rounds", type=int, default=PROFILES["standard"]["rounds"])
     parser.add_argument("--score-rounds", type=int, default=5,

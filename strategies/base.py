@@ -59,6 +59,9 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
     # start from the seed.
     OWN_WEIGHTS = False
     model: nn.Module  # the architecture, seeded (set by every strategy's constructor)
+    # Seconds an exchange waits for replies: the round timeout :meth:`start` (or
+    # fedmask's server app) is given; for an exchange a strategy starts itself.
+    round_timeout = 3600.0
 
     @property
     def method(self) -> Method:
@@ -174,6 +177,7 @@ class MethodStrategy(ValidatedStrategy, Checkpointable, Strategy):
         """Flower's ``Strategy.start``, after :meth:`prepare`; `initial_arrays`
         defaults to :meth:`initial_arrays`, the configs to :meth:`default_config`
         plus what the caller passes."""
+        self.round_timeout = timeout
         arrays = self.prepare(grid, timeout, initial_arrays)
         return super().start(grid, arrays, num_rounds, timeout,
                              self.default_config(train_config),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 from torch import nn
 
 from fedmask.methods.hidenseek import wire
@@ -19,6 +21,7 @@ from fedmask.server.class_bias import ClassBias
 from fedmask.wire.bits import flatten_masks, unpack_mask
 from fedmask.wire.class_bias import (
     CLASS_BIAS_LAYER,
+    CLASS_BIAS_REPORTS,
     CLASS_BIASES,
     CLASS_STATS,
     ClassStats,
@@ -26,7 +29,7 @@ from fedmask.wire.class_bias import (
     split_offset,
 )
 from fedmask.wire.held import Context
-from fedmask.wire.records import CONFIG
+from fedmask.wire.records import CONFIG, ReplyError
 from strategies.seeded_mask import SeededMaskStrategy
 
 
@@ -92,6 +95,13 @@ class HideNseek(SeededMaskStrategy):
         output layer has a bias, else none (logged).
     class_bias_lr : float
         The server's step size on b.
+    class_bias_report : {"train", "voted"}
+        Where the clients' class statistics are taken: ``"train"``, in the train
+        replies, at the model the round started from (b then fits the signs of one
+        vote before); ``"voted"``, after the vote: the nodes whose replies were
+        taken get the voted model in a query message and answer with the
+        statistics at it (one more exchange a round; their ClientApp must answer
+        query messages, :func:`fedmask.client.query_reply`).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes).
     """
@@ -108,7 +118,7 @@ class HideNseek(SeededMaskStrategy):
                  personal_tuning: str = "weights", personal_lr: float = 0.005,
                  vote: str = "majority", vote_smoothing: float = 0.5,
                  class_bias: str = "auto", class_bias_lr: float = 3.0,
-                 **kwargs: Any) -> None:
+                 class_bias_report: str = "train", **kwargs: Any) -> None:
         if personal_tuning not in PERSONAL_TUNINGS:
             raise ValueError(f"personal-tuning: {personal_tuning!r} is not one of "
                              f"{list(PERSONAL_TUNINGS)}")
@@ -122,6 +132,9 @@ class HideNseek(SeededMaskStrategy):
             raise ValueError(f"class-bias: {class_bias!r} is not one of {list(CLASS_BIASES)}")
         if not class_bias_lr > 0:
             raise ValueError(f"class-bias-lr: must be > 0, got {class_bias_lr}")
+        if class_bias_report not in CLASS_BIAS_REPORTS:
+            raise ValueError(f"class-bias-report: {class_bias_report!r} is not one of "
+                             f"{list(CLASS_BIAS_REPORTS)}")
         shape = input_shape or model_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
@@ -138,7 +151,9 @@ class HideNseek(SeededMaskStrategy):
                                     class_bias_lr)
             self.STATE = (*type(self).STATE, "offset.bias", "offset.reports", "offset.reported")
             self.reply_records = frozenset({CLASS_STATS})
+        self.class_bias_report = class_bias_report
         self.unreported = 0  # replies without class statistics so far
+        self.grid: Grid | None = None  # the round's, for the class report on the voted model
 
     @staticmethod
     def _offset_layer(model: nn.Module, shape: tuple[int, ...], class_bias: str) -> str:
@@ -162,7 +177,9 @@ class HideNseek(SeededMaskStrategy):
             self.net.seed, self.net.weight_hash, self.mask_coding)
         if self.offset is not None:
             log(INFO, "\t├──> class-bias: federated per-class offsets of %d classes in %s's "
-                "bias, step %g", self.offset.num_classes, self.offset_layer, self.offset.lr)
+                "bias, step %g, statistics taken at the %s model", self.offset.num_classes,
+                self.offset_layer, self.offset.lr,
+                "voted" if self.reports_voted else "round's starting")
         super().summary()
 
     def global_arrays(self) -> ArrayRecord:
@@ -173,13 +190,26 @@ class HideNseek(SeededMaskStrategy):
     def _bias(self) -> np.ndarray | None:
         return None if self.offset is None else self.offset.bias
 
+    @property
+    def reports_voted(self) -> bool:
+        """Whether the offsets step on statistics at the voted model (``"voted"``)."""
+        return self.offset is not None and self.class_bias_report == "voted"
+
     def train_arrays(self, server_round: int) -> ArrayRecord:
         """P, and from round 2 the global signs (absent means all +1), when `vote`
-        is ``"share"`` their vote margins, and the per-class offsets."""
+        is ``"share"`` their vote margins, and the per-class offsets where the train
+        replies report on them."""
         if server_round == 1:
             return wire.encode_masks(self.prune, None)
         margin = wire.margin_codes(self.share) if self.vote == "share" else None
-        return wire.encode_masks(self.prune, self.signs, margin=margin, class_bias=self._bias())
+        bias = None if self.reports_voted else self._bias()
+        return wire.encode_masks(self.prune, self.signs, margin=margin, class_bias=bias)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """The seeded-mask train messages; the grid is kept for the class report."""
+        self.grid = grid
+        return super().configure_train(server_round, arrays, config, grid)
 
     def downlink_context(self) -> Context:
         """P and g coded within each seeded weight's output unit and |w| quantile."""
@@ -202,8 +232,8 @@ class HideNseek(SeededMaskStrategy):
     def commit_stats(self, server_round: int, stats: list[Any]) -> dict[str, float]:
         """Step the offsets on the class statistics of the accepted replies (replies
         without them are logged the first time: their loop did not report)."""
-        if self.offset is None or server_round == 1:  # round 1 trains from no vote
-            return {}
+        if self.offset is None or server_round == 1 or self.reports_voted:
+            return {}  # round 1 trains from no vote; "voted" reports after it
         given = [one for one in stats if one is not None]
         if len(given) < len(stats) and not self.unreported:
             log(WARNING, "round %d: %d replies carry no class statistics for class-bias "
@@ -211,6 +241,40 @@ class HideNseek(SeededMaskStrategy):
                 "from the others", server_round, len(stats) - len(given))
         self.unreported += len(stats) - len(given)
         return {**self.offset.update(given), "class-stats-replies": len(given)}
+
+    def after_vote(self, server_round: int, nodes: list[int]) -> dict[str, float]:
+        """With ``class-bias-report = "voted"``: the `nodes` report on the voted model
+        (:meth:`report_voted`), then the offsets step on their statistics."""
+        if not self.reports_voted:
+            return {}
+        stats = self.report_voted(server_round, nodes)
+        if not stats:
+            log(WARNING, "round %d: no node answered the class report on the voted model "
+                "(a ClientApp answers query messages with fedmask.client.query_reply); "
+                "the offsets stay", server_round)
+        assert self.offset is not None
+        return {**self.offset.update(stats), "class-stats-replies": len(stats)}
+
+    def report_voted(self, server_round: int, nodes: list[int]) -> list[ClassStats]:
+        """Send the voted model to `nodes` in a query message, each only what it
+        lacks; the class statistics of the valid answers."""
+        if self.grid is None:
+            raise RuntimeError("class-bias-report 'voted': no grid to send the report on "
+                               "(configure_train was not called)")
+        arrays, config = self.on_the_wire(self.global_arrays(), self.config(ConfigRecord()))
+        messages = [Message(RecordDict({self.arrayrecord_key: arrays, CONFIG: config}),
+                            dst_node_id=node, message_type=MessageType.QUERY)
+                    for node in nodes]
+        replies = list(self.grid.send_and_receive(
+            self.downlink.lean(messages, self.arrayrecord_key), timeout=self.round_timeout))
+        self.downlink.acknowledge(replies)
+        return [stats for _, stats in self.stream(server_round, replies, self._report_of)]
+
+    def _report_of(self, msg: Message) -> ClassStats:
+        stats = self.decode_stats(msg)
+        if stats is None:
+            raise ReplyError(CLASS_STATS, "missing from the answer to the class report")
+        return stats
 
     def coded_bits(self, decoded: np.ndarray) -> tuple[np.ndarray, None]:
         """The flips relative to the global signs, coded as i.i.d. bits."""

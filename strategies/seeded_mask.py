@@ -118,6 +118,12 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         del server_round, stats
         return {}
 
+    def after_vote(self, server_round: int, nodes: list[int]) -> dict[str, float]:
+        """A step once the round's masks and statistics are committed, given the
+        `nodes` whose replies were taken (default: none); return its metrics."""
+        del server_round, nodes
+        return {}
+
     def mask_weight(self, num_examples: int) -> int:
         """A client's weight in the sum of masks (default: its examples)."""
         return num_examples
@@ -186,10 +192,12 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
         replies = list(replies)
         self.downlink.acknowledge(replies)
         total, contents, examples, stats = MaskSum(self.mask_length), [], 0, []
+        nodes: list[int] = []
         entropy: list[tuple[float, float, float]] = []
         for msg, (n, decoded, side) in self.stream(server_round, replies, self._decode):
             total.add(decoded, self.mask_weight(n))
             contents.append(msg.content)
+            nodes.append(msg.metadata.src_node_id)
             stats.append(side)
             examples += n
             if len(entropy) < ENTROPY_SAMPLE:  # against the global state before the update
@@ -203,6 +211,7 @@ class SeededMaskStrategy(MethodStrategy, FedAvg):
                         "mask-coded-share": float(ones)})
         metrics.update(self.commit(server_round, total.total(), len(contents), examples))
         metrics.update(self.commit_stats(server_round, stats))
+        metrics.update(self.after_vote(server_round, nodes))
         return self.global_arrays(), metrics
 
     def _entropy_bits(self, decoded: Any) -> tuple[float, float, float]:

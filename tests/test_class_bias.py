@@ -22,7 +22,7 @@ from fedmask.wire.class_bias import CLASS_STATS, PROB_UNITS, ClassStats, decode_
 from fedmask.wire.records import ReplyError
 from strategies import HideNseek
 
-from conftest import FakeGrid, tiny_client_data
+from conftest import FakeGrid, LoopbackGrid, tiny_client_data
 
 
 def _stats(ids, counts, probs) -> ClassStats:
@@ -275,3 +275,81 @@ def test_the_packed_masks_record_keeps_the_offsets_beside_the_bits():
                                class_bias=np.arange(3, dtype=np.float32))
     np.testing.assert_array_equal(wire.decode_class_bias(record), [0, 1, 2])
     assert wire.decode_class_bias(wire.encode_masks(np.ones(8, bool), None)) is None
+
+
+class _Recording(LoopbackGrid):
+    """A LoopbackGrid that keeps every query message and reply; `spoil` replaces a
+    query reply's class statistics."""
+
+    def __init__(self, spoil: MetricRecord | None = None) -> None:
+        super().__init__("hidenseek", [21, 22], output_bias=True)
+        self.queries: list[tuple[Message, Message]] = []
+        self.spoil = spoil
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout)
+        if messages[0].metadata.message_type == "query":
+            if self.spoil is not None:
+                replies[0].content[CLASS_STATS] = self.spoil
+            self.queries += list(zip(messages, replies))
+        return replies
+
+
+def _voted_round(strategy, grid, server_round: int) -> dict:
+    config = LocalSettings(local_epochs=1, lr=0.05, optimizer="adam").to_config()
+    sent = list(strategy.configure_train(server_round, strategy.global_arrays(), config, grid))
+    assert all(offset_wire.offset_of(msg)[1] is None for msg in sent)  # no b to report on
+    replies = grid.send_and_receive(sent)
+    assert all(decode_stats(reply, 10) is None for reply in replies)
+    _, metrics = strategy.aggregate_train(server_round, replies)
+    return metrics
+
+
+def test_voted_reports_step_the_offsets_on_the_model_the_vote_made():
+    strategy, grid = _strategy(class_bias_report="voted"), _Recording()
+    metrics = _voted_round(strategy, grid, 1)  # from round 1: the first vote is reported on
+    assert metrics["class-stats-replies"] == 2 and np.abs(strategy.offset.bias).max() > 0
+    [(query, reply), _] = grid.queries
+    assert query.metadata.dst_node_id == 21 and offset_wire.offset_of(query)[0] == "11"
+    np.testing.assert_array_equal(offset_wire.offset_of(query)[1], np.zeros(10))
+    voted = strategy.evaluation_model(strategy.global_arrays())
+    voted[-1].bias.data.zero_()  # the model the vote made, with the offsets it was sent
+    expected = class_stats(voted, tiny_client_data().train, None, 10)
+    got = decode_stats(reply, 10)
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_allclose(got.units, expected.units, atol=2)
+    bias = strategy.offset.bias.copy()
+    _voted_round(strategy, grid, 2)
+    np.testing.assert_array_equal(offset_wire.offset_of(grid.queries[2][0])[1], bias)
+
+
+def test_a_malformed_voted_report_is_rejected_and_the_others_count():
+    spoil = MetricRecord({"class-ids": [11], "class-counts": [1],
+                          "class-probs": [PROB_UNITS] + [0] * 9})
+    strategy = _strategy(class_bias_report="voted")
+    metrics = _voted_round(strategy, _Recording(spoil), 1)
+    assert metrics["class-stats-replies"] == 1
+    assert strategy.rejected[1][0]["field"] == "class-stats/class-ids"
+
+
+class _Unanswered(_Recording):
+    """Nodes whose ClientApp answers train messages only."""
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        messages = list(messages)
+        if messages[0].metadata.message_type == "query":
+            return []
+        return super().send_and_receive(messages, timeout)
+
+
+def test_unanswered_voted_reports_leave_the_offsets_and_say_why(caplog):
+    strategy = _strategy(class_bias_report="voted")
+    metrics = _voted_round(strategy, _Unanswered(), 1)
+    assert metrics["class-stats-replies"] == 0 and not strategy.offset.bias.any()
+    assert "fedmask.client.query_reply" in caplog.text
+
+
+def test_class_bias_report_is_checked_at_start():
+    with pytest.raises(ValueError, match="class-bias-report.*voted"):
+        _strategy(class_bias_report="later")

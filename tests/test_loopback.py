@@ -44,3 +44,17 @@ def test_rejected_saliency_replies_are_recorded_before_round_one():
     assert rejected["node"] == 1000 and rejected["reason"]
     assert results["initial"]["failed_clients"] == []
     assert results["rounds"][0]["aggregated"]
+
+
+@pytest.mark.integration  # a whole federated run, in-process
+def test_the_class_report_on_the_voted_model_is_a_query_each_round_and_its_bytes_counted():
+    """``class-bias-report = "voted"``: each round's training nodes answer one query
+    (their statistics at the voted model), whose bytes are the round's query
+    traffic."""
+    results = run_federation({**SMALL, "method": "hidenseek", "class-bias-report": "voted"},
+                             SMALL_NODES, loopback.node.handle)
+    for record in results["rounds"]:
+        nodes = record["num_clients"]
+        assert record["train_metrics"]["class-stats-replies"] == nodes
+        assert record["query_bytes_up"] > 0 and record["query_bytes_down"] > 0
+        assert record["eval_bytes_up"] > 0  # the other exchanges are as before

@@ -168,7 +168,8 @@ def eval_reply(msg: Message, num_examples: int, metrics: Mapping[str, float]) ->
 
 def query_reply(msg: Message, model: nn.Module, trainloader: Any,
                 state: RecordDict, num_examples: int | None = None) -> Message:
-    """The reply to a query message (SSFL's saliency before round 1), computed on
+    """The reply to a query message (SSFL's saliency before round 1, HideNseek's
+    class report with ``class-bias-report = "voted"``), computed on
     `trainloader`'s batches (tuples or dicts, see :mod:`fedmask.nn.batches`);
     `num_examples` defaults to the size of the loader's dataset."""
     method = method_of(msg)
@@ -176,5 +177,6 @@ def query_reply(msg: Message, model: nn.Module, trainloader: Any,
     if not hasattr(hooks, "query"):
         raise ValueError(f"{method.name} sends no query messages")
     count = len(trainloader.dataset) if num_examples is None else num_examples
+    restore_state(msg, state, model)
     return reply(msg, {NUM_EXAMPLES: int(count)},
                  hooks.query(msg, model, as_pairs(trainloader), state))

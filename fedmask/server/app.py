@@ -154,7 +154,7 @@ def run(grid: Grid, context: Context) -> Path:
                              cfg["num-server-rounds"], samples, place)
     log(INFO, "Starting %s strategy:", type(strategy).__name__)
     strategy.summary()
-    first = 1
+    first, strategy.round_timeout = 1, timeout
     if cfg["resume"]:
         first, arrays = _resume(folder / CHECKPOINT, cfg, strategy, recorder)
     else:

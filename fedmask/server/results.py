@@ -95,20 +95,24 @@ class RoundRecorder:
                evaluate_metrics: MetricRecord | None, rejected: list[dict[str, Any]],
                aggregate_s: float, resent_bytes: int = 0) -> None:
         """Score the global model after `server_round`; record the round's traffic
-        (its downlink split into what was new to the nodes and the `resent_bytes`
-        sent again to nodes that had lost them), the clients' metrics, the failed
+        (train, evaluate and query messages; its downlink split into what was new
+        to the nodes and the `resent_bytes` sent again to nodes that had lost
+        them), the clients' metrics, the failed
         and rejected clients and the seconds the server spent aggregating."""
         metrics = self._evaluate(arrays)
         transfers = self.ledger.drain()
         train = _traffic(transfers, MessageType.TRAIN)
         evaluate = _traffic(transfers, MessageType.EVALUATE)
+        query = _traffic(transfers, MessageType.QUERY)  # HideNseek's class report
         record = {
             "round": server_round, **metrics,
             "bytes_up": train["bytes_up"], "bytes_down": train["bytes_down"],
             "array_bytes_up": train["array_bytes_up"],
             "array_bytes_down": train["array_bytes_down"],
             "eval_bytes_up": evaluate["bytes_up"], "eval_bytes_down": evaluate["bytes_down"],
-            "down_new_bytes": train["bytes_down"] + evaluate["bytes_down"] - resent_bytes,
+            "query_bytes_up": query["bytes_up"], "query_bytes_down": query["bytes_down"],
+            "down_new_bytes": (train["bytes_down"] + evaluate["bytes_down"]
+                               + query["bytes_down"] - resent_bytes),
             "down_resent_bytes": resent_bytes,
             "num_clients": sum(not c["failed"] for c in train["clients"]) - len(rejected),
             "failed_clients": [c["node_id"] for c in train["clients"] if c["failed"]],

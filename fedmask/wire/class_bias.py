@@ -15,6 +15,12 @@ client received, in units of 1/65535), all lists of ints: protobuf codes them
 as varints, about 0.3 to 0.5 kB a reply for ten classes (an ArrayRecord of
 the same numbers costs 0.9 to 2.5 kB, measured). A reply without the record
 is valid (a loop that did not report); a malformed one is rejected.
+
+With ``class-bias-report = "voted"`` train messages carry no b and their replies
+no statistics: after the vote the server sends the voted model (its signs and b)
+in a query message to the nodes whose train replies it took, and each answers
+with the same ``class-stats`` record, taken at that model. The offsets then step
+on the model they are published with, not on the one the round started from.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from fedmask.wire.records import CONFIG, MAX_EXAMPLES, ReplyError
 
 CLASS_BIASES = ("auto", "federated", "none")
+CLASS_BIAS_REPORTS = ("train", "voted")  # where the statistics are taken (see above)
 CLASS_BIAS, CLASS_BIAS_LAYER = "class-bias", "class-bias-layer"
 CLASS_STATS = "class-stats"
 CLASS_IDS, CLASS_COUNTS, CLASS_PROBS = "class-ids", "class-counts", "class-probs"

@@ -6,7 +6,7 @@ from fedmask.methods import Method
 from fedmask.methods.hidenseek.wire import VOTES
 from fedmask.nn.pruning import SCOPES
 from fedmask.options import choice, in_range, positive
-from fedmask.wire.class_bias import CLASS_BIASES
+from fedmask.wire.class_bias import CLASS_BIAS_REPORTS, CLASS_BIASES
 
 METHOD = Method(
     name="hidenseek",
@@ -37,10 +37,17 @@ METHOD = Method(
                   "logged at start")),
         "class-bias-lr": positive(3.0,
             help="HideNseek: the server's step size on the per-class offsets"),
+        "class-bias-report": choice("train", CLASS_BIAS_REPORTS,
+            help=("HideNseek: where the class statistics of `class-bias` are taken: `train`, "
+                  "in the train replies, at the model the round started from (the offsets "
+                  "fit the signs of one vote before); `voted`, after the vote, in one more "
+                  "exchange a round: the nodes whose replies were taken get the voted model "
+                  "in a query message and answer with the statistics at it (a ClientApp of "
+                  "your own answers query messages with fedmask.client.query_reply)")),
     },
     arguments=("density", "mask-coding", "synflow-iterations", "prune-scope",
                "personal-epochs", "personal-tuning", "personal-lr", "vote", "vote-smoothing",
-               "class-bias", "class-bias-lr"),
+               "class-bias", "class-bias-lr", "class-bias-report"),
     defaults={"optimizer": "adam", "lr": 0.01, "init": "kaiming-normal", "loss": "balanced"},
     personalised=True,
 )

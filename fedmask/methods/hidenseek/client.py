@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 from flwr.app import Message, RecordDict
 from torch import nn
 
 from fedmask.methods.hidenseek import wire
+from fedmask.nn.class_bias import class_stats, layer_bias
 from fedmask.nn.seeded import SeededNet
 from fedmask.nn.supermask import lr_ratio
+from fedmask.wire.class_bias import CLASS_STATS, offset_of
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG, MASK_CODING, TrainModule
 
@@ -62,3 +67,19 @@ def eval_module(msg: Message, model: nn.Module, state: RecordDict) -> nn.Module:
     """The global network ``w * P * g`` (eval mode)."""
     del state
     return _global_net(msg, model)[0].eval()
+
+
+def query(msg: Message, model: nn.Module, batches: Iterable[Any], state: RecordDict
+          ) -> RecordDict:
+    """The class report on the voted model (``class-bias-report = "voted"``): per
+    class in `batches`, its examples and the mean softmax of the global network
+    plus the offsets the message carries."""
+    del state
+    found = offset_of(msg)
+    if found is None or found[1] is None:
+        raise ValueError("query: a HideNseek query reports on the offsets it carries, and "
+                         "this one carries none")
+    layer, bias = found
+    net = _global_net(msg, model)[0]
+    stats = class_stats(net, batches, bias, layer_bias(net, layer).numel())
+    return RecordDict({CLASS_STATS: stats.record()})
