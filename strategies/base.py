@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
@@ -33,6 +33,13 @@ from fedmask.server.validation import ValidatedStrategy
 
 MODEL_INIT = "model"  # init value: start from the model instance's own weights
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def query_messages(content: RecordDict, nodes: list[int]) -> list[Message]:
+    """A query message with `content` for each of `nodes` (an exchange of a
+    strategy's own: SSFL's saliency, HideNseek's class report)."""
+    return [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
+            for node in nodes]
 
 
 def check_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> None:

@@ -8,7 +8,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
@@ -30,6 +30,7 @@ from fedmask.wire.class_bias import (
 )
 from fedmask.wire.held import Context
 from fedmask.wire.records import CONFIG, ReplyError
+from strategies.base import query_messages
 from strategies.seeded_mask import SeededMaskStrategy
 
 
@@ -135,6 +136,9 @@ class HideNseek(SeededMaskStrategy):
         if class_bias_report not in CLASS_BIAS_REPORTS:
             raise ValueError(f"class-bias-report: {class_bias_report!r} is not one of "
                              f"{list(CLASS_BIAS_REPORTS)}")
+        if class_bias_report == "voted" and class_bias == "none":
+            raise ValueError("class-bias-report: 'voted' reports for the offsets, which "
+                             "class-bias 'none' turns off")
         shape = input_shape or model_input_shape(model)
         super().__init__(model=model, seed=seed, init=init, mask_coding=mask_coding,
                          arrayrecord_key=wire.MASKS, input_shape=shape, **kwargs)
@@ -262,9 +266,8 @@ class HideNseek(SeededMaskStrategy):
             raise RuntimeError("class-bias-report 'voted': no grid to send the report on "
                                "(configure_train was not called)")
         arrays, config = self.on_the_wire(self.global_arrays(), self.config(ConfigRecord()))
-        messages = [Message(RecordDict({self.arrayrecord_key: arrays, CONFIG: config}),
-                            dst_node_id=node, message_type=MessageType.QUERY)
-                    for node in nodes]
+        messages = query_messages(RecordDict({self.arrayrecord_key: arrays, CONFIG: config}),
+                                  nodes)
         replies = list(self.grid.send_and_receive(
             self.downlink.lean(messages, self.arrayrecord_key), timeout=self.round_timeout))
         self.downlink.acknowledge(replies)

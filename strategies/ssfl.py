@@ -6,7 +6,7 @@ from logging import INFO
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
@@ -15,7 +15,7 @@ from fedmask.methods.masked import wire as masked_wire
 from fedmask.methods.ssfl import wire as wire
 from fedmask.nn.pruning import keep_largest
 from fedmask.wire.records import CONFIG, num_examples
-from strategies.base import MODEL_INIT
+from strategies.base import MODEL_INIT, query_messages
 from strategies.masked_fedavg import MaskedFedAvg
 
 
@@ -86,8 +86,7 @@ class SSFL(MaskedFedAvg):
                                            wire.SALIENCY_FORMAT: self.saliency_format}))
         start = {masked_wire.WEIGHTS: self.start_arrays()} if self.sends_start else {}
         nodes = list(grid.get_node_ids())
-        messages = [Message(content=RecordDict({CONFIG: config, **start}),
-                            message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+        messages = query_messages(RecordDict({CONFIG: config, **start}), nodes)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         accepted = self.accepted(0, replies, self._decode_saliency)
         if accepted is None:
