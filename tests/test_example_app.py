@@ -159,6 +159,21 @@ def test_example_uplink_is_what_each_method_promises(method, monkeypatch, tmp_pa
 
 
 @pytest.mark.integration  # a whole federated run, in-process
+def test_the_example_answers_hidenseeks_class_report_on_the_voted_model():
+    """``class-bias-report = "voted"`` through Flower's ``Strategy.start``: the
+    example's query handler answers each round's report, and the offsets step."""
+    grid = ExampleGrid()
+    strategy = _strategy("hidenseek", class_bias_report="voted")
+    result = strategy.start(grid=grid, num_rounds=2,
+                            train_config=ConfigRecord({"local-epochs": 1}))
+    assert grid.errors == []
+    assert [kind for kind, _, _ in grid.sizes] == ["train", "train", "query", "query"] * 2
+    assert np.abs(strategy.offset.bias).max() > 0
+    bias = strategy.global_model(result.arrays).fc3.bias.detach().numpy()
+    np.testing.assert_array_equal(bias, strategy.offset.bias)
+
+
+@pytest.mark.integration  # a whole federated run, in-process
 def test_a_node_that_loses_its_state_gets_the_mask_again():
     grid = ExampleGrid()
     strategy = strategies.make("ssfl", model=task.Net(), input_shape=(1, 28, 28),

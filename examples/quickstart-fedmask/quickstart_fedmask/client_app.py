@@ -81,7 +81,7 @@ def evaluate(msg: Message, context: Context):
 
 
 @app.query()
-def query(msg: Message, context: Context):  # SSFL's saliency, before round 1
+def query(msg: Message, context: Context):  # SSFL's saliency; HideNseek's class report
     partition_id = context.node_config["partition-id"]
     num_partitions = context.node_config["num-partitions"]
     trainloader, _ = load_data(partition_id, num_partitions, context.run_config["batch-size"])
