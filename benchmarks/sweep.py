@@ -98,11 +98,12 @@ DRIFT_GRID: dict[str, list[dict[str, Any]]] = {
 OFFSET_GRID: dict[str, list[dict[str, Any]]] = {
     "hidenseek": [{"class-bias": "federated", "class-bias-lr": 3.0}]}
 # Where the offsets' class statistics are taken (``--grid report``, same regimes): in
-# the train replies (the default), or after the vote on the voted model, at two steps.
+# the train replies (the default), or after the vote on the voted model; each at the
+# default step and at 10.
 REPORT_GRID: dict[str, list[dict[str, Any]]] = {
-    "hidenseek": [{"class-bias": "federated", "class-bias-lr": 3.0, "class-bias-report": report}
-                  for report in ("train", "voted")]
-    + [{"class-bias": "federated", "class-bias-lr": 10.0, "class-bias-report": "voted"}]}
+    "hidenseek": [{"class-bias": "federated", "class-bias-lr": lr, "class-bias-report": report}
+                  for lr, report in ((3.0, "train"), (3.0, "voted"), (10.0, "voted"),
+                                     (10.0, "train"))]}
 LOSS_GRID: dict[str, list[dict[str, Any]]] = {
     method: [{"loss": "cross-entropy"}, {"loss": "balanced"}] for method in GRID}
 GRIDS = {"main": GRID, "skew": SKEW_GRID, "drift": DRIFT_GRID, "loss": LOSS_GRID,
