@@ -116,8 +116,8 @@ def evaluate(msg: Message, model: nn.Module, data: ClientData, state: RecordDict
 
 def query(msg: Message, model: nn.Module, data: ClientData, state: RecordDict,
           place: Placement = ON_CPU) -> Message:
-    """Answer a query (SSFL's saliency) on this node's training data (on the CPU:
-    the saliency the server aggregates is exact)."""
+    """Answer a query (SSFL's saliency, HideNseek's class report) on this node's
+    training data (on the CPU: what the server aggregates is exact)."""
     del place
     return query_reply(msg, model, data.train, state, data.num_train)
 
