@@ -34,9 +34,10 @@ def _snapshot(root: Path) -> set[tuple[str, int, int]]:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the test data with every write bit removed, as a shared mount is."""
+    """A copy of the test data's archives (not what other tests extracted next to
+    them, nor the cache) with every write bit removed, as a shared mount is."""
     copy = tmp_path_factory.mktemp("read-only") / "data"
-    shutil.copytree(DATA_ROOT, copy, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(DATA_ROOT, copy, ignore=shutil.ignore_patterns("cache", "*-ubyte"))
     for path in [copy, *copy.rglob("*")]:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return copy
