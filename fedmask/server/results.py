@@ -97,8 +97,8 @@ class RoundRecorder:
         """Score the global model after `server_round`; record the round's traffic
         (train, evaluate and query messages; its downlink split into what was new
         to the nodes and the `resent_bytes` sent again to nodes that had lost
-        them), the clients' metrics, the failed
-        and rejected clients and the seconds the server spent aggregating."""
+        them), the clients' metrics, the failed and rejected clients and the
+        seconds the server spent aggregating."""
         metrics = self._evaluate(arrays)
         transfers = self.ledger.drain()
         train = _traffic(transfers, MessageType.TRAIN)
